@@ -1,0 +1,26 @@
+/**
+ * vitest globalSetup of the `bed` project: one test bed (Temporal dev server + simulated
+ * cluster + host runner) for the whole run, reused when one is already healthy. A bed this
+ * setup started is stopped at the end unless RUNAS_MIGRATE_KEEP_TESTBED=1.
+ */
+import type { TestProject } from 'vitest/node';
+import { down, readState, up, type BedState } from '../../testbed/bed.js';
+import { ensureTool, ToolName } from '../../testbed/tools.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    bed: BedState;
+    timeSkippingServer: string;
+  }
+}
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const name = process.env.RUNAS_MIGRATE_TESTBED ?? 'default';
+  const wasRunning = readState(name) !== undefined;
+  const bed = await up({ name });
+  project.provide('bed', bed);
+  project.provide('timeSkippingServer', await ensureTool(ToolName.TemporalTestServer));
+  return async () => {
+    if (!wasRunning && process.env.RUNAS_MIGRATE_KEEP_TESTBED !== '1') await down({ name });
+  };
+}

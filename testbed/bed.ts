@@ -1,0 +1,364 @@
+/**
+ * The test bed: a Temporal dev server with its Web UI, a simulated cluster (kwokctl binary
+ * runtime with admission on, so Pod Security Admission is real), the host runner, and the
+ * ITRS-like fixture. State lives outside the repository; every process is recorded by PID.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { SearchAttribute } from '../src/names.js';
+import { createFakeNodes, seedItrsFixture, waitForFixtureReady } from './fixture.js';
+import {
+  GiveUp,
+  freePort,
+  isAlive,
+  startDetached,
+  stopProcess,
+  waitFor,
+  type RecordedProcess,
+} from './process.js';
+import { cacheRoot, ensureTool, testbedDir, toolPathDirs, ToolName, type Log } from './tools.js';
+
+const run = promisify(execFile);
+
+/** Name of the host runner's node. */
+export const HostRunnerNodeName = 'host-runner';
+
+/** Namespace of the fixture that `up` seeds. */
+export const FixtureNamespace = 'itrs';
+
+/** What a running test bed recorded about itself. */
+export interface BedState {
+  name: string;
+  dir: string;
+  kubeconfig: string;
+  pvRoot: string;
+  temporal: {
+    address: string;
+    uiUrl: string;
+    port: number;
+    uiPort: number;
+    dbFile: string;
+    process?: RecordedProcess;
+  };
+  cluster: { name: string; workdir: string };
+  runner: { port: number; process?: RecordedProcess };
+  /** Tool name → path, for PATH and for tests that drive the CLIs. */
+  tools: Partial<Record<ToolName, string>>;
+  startedAt: string;
+}
+
+/** Folder of a named test bed. */
+export function bedDir(name: string): string {
+  return join(cacheRoot(), 'testbed', name);
+}
+
+const stateFile = (name: string) => join(bedDir(name), 'state.json');
+
+/** Reads the recorded state of a test bed, if any. */
+export function readState(name: string): BedState | undefined {
+  const f = stateFile(name);
+  if (!existsSync(f)) return undefined;
+  return JSON.parse(readFileSync(f, 'utf8')) as BedState;
+}
+
+function writeState(state: BedState): void {
+  writeFileSync(stateFile(state.name), JSON.stringify(state, null, 2));
+}
+
+/** Loads the bed's kubeconfig. */
+export function kubeConfigOf(state: BedState): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromFile(state.kubeconfig);
+  return kc;
+}
+
+/** Health of each part of a bed. */
+export interface BedHealth {
+  temporal: boolean;
+  apiserver: boolean;
+  runner: boolean;
+  runnerNodeReady: boolean;
+}
+
+async function temporalHealthy(state: BedState): Promise<boolean> {
+  if (!state.tools.temporal) return false;
+  try {
+    const { stdout } = await run(
+      state.tools.temporal,
+      ['operator', 'cluster', 'health', '--address', state.temporal.address],
+      {
+        timeout: 10_000,
+      },
+    );
+    return stdout.includes('SERVING');
+  } catch {
+    return false;
+  }
+}
+
+/** Checks every part of a bed. */
+export async function health(state: BedState): Promise<BedHealth> {
+  const result: BedHealth = {
+    temporal: false,
+    apiserver: false,
+    runner: isAlive(state.runner.process),
+    runnerNodeReady: false,
+  };
+  result.temporal = isAlive(state.temporal.process) && (await temporalHealthy(state));
+  if (existsSync(state.kubeconfig)) {
+    try {
+      const core = kubeConfigOf(state).makeApiClient(CoreV1Api);
+      const node = await core.readNode({ name: HostRunnerNodeName });
+      result.apiserver = true;
+      result.runnerNodeReady =
+        node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+    } catch (err) {
+      result.apiserver = (err as { code?: number }).code === 404;
+    }
+  }
+  return result;
+}
+
+const healthy = (h: BedHealth) => h.temporal && h.apiserver && h.runner && h.runnerNodeReady;
+
+/** Options of `up`. */
+export interface UpOptions {
+  name?: string;
+  log?: Log;
+  /** Seed the ITRS-like fixture in namespace `itrs`. @default true */
+  fixture?: boolean;
+}
+
+/**
+ * Starts a test bed, or reuses the running one when every part is healthy.
+ *
+ * @returns the bed's recorded state.
+ */
+export async function up(opts: UpOptions = {}): Promise<BedState> {
+  const name = opts.name ?? 'default';
+  const log = opts.log ?? ((l: string) => process.stderr.write(`[testbed] ${l}\n`));
+  const started = Date.now();
+  const existing = readState(name);
+  if (existing) {
+    const h = await health(existing);
+    if (healthy(h)) {
+      log(`reusing running test bed "${name}"`);
+      return existing;
+    }
+    log(`test bed "${name}" is not healthy (${JSON.stringify(h)}): restarting it`);
+    await down({ name, log });
+  }
+  const tools: Partial<Record<ToolName, string>> = {};
+  for (const t of [
+    ToolName.Temporal,
+    ToolName.Kubectl,
+    ToolName.KubeApiserver,
+    ToolName.KubeControllerManager,
+    ToolName.KubeScheduler,
+    ToolName.Etcd,
+    ToolName.Kwok,
+    ToolName.Kwokctl,
+  ]) {
+    tools[t] = await ensureTool(t, log);
+  }
+  const dir = bedDir(name);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  let uiPort = await freePort();
+  while (uiPort === port) uiPort = await freePort();
+  const state: BedState = {
+    name,
+    dir,
+    kubeconfig: join(dir, 'kubeconfig.yaml'),
+    pvRoot: join(dir, 'pv'),
+    temporal: {
+      address: `127.0.0.1:${port}`,
+      uiUrl: `http://127.0.0.1:${uiPort}`,
+      port,
+      uiPort,
+      dbFile: join(dir, 'temporal.db'),
+    },
+    cluster: { name: `runas-migrate-${name}`, workdir: join(dir, 'kwok') },
+    runner: { port: await freePort() },
+    tools,
+    startedAt: new Date().toISOString(),
+  };
+  writeState(state);
+
+  log(`starting Temporal dev server on ${state.temporal.address} (Web UI ${state.temporal.uiUrl})`);
+  state.temporal.process = startTemporal(state);
+  writeState(state);
+
+  log('creating the simulated cluster (kwokctl, binary runtime, admission on)');
+  await createCluster(state, log);
+  const kc = kubeConfigOf(state);
+
+  log('starting the host runner');
+  state.runner.process = startRunner(state);
+  writeState(state);
+
+  await createFakeNodes(kc, 2);
+  await waitFor('Temporal dev server', () => temporalHealthy(state), 60_000, 500);
+  await waitFor(
+    'host runner node Ready',
+    async () => {
+      if (!isAlive(state.runner.process)) {
+        throw new GiveUp(`host runner exited: see ${state.runner.process?.logFile}`);
+      }
+      return (await health(state)).runnerNodeReady;
+    },
+    60_000,
+    500,
+  );
+  if (opts.fixture !== false) {
+    log(`seeding the ITRS-like fixture in namespace ${FixtureNamespace}`);
+    await seedItrsFixture(kc, { namespace: FixtureNamespace, pvRoot: state.pvRoot });
+    await waitForFixtureReady(kc, FixtureNamespace);
+  }
+  log(`test bed "${name}" up in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  return state;
+}
+
+function startTemporal(state: BedState): RecordedProcess {
+  const args = [
+    'server',
+    'start-dev',
+    '--ip',
+    '127.0.0.1',
+    '--port',
+    String(state.temporal.port),
+    '--ui-port',
+    String(state.temporal.uiPort),
+    '--db-filename',
+    state.temporal.dbFile,
+    '--log-level',
+    'warn',
+    ...Object.values(SearchAttribute).flatMap((a) => ['--search-attribute', `${a}=Keyword`]),
+  ];
+  return startDetached(state.tools.temporal!, args, {
+    logFile: join(state.dir, 'temporal.log'),
+    marker: state.temporal.dbFile,
+  });
+}
+
+/** Restarts the Temporal dev server on the same port and database file (fault tests). */
+export async function restartTemporal(state: BedState): Promise<BedState> {
+  await stopProcess(state.temporal.process);
+  state.temporal.process = startTemporal(state);
+  writeState(state);
+  await waitFor('Temporal dev server', () => temporalHealthy(state), 60_000, 250);
+  return state;
+}
+
+function kwokEnv(state: BedState): NodeJS.ProcessEnv {
+  return { ...process.env, KWOK_WORKDIR: state.cluster.workdir };
+}
+
+async function createCluster(state: BedState, log: Log): Promise<void> {
+  const t = state.tools;
+  const args = [
+    'create',
+    'cluster',
+    '--name',
+    state.cluster.name,
+    '--runtime',
+    'binary',
+    '--kubeconfig',
+    state.kubeconfig,
+    '--kube-apiserver-binary',
+    t[ToolName.KubeApiserver]!,
+    '--kube-controller-manager-binary',
+    t[ToolName.KubeControllerManager]!,
+    '--kube-scheduler-binary',
+    t[ToolName.KubeScheduler]!,
+    '--etcd-binary',
+    t[ToolName.Etcd]!,
+    '--kwok-controller-binary',
+    t[ToolName.Kwok]!,
+    '--kube-admission',
+    '--extra-args',
+    'kwok-controller=manage-all-nodes=false',
+    '--extra-args',
+    `kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake`,
+    '--wait',
+    '120s',
+  ];
+  try {
+    await run(t[ToolName.Kwokctl]!, args, { env: kwokEnv(state), timeout: 180_000, maxBuffer: 16 << 20 });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`kwokctl create cluster failed: ${e.message}\n${(e.stderr ?? '').slice(-3000)}`);
+  }
+  log(`cluster ${state.cluster.name} created`);
+}
+
+function startRunner(state: BedState): RecordedProcess {
+  const pki = join(state.cluster.workdir, 'clusters', state.cluster.name, 'pki');
+  const main = join(testbedDir, 'host-runner', 'main.ts');
+  return startDetached(process.execPath, ['--import', 'tsx', main, `--bed=${state.dir}`], {
+    logFile: join(state.dir, 'host-runner.log'),
+    marker: `--bed=${state.dir}`,
+    cwd: join(testbedDir, '..'),
+    env: {
+      ...process.env,
+      KUBECONFIG: state.kubeconfig,
+      HOST_RUNNER_NODE: HostRunnerNodeName,
+      HOST_RUNNER_STATE_DIR: join(state.dir, 'host-runner'),
+      HOST_RUNNER_PORT: String(state.runner.port),
+      HOST_RUNNER_TLS_CERT: join(pki, 'admin.crt'),
+      HOST_RUNNER_TLS_KEY: join(pki, 'admin.key'),
+    },
+  });
+}
+
+/** Restarts the host runner (after a kill). */
+export async function restartRunner(state: BedState): Promise<void> {
+  await stopProcess(state.runner.process);
+  state.runner.process = startRunner(state);
+  writeState(state);
+}
+
+/** Stops exactly what `up` started, by recorded PIDs; works after a crash too. */
+export async function down(opts: { name?: string; log?: Log } = {}): Promise<void> {
+  const name = opts.name ?? 'default';
+  const log = opts.log ?? ((l: string) => process.stderr.write(`[testbed] ${l}\n`));
+  const state = readState(name);
+  if (!state) {
+    log(`no test bed "${name}" is recorded`);
+    return;
+  }
+  await stopProcess(state.runner.process);
+  const kwokctl = state.tools[ToolName.Kwokctl];
+  if (existsSync(join(state.cluster.workdir, 'clusters', state.cluster.name)) && kwokctl) {
+    try {
+      await run(
+        kwokctl,
+        ['delete', 'cluster', '--name', state.cluster.name, '--kubeconfig', state.kubeconfig],
+        {
+          env: kwokEnv(state),
+          timeout: 120_000,
+        },
+      );
+    } catch (err) {
+      log(`kwokctl delete cluster: ${(err as Error).message}`);
+    }
+  }
+  await stopProcess(state.temporal.process);
+  // Volumes were chowned to other users by the tests: remove as root, which we are.
+  rmSync(state.dir, { recursive: true, force: true });
+  log(`test bed "${name}" stopped`);
+}
+
+/** Lines for `eval "$(npm run -s testbed -- env)"`. */
+export function envLines(state: BedState): string[] {
+  return [
+    `export KUBECONFIG=${state.kubeconfig}`,
+    `export TEMPORAL_ADDRESS=${state.temporal.address}`,
+    `export TEMPORAL_UI=${state.temporal.uiUrl}`,
+    `export PATH=${toolPathDirs(state.tools).join(':')}:$PATH`,
+  ];
+}

@@ -1,0 +1,507 @@
+/**
+ * The ITRS-like fixture of the test bed: a namespace under PSA `restricted`, the `pgplatform`
+ * and `timescale` StatefulSets with every volume of every replica bound to a static hostPath
+ * PersistentVolume whose files belong to the old UID, the `IaxPlatform` resource, and the
+ * Gatekeeper constraint CRDs with two constraints.
+ */
+import { chownSync, mkdirSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  ApiextensionsV1Api,
+  AppsV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubernetesObjectApi,
+  PatchStrategy,
+  StorageV1Api,
+  setHeaderOptions,
+  type KubeConfig,
+  type KubernetesObject,
+  type V1CustomResourceDefinition,
+  type V1StatefulSet,
+} from '@kubernetes/client-node';
+import { waitFor } from './process.js';
+
+/** Storage class of the fixture's static PersistentVolumes (no provisioner). */
+export const StaticStorageClass = 'testbed-static';
+
+/** Annotation that hands a node to kwok (all other nodes are left alone). */
+export const FakeNodeAnnotation = { key: 'kwok.x-k8s.io/node', value: 'fake' } as const;
+
+/** The IaxPlatform custom resource of the fixture. */
+export const IaxPlatform = {
+  group: 'iax.itrsgroup.com',
+  version: 'v1',
+  plural: 'iaxplatforms',
+  kind: 'IaxPlatform',
+  name: 'iax-iax-platform',
+} as const;
+
+/** Gatekeeper's constraint API group and the constraint kinds the fixture installs. */
+export const Gatekeeper = {
+  group: 'constraints.gatekeeper.sh',
+  version: 'v1beta1',
+  kinds: [
+    { kind: 'K8sPSPCapabilities', plural: 'k8spspcapabilities' },
+    { kind: 'K8sPSPAllowedUsers', plural: 'k8spspallowedusers' },
+  ],
+} as const;
+
+/** One claim template of a fixture StatefulSet. */
+interface ClaimSpec {
+  claim: string;
+  mountPath: string;
+  /** Sub-folders and files to create, relative to the volume root. */
+  seed: 'pgdata' | 'wal' | 'tablespace';
+}
+
+interface DatabaseSpec {
+  statefulSet: string;
+  container: string;
+  image: string;
+  replicas: number;
+  claims: ClaimSpec[];
+}
+
+/** The two databases of an ITRS Analytics install, as the seed procedure describes them. */
+export const ItrsDatabases: readonly DatabaseSpec[] = [
+  {
+    statefulSet: 'pgplatform',
+    container: 'postgres',
+    image: 'docker.itrsgroup.com/iax/postgres:2.17.0',
+    replicas: 1,
+    claims: [{ claim: 'data', mountPath: '/var/lib/postgresql', seed: 'pgdata' }],
+  },
+  {
+    statefulSet: 'timescale',
+    container: 'timescale',
+    image: 'docker.itrsgroup.com/iax/timescale:2.17.0',
+    replicas: 2,
+    claims: [
+      { claim: 'timescale-ha-data', mountPath: '/var/lib/postgresql', seed: 'pgdata' },
+      { claim: 'timescale-ha-wal', mountPath: '/var/lib/postgresql/wal', seed: 'wal' },
+      {
+        claim: 'timescale-ha-tablespace-data-1',
+        mountPath: '/var/lib/postgresql/tablespaces/timeseries_tablespace_1',
+        seed: 'tablespace',
+      },
+      {
+        claim: 'timescale-ha-tablespace-data-2',
+        mountPath: '/var/lib/postgresql/tablespaces/timeseries_tablespace_2',
+        seed: 'tablespace',
+      },
+    ],
+  },
+];
+
+/** What to seed. */
+export interface FixtureOptions {
+  namespace: string;
+  /** Host folder under which each PV gets its directory. */
+  pvRoot: string;
+  /** Owner of the seeded files. @default 1000 */
+  oldUid?: number;
+  /** Files per data volume. @default 20 */
+  filesPerVolume?: number;
+  /** Whether to create the `drop-all` and `allowed-user-ranges` constraints. @default true */
+  constraints?: boolean;
+}
+
+const isConflict = (err: unknown) => (err as { code?: number }).code === 409;
+
+async function createIfMissing(fn: () => Promise<unknown>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    if (!isConflict(err)) throw err;
+  }
+}
+
+/** Host directory of one PV of the fixture. */
+export function pvDirectory(pvRoot: string, namespace: string, claimName: string): string {
+  return join(pvRoot, namespace, claimName);
+}
+
+function seedVolume(dir: string, kind: ClaimSpec['seed'], uid: number, files: number): void {
+  mkdirSync(dir, { recursive: true });
+  const own = (p: string) => chownSync(p, uid, uid);
+  const mk = (p: string) => {
+    mkdirSync(p, { recursive: true, mode: 0o700 });
+    own(p);
+  };
+  const file = (p: string, content: string) => {
+    writeFileSync(p, content, { mode: 0o600 });
+    own(p);
+  };
+  own(dir);
+  if (kind === 'pgdata') {
+    const pgdata = join(dir, 'data');
+    mk(join(pgdata, 'base', '1'));
+    mk(join(pgdata, 'global'));
+    mk(join(pgdata, 'pg_wal'));
+    own(join(pgdata, 'base'));
+    file(join(pgdata, 'PG_VERSION'), '15\n');
+    file(join(pgdata, 'postgresql.auto.conf'), '# fixture\n');
+    for (let i = 0; i < files; i++) file(join(pgdata, 'base', '1', String(16384 + i)), `relation ${i}\n`);
+    file(join(pgdata, 'global', 'pg_control'), 'control\n');
+    file(join(pgdata, 'pg_wal', '000000010000000000000001'), 'wal\n');
+  } else if (kind === 'wal') {
+    mk(join(dir, 'pg_wal'));
+    for (let i = 0; i < Math.max(1, files / 4); i++) {
+      file(join(dir, 'pg_wal', `0000000100000000000000${String(i + 1).padStart(2, '0')}`), 'wal\n');
+    }
+  } else {
+    const ts = join(dir, 'data');
+    mk(join(ts, 'PG_15_202209061', '16384'));
+    own(join(ts, 'PG_15_202209061'));
+    for (let i = 0; i < files; i++)
+      file(join(ts, 'PG_15_202209061', '16384', String(20000 + i)), `chunk ${i}\n`);
+    const link = join(ts, 'latest');
+    if (!existsSync(link)) symlinkSync(join('PG_15_202209061', '16384'), link);
+  }
+}
+
+function constraintCrd(kind: string, plural: string): V1CustomResourceDefinition {
+  const stringArray = { type: 'array', items: { type: 'string' } };
+  return {
+    apiVersion: 'apiextensions.k8s.io/v1',
+    kind: 'CustomResourceDefinition',
+    metadata: {
+      name: `${plural}.${Gatekeeper.group}`,
+      labels: { 'gatekeeper.sh/constraint': 'yes' },
+    },
+    spec: {
+      group: Gatekeeper.group,
+      scope: 'Cluster',
+      names: {
+        kind,
+        plural,
+        singular: kind.toLowerCase(),
+        listKind: `${kind}List`,
+        categories: ['constraint', 'constraints'],
+      },
+      versions: ['v1beta1', 'v1alpha1'].map((name) => ({
+        name,
+        served: true,
+        storage: name === 'v1beta1',
+        subresources: { status: {} },
+        schema: {
+          openAPIV3Schema: {
+            type: 'object',
+            properties: {
+              spec: {
+                type: 'object',
+                properties: {
+                  enforcementAction: { type: 'string' },
+                  match: {
+                    type: 'object',
+                    properties: {
+                      kinds: {
+                        type: 'array',
+                        items: { type: 'object', properties: { apiGroups: stringArray, kinds: stringArray } },
+                      },
+                      namespaces: stringArray,
+                      excludedNamespaces: stringArray,
+                      scope: { type: 'string', enum: ['*', 'Cluster', 'Namespaced'] },
+                      labelSelector: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
+                      namespaceSelector: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
+                      name: { type: 'string' },
+                    },
+                  },
+                  parameters: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
+                },
+              },
+              status: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
+            },
+          },
+        },
+      })),
+    },
+  };
+}
+
+function iaxPlatformCrd(): V1CustomResourceDefinition {
+  return {
+    apiVersion: 'apiextensions.k8s.io/v1',
+    kind: 'CustomResourceDefinition',
+    metadata: { name: `${IaxPlatform.plural}.${IaxPlatform.group}` },
+    spec: {
+      group: IaxPlatform.group,
+      scope: 'Namespaced',
+      names: {
+        kind: IaxPlatform.kind,
+        plural: IaxPlatform.plural,
+        singular: 'iaxplatform',
+        listKind: 'IaxPlatformList',
+      },
+      versions: [
+        {
+          name: IaxPlatform.version,
+          served: true,
+          storage: true,
+          subresources: { status: {} },
+          schema: { openAPIV3Schema: { type: 'object', x_kubernetes_preserve_unknown_fields: true } },
+        },
+      ],
+    },
+  };
+}
+
+/** Installs what the fixture needs once per cluster: storage class, CRDs, constraints. */
+export async function installClusterFixture(
+  kc: KubeConfig,
+  opts: { constraints?: boolean } = {},
+): Promise<void> {
+  const ext = kc.makeApiClient(ApiextensionsV1Api);
+  const storage = kc.makeApiClient(StorageV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  await createIfMissing(() =>
+    storage.createStorageClass({
+      body: {
+        metadata: { name: StaticStorageClass },
+        provisioner: 'kubernetes.io/no-provisioner',
+        volumeBindingMode: 'Immediate',
+        reclaimPolicy: 'Retain',
+      },
+    }),
+  );
+  const crds = [...Gatekeeper.kinds.map((k) => constraintCrd(k.kind, k.plural)), iaxPlatformCrd()];
+  for (const crd of crds) await createIfMissing(() => ext.createCustomResourceDefinition({ body: crd }));
+  for (const crd of crds) {
+    await waitFor(
+      `CRD ${crd.metadata!.name} established`,
+      async () => {
+        const c = await ext.readCustomResourceDefinition({ name: crd.metadata!.name! });
+        return c.status?.conditions?.some((x) => x.type === 'Established' && x.status === 'True');
+      },
+      30_000,
+    );
+  }
+  if (opts.constraints === false) return;
+  const podKinds = [{ apiGroups: [''], kinds: ['Pod'] }];
+  await createIfMissing(() =>
+    custom.createClusterCustomObject({
+      group: Gatekeeper.group,
+      version: Gatekeeper.version,
+      plural: 'k8spspcapabilities',
+      body: {
+        apiVersion: `${Gatekeeper.group}/${Gatekeeper.version}`,
+        kind: 'K8sPSPCapabilities',
+        metadata: { name: 'drop-all' },
+        spec: {
+          enforcementAction: 'deny',
+          match: { kinds: podKinds, excludedNamespaces: ['kube-system', 'gatekeeper-system'] },
+          parameters: { requiredDropCapabilities: ['ALL'], allowedCapabilities: [] },
+        },
+      },
+    }),
+  );
+  await createIfMissing(() =>
+    custom.createClusterCustomObject({
+      group: Gatekeeper.group,
+      version: Gatekeeper.version,
+      plural: 'k8spspallowedusers',
+      body: {
+        apiVersion: `${Gatekeeper.group}/${Gatekeeper.version}`,
+        kind: 'K8sPSPAllowedUsers',
+        metadata: { name: 'allowed-user-ranges' },
+        spec: {
+          enforcementAction: 'deny',
+          match: { kinds: podKinds },
+          parameters: {
+            runAsUser: { rule: 'MustRunAs', ranges: [{ min: 1000, max: 65535 }] },
+            runAsGroup: { rule: 'MustRunAs', ranges: [{ min: 1000, max: 65535 }] },
+            fsGroup: { rule: 'MustRunAs', ranges: [{ min: 1000, max: 65535 }] },
+            supplementalGroups: { rule: 'MustRunAs', ranges: [{ min: 1000, max: 65535 }] },
+          },
+        },
+      },
+    }),
+  );
+}
+
+function statefulSet(namespace: string, db: DatabaseSpec, uid: number): V1StatefulSet {
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'StatefulSet',
+    metadata: {
+      name: db.statefulSet,
+      namespace,
+      labels: { app: db.statefulSet, 'app.kubernetes.io/part-of': 'iax' },
+    },
+    spec: {
+      serviceName: db.statefulSet,
+      replicas: db.replicas,
+      podManagementPolicy: 'Parallel',
+      selector: { matchLabels: { app: db.statefulSet } },
+      template: {
+        metadata: { labels: { app: db.statefulSet } },
+        spec: {
+          securityContext: {
+            runAsNonRoot: true,
+            runAsUser: uid,
+            runAsGroup: uid,
+            fsGroup: uid,
+            fsGroupChangePolicy: 'OnRootMismatch',
+            seccompProfile: { type: 'RuntimeDefault' },
+          },
+          containers: [
+            {
+              name: db.container,
+              image: db.image,
+              command: ['docker-entrypoint.sh', 'postgres'],
+              env: [{ name: 'PGDATA', value: '/var/lib/postgresql/data' }],
+              securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+              volumeMounts: db.claims.map((c) => ({ name: c.claim, mountPath: c.mountPath })),
+            },
+          ],
+        },
+      },
+      volumeClaimTemplates: db.claims.map((c) => ({
+        metadata: { name: c.claim },
+        spec: {
+          accessModes: ['ReadWriteOnce'],
+          storageClassName: StaticStorageClass,
+          resources: { requests: { storage: '1Gi' } },
+        },
+      })),
+    },
+  };
+}
+
+/**
+ * Seeds one ITRS-like namespace. Safe to call again: existing objects are kept.
+ *
+ * @returns the claim names it bound, per StatefulSet.
+ */
+export async function seedItrsFixture(
+  kc: KubeConfig,
+  opts: FixtureOptions,
+): Promise<Record<string, string[]>> {
+  const core = kc.makeApiClient(CoreV1Api);
+  const apps = kc.makeApiClient(AppsV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const uid = opts.oldUid ?? 1000;
+  await installClusterFixture(kc, { constraints: opts.constraints });
+  await createIfMissing(() =>
+    core.createNamespace({
+      body: {
+        metadata: { name: opts.namespace, labels: { 'pod-security.kubernetes.io/enforce': 'restricted' } },
+      },
+    }),
+  );
+  const claims: Record<string, string[]> = {};
+  for (const db of ItrsDatabases) {
+    claims[db.statefulSet] = [];
+    for (let i = 0; i < db.replicas; i++) {
+      for (const c of db.claims) {
+        const claimName = `${c.claim}-${db.statefulSet}-${i}`;
+        claims[db.statefulSet]!.push(claimName);
+        const dir = pvDirectory(opts.pvRoot, opts.namespace, claimName);
+        if (!existsSync(dir)) seedVolume(dir, c.seed, uid, opts.filesPerVolume ?? 20);
+        await createIfMissing(() =>
+          core.createPersistentVolume({
+            body: {
+              metadata: {
+                name: `${opts.namespace}-${claimName}`,
+                labels: { 'runas-migrate.dev/fixture': opts.namespace },
+              },
+              spec: {
+                capacity: { storage: '1Gi' },
+                accessModes: ['ReadWriteOnce'],
+                persistentVolumeReclaimPolicy: 'Retain',
+                storageClassName: StaticStorageClass,
+                hostPath: { path: dir, type: 'Directory' },
+                claimRef: { namespace: opts.namespace, name: claimName },
+              },
+            },
+          }),
+        );
+      }
+    }
+    await createIfMissing(() =>
+      apps.createNamespacedStatefulSet({
+        namespace: opts.namespace,
+        body: statefulSet(opts.namespace, db, uid),
+      }),
+    );
+  }
+  await createIfMissing(() =>
+    custom.createNamespacedCustomObject({
+      group: IaxPlatform.group,
+      version: IaxPlatform.version,
+      namespace: opts.namespace,
+      plural: IaxPlatform.plural,
+      body: {
+        apiVersion: `${IaxPlatform.group}/${IaxPlatform.version}`,
+        kind: IaxPlatform.kind,
+        metadata: { name: IaxPlatform.name },
+        spec: { version: '2.17.0' },
+      },
+    }),
+  );
+  await custom.patchNamespacedCustomObjectStatus(
+    {
+      group: IaxPlatform.group,
+      version: IaxPlatform.version,
+      namespace: opts.namespace,
+      plural: IaxPlatform.plural,
+      name: IaxPlatform.name,
+      body: { status: { status: 'DEPLOYED' } },
+    },
+    setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+  );
+  return claims;
+}
+
+/** Waits until every fixture StatefulSet of the namespace has all its replicas Ready and PVCs Bound. */
+export async function waitForFixtureReady(
+  kc: KubeConfig,
+  namespace: string,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const apps = kc.makeApiClient(AppsV1Api);
+  const core = kc.makeApiClient(CoreV1Api);
+  for (const db of ItrsDatabases) {
+    await waitFor(
+      `${namespace}/${db.statefulSet} ready`,
+      async () => {
+        const s = await apps.readNamespacedStatefulSet({ name: db.statefulSet, namespace });
+        return (s.status?.readyReplicas ?? 0) === (s.spec?.replicas ?? 0) ? true : undefined;
+      },
+      timeoutMs,
+    );
+  }
+  await waitFor(
+    `PVCs of ${namespace} bound`,
+    async () => {
+      const pvcs = await core.listNamespacedPersistentVolumeClaim({ namespace });
+      return pvcs.items.length > 0 && pvcs.items.every((p) => p.status?.phase === 'Bound');
+    },
+    timeoutMs,
+  );
+}
+
+/** Creates nodes that kwok simulates (Ready, pods Running, Job pods Succeeded). */
+export async function createFakeNodes(kc: KubeConfig, count: number): Promise<void> {
+  const objects = KubernetesObjectApi.makeApiClient(kc);
+  for (let i = 0; i < count; i++) {
+    const node: KubernetesObject & Record<string, unknown> = {
+      apiVersion: 'v1',
+      kind: 'Node',
+      metadata: {
+        name: `kwok-node-${i}`,
+        annotations: {
+          [FakeNodeAnnotation.key]: FakeNodeAnnotation.value,
+          'node.alpha.kubernetes.io/ttl': '0',
+        },
+        labels: { 'kubernetes.io/hostname': `kwok-node-${i}`, 'kubernetes.io/os': 'linux', type: 'kwok' },
+      },
+      status: {
+        allocatable: { cpu: '32', memory: '256Gi', pods: '110' },
+        capacity: { cpu: '32', memory: '256Gi', pods: '110' },
+      },
+    };
+    await createIfMissing(() => objects.create(node));
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * Pure translation of a pod's container into the host commands that run it: a private mount
+ * namespace, each volume bind-mounted at its mountPath, a private /dev carrying the
+ * termination-message file, and `setpriv` with exactly the user, groups and capabilities the
+ * pod's securityContext grants.
+ */
+import type { V1Container, V1Pod } from '@kubernetes/client-node';
+
+/** The capabilities a container runtime grants when a container drops none (containerd's defaults). */
+export const RuntimeDefaultCapabilities = [
+  'CHOWN',
+  'DAC_OVERRIDE',
+  'FSETID',
+  'FOWNER',
+  'MKNOD',
+  'NET_RAW',
+  'SETGID',
+  'SETUID',
+  'SETFCAP',
+  'SETPCAP',
+  'NET_BIND_SERVICE',
+  'SYS_CHROOT',
+  'KILL',
+  'AUDIT_WRITE',
+] as const;
+
+/** A host directory (or file) to bind at a path inside the container. */
+export interface HostMount {
+  source: string;
+  target: string;
+  readOnly: boolean;
+}
+
+/** The identity a container's process runs as. */
+export interface ContainerIdentity {
+  uid: number;
+  gid: number;
+  groups: number[];
+  capabilities: string[];
+  noNewPrivileges: boolean;
+  runAsNonRoot: boolean;
+}
+
+const capName = (c: string) => c.toUpperCase().replace(/^CAP_/, '');
+
+/** Resolves the effective user, groups and capabilities of a container, as a kubelet would. */
+export function identityOf(pod: V1Pod, container: V1Container): ContainerIdentity {
+  const podSc = pod.spec?.securityContext ?? {};
+  const sc = container.securityContext ?? {};
+  const uid = sc.runAsUser ?? podSc.runAsUser ?? 0;
+  const gid = sc.runAsGroup ?? podSc.runAsGroup ?? 0;
+  const groups = [
+    ...new Set([
+      ...(podSc.fsGroup !== undefined ? [podSc.fsGroup] : []),
+      ...(podSc.supplementalGroups ?? []),
+    ]),
+  ];
+  const drop = (sc.capabilities?.drop ?? []).map(capName);
+  const add = (sc.capabilities?.add ?? []).map(capName);
+  const base = drop.includes('ALL') ? [] : RuntimeDefaultCapabilities.filter((c) => !drop.includes(c));
+  const capabilities = [...new Set([...base, ...add])].sort();
+  return {
+    uid,
+    gid,
+    groups,
+    capabilities,
+    noNewPrivileges: sc.allowPrivilegeEscalation === false,
+    runAsNonRoot: (sc.runAsNonRoot ?? podSc.runAsNonRoot ?? false) === true,
+  };
+}
+
+/** Quotes a string for a POSIX shell. */
+export function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Host runner's files for one container: its scratch folder and the termination-message file. */
+export interface LaunchPaths {
+  scratchDir: string;
+  terminationFile: string;
+}
+
+/**
+ * Builds the bash script that, run under `unshare --mount --propagation private`, sets up the
+ * container's view of the file system and `exec`s its command under `setpriv`.
+ */
+export function launchScript(
+  container: V1Container,
+  identity: ContainerIdentity,
+  mounts: readonly HostMount[],
+  env: Readonly<Record<string, string>>,
+  paths: LaunchPaths,
+): string {
+  const q = shellQuote;
+  const argv = [...(container.command ?? []), ...(container.args ?? [])];
+  if (argv.length === 0)
+    throw new Error(`container ${container.name} has no command: the host runner needs one`);
+  const termPath = container.terminationMessagePath ?? '/dev/termination-log';
+  const lines = [
+    'set -eu',
+    // A private /dev so the termination-message file is per container and leaves no trace on the host.
+    `mkdir -p ${q(paths.scratchDir + '/hostdev')}`,
+    `mount --rbind /dev ${q(paths.scratchDir + '/hostdev')}`,
+    'mount -t tmpfs -o mode=755,nosuid tmpfs /dev',
+    `for n in null zero full random urandom tty; do touch /dev/$n; mount --bind ${q(paths.scratchDir + '/hostdev')}/$n /dev/$n; done`,
+    'ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin; ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr',
+    'mkdir -p /dev/shm /dev/pts && mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm',
+    `umount -l ${q(paths.scratchDir + '/hostdev')}`,
+  ];
+  for (const m of mounts) {
+    lines.push(`mkdir -p ${q(m.target)}`, `mount --bind ${q(m.source)} ${q(m.target)}`);
+    if (m.readOnly) lines.push(`mount -o remount,bind,ro ${q(m.target)}`);
+  }
+  lines.push(
+    `mkdir -p "$(dirname ${q(termPath)})"`,
+    `touch ${q(termPath)}`,
+    `mount --bind ${q(paths.terminationFile)} ${q(termPath)}`,
+    `chmod 0666 ${q(termPath)}`,
+    `cd ${q(container.workingDir ?? '/')}`,
+  );
+  const capList = identity.capabilities.map((c) => `+${c.toLowerCase()}`).join(',');
+  const caps = capList ? `-all,${capList}` : '-all';
+  const setpriv = [
+    'setpriv',
+    `--reuid=${identity.uid}`,
+    `--regid=${identity.gid}`,
+    identity.groups.length ? `--groups=${identity.groups.join(',')}` : '--clear-groups',
+    `--inh-caps=${caps}`,
+    `--bounding-set=${caps}`,
+    ...(identity.noNewPrivileges ? ['--no-new-privs'] : []),
+    '--',
+  ];
+  const envArgs = Object.entries(env).map(([k, v]) => q(`${k}=${v}`));
+  lines.push(`exec ${setpriv.join(' ')} env -i ${envArgs.join(' ')} ${argv.map(q).join(' ')}`);
+  return lines.join('\n') + '\n';
+}
