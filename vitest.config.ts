@@ -2,7 +2,11 @@ import { defineConfig } from 'vitest/config';
 
 // Files that start workers or talk to the test bed run one at a time in one fork: the native
 // worker crashes under multi-threaded vitest workers, and one bed serves the whole run.
-const serial = { pool: 'forks', fileParallelism: false } as const;
+const serial = {
+  pool: 'forks' as const,
+  fileParallelism: false,
+  setupFiles: ['test/support/quiet-runtime.ts'],
+};
 
 export default defineConfig({
   test: {
