@@ -1,0 +1,53 @@
+/**
+ * Turns errors into Temporal failures with a type the workflow can branch on: Kubernetes
+ * errors keep their {@link KubeFailureType}; what retrying cannot fix is non-retryable.
+ */
+import { ApplicationFailure } from '@temporalio/common';
+import { Context } from '@temporalio/activity';
+import { isKubeError } from '../src/kube.js';
+import { MalformedConstraintError } from '../src/policy.js';
+
+/** Failure types raised by the policy guard itself. */
+export const PolicyFailureType = {
+  MalformedConstraint: 'MalformedConstraint',
+  RelaxedByAnotherRun: 'RelaxedByAnotherRun',
+  RestoreNotVerified: 'RestoreNotVerified',
+  MalformedRecord: 'MalformedRelaxationRecord',
+} as const;
+export type PolicyFailureType = (typeof PolicyFailureType)[keyof typeof PolicyFailureType];
+
+/** Converts any error into an `ApplicationFailure` (or returns it when it already is one). */
+export function toFailure(err: unknown): Error {
+  if (err instanceof ApplicationFailure) return err;
+  if (isKubeError(err)) {
+    return ApplicationFailure.create({
+      type: err.type,
+      message: err.message,
+      nonRetryable: !err.retryable,
+      details: [{ verb: err.verb, object: err.object, status: err.status ?? null }],
+      cause: err,
+    });
+  }
+  if (err instanceof MalformedConstraintError) {
+    return ApplicationFailure.nonRetryable(err.message, PolicyFailureType.MalformedConstraint);
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/** Runs `fn`, rethrowing its error as a typed failure. */
+export async function typed<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw toFailure(err);
+  }
+}
+
+/** Heartbeats when running as an activity; a no-op when called directly (the CLI). */
+export function heartbeat(details?: unknown): void {
+  try {
+    Context.current().heartbeat(details);
+  } catch {
+    // not inside an activity
+  }
+}

@@ -1,0 +1,255 @@
+/**
+ * The Kubernetes client runas-migrate uses: a thin wrapper over `@kubernetes/client-node` that
+ * names every call (verb and object), counts them, and turns every failure into a typed
+ * {@link KubeError} — transient ones retryable, 403/404/422 not.
+ */
+import {
+  ApisApi,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1Namespace,
+  type V1Pod,
+  type CoreV1Event,
+} from '@kubernetes/client-node';
+
+/** Failure types of Kubernetes calls, as `ApplicationFailure.type`. */
+export const KubeFailureType = {
+  Forbidden: 'KubeForbidden',
+  Unauthorized: 'KubeUnauthorized',
+  NotFound: 'KubeNotFound',
+  Invalid: 'KubeInvalid',
+  Conflict: 'KubeConflict',
+  Unavailable: 'KubeUnavailable',
+  BadRequest: 'KubeBadRequest',
+} as const;
+export type KubeFailureType = (typeof KubeFailureType)[keyof typeof KubeFailureType];
+
+/** A failed Kubernetes call, typed by what the caller can do about it. */
+export class KubeError extends Error {
+  override readonly name = 'KubeError';
+  constructor(
+    readonly type: KubeFailureType,
+    /** HTTP status, when the API server answered. */
+    readonly status: number | undefined,
+    readonly verb: string,
+    readonly object: string,
+    /** The API server's own message (or the transport error). */
+    readonly reason: string,
+  ) {
+    super(KubeError.describe(type, status, verb, object, reason));
+  }
+
+  /** Whether retrying the same call can succeed. */
+  get retryable(): boolean {
+    return this.type === KubeFailureType.Conflict || this.type === KubeFailureType.Unavailable;
+  }
+
+  private static describe(
+    type: KubeFailureType,
+    status: number | undefined,
+    verb: string,
+    object: string,
+    reason: string,
+  ): string {
+    const code = status ? ` (HTTP ${status})` : '';
+    switch (type) {
+      case KubeFailureType.Forbidden:
+        return `forbidden to ${verb} ${object}${code}: ${reason}. Fix: grant the identity in the kubeconfig "${verb}" on it (deploy/ has the least-privilege RBAC)`;
+      case KubeFailureType.Unauthorized:
+        return `not authenticated to ${verb} ${object}${code}: ${reason}. Fix: check the kubeconfig's credentials`;
+      case KubeFailureType.NotFound:
+        return `${object} not found while trying to ${verb} it${code}. Fix: check its name and namespace`;
+      case KubeFailureType.Invalid:
+        return `the API server rejected ${verb} ${object} as invalid${code}: ${reason}`;
+      case KubeFailureType.Conflict:
+        return `${object} changed while trying to ${verb} it${code}: ${reason}`;
+      case KubeFailureType.BadRequest:
+        return `bad request to ${verb} ${object}${code}: ${reason}`;
+      default:
+        return `could not ${verb} ${object}${code}: ${reason} (the API server may be restarting; retried)`;
+    }
+  }
+}
+
+/** Whether `err` is a {@link KubeError}, optionally of the given type. */
+export function isKubeError(err: unknown, type?: KubeFailureType): err is KubeError {
+  return err instanceof KubeError && (type === undefined || err.type === type);
+}
+
+function statusMessage(body: unknown): string | undefined {
+  if (typeof body === 'string') {
+    try {
+      return (JSON.parse(body) as { message?: string }).message ?? body;
+    } catch {
+      return body || undefined;
+    }
+  }
+  if (body && typeof body === 'object' && 'message' in body) return String(body.message);
+  return undefined;
+}
+
+/** Classifies any error thrown by client-node (or the transport) into a {@link KubeError}. */
+export function toKubeError(err: unknown, verb: string, object: string): KubeError {
+  if (err instanceof KubeError) return err;
+  const e = err as { code?: unknown; body?: unknown; message?: string };
+  const status = typeof e.code === 'number' ? e.code : undefined;
+  const reason = statusMessage(e.body) ?? e.message ?? String(err);
+  const type: KubeFailureType =
+    status === 403
+      ? KubeFailureType.Forbidden
+      : status === 401
+        ? KubeFailureType.Unauthorized
+        : status === 404
+          ? KubeFailureType.NotFound
+          : status === 422
+            ? KubeFailureType.Invalid
+            : status === 409
+              ? KubeFailureType.Conflict
+              : status === 400
+                ? KubeFailureType.BadRequest
+                : KubeFailureType.Unavailable;
+  return new KubeError(type, status, verb, object, reason);
+}
+
+/** A custom resource kind served by the API server. */
+export interface CustomResourceKind {
+  group: string;
+  version: string;
+  plural: string;
+  kind: string;
+}
+
+/** Counts of the calls a {@link Kube} made, for reports and benchmarks. */
+export interface KubeCallCounts {
+  reads: number;
+  writes: number;
+}
+
+const header = (strategy: PatchStrategy) => setHeaderOptions('Content-Type', strategy);
+
+/** The Kubernetes calls runas-migrate makes, each named, counted and typed on failure. */
+export class Kube {
+  readonly counts: KubeCallCounts = { reads: 0, writes: 0 };
+  protected readonly core: CoreV1Api;
+  protected readonly custom: CustomObjectsApi;
+  protected readonly apis: ApisApi;
+
+  constructor(readonly kubeConfig: KubeConfig) {
+    this.core = kubeConfig.makeApiClient(CoreV1Api);
+    this.custom = kubeConfig.makeApiClient(CustomObjectsApi);
+    this.apis = kubeConfig.makeApiClient(ApisApi);
+  }
+
+  /** A client for the kubeconfig at `path` (or the default loading rules when absent). */
+  static fromKubeconfig(path?: string): Kube {
+    const kc = new KubeConfig();
+    if (path) kc.loadFromFile(path);
+    else kc.loadFromDefault();
+    return new Kube(kc);
+  }
+
+  /**
+   * Runs one API call; every call of this class goes through here (override it to observe or
+   * inject faults).
+   */
+  async call<T>(verb: string, object: string, mutating: boolean, fn: () => Promise<T>): Promise<T> {
+    if (mutating) this.counts.writes++;
+    else this.counts.reads++;
+    try {
+      return await fn();
+    } catch (err) {
+      throw toKubeError(err, verb, object);
+    }
+  }
+
+  /** Reads a namespace. */
+  readNamespace(name: string): Promise<V1Namespace> {
+    return this.call('get', `namespace "${name}"`, false, () => this.core.readNamespace({ name }));
+  }
+
+  /** Lists namespaces (optionally by label selector). */
+  async listNamespaces(labelSelector?: string): Promise<V1Namespace[]> {
+    const list = await this.call('list', 'namespaces', false, () =>
+      this.core.listNamespace(labelSelector ? { labelSelector } : {}),
+    );
+    return list.items;
+  }
+
+  /** Patches a namespace with a merge patch or a JSON Patch. */
+  patchNamespace(name: string, body: object, strategy: PatchStrategy): Promise<V1Namespace> {
+    return this.call('patch', `namespace "${name}"`, true, () =>
+      this.core.patchNamespace({ name, body }, header(strategy)),
+    );
+  }
+
+  /**
+   * The kinds served by an API group at its preferred version; empty when the group is not
+   * installed (Gatekeeper absent is not an error).
+   */
+  async kindsOfGroup(group: string): Promise<CustomResourceKind[]> {
+    const groups = await this.call('discover', 'API groups', false, () => this.apis.getAPIVersions());
+    const found = groups.groups.find((g) => g.name === group);
+    if (!found) return [];
+    const version = found.preferredVersion?.version ?? found.versions[0]?.version;
+    if (!version) return [];
+    const resources = await this.call('discover', `API group ${group}/${version}`, false, () =>
+      this.custom.getAPIResources({ group, version }),
+    );
+    return resources.resources
+      .filter((r) => !r.name.includes('/'))
+      .map((r) => ({ group, version, plural: r.name, kind: r.kind }));
+  }
+
+  /** Lists the cluster-scoped objects of a custom kind. */
+  async listClusterObjects<T>(kind: CustomResourceKind): Promise<T[]> {
+    const list = (await this.call('list', `${kind.plural}.${kind.group}`, false, () =>
+      this.custom.listClusterCustomObject({ group: kind.group, version: kind.version, plural: kind.plural }),
+    )) as { items: T[] };
+    return list.items;
+  }
+
+  /** Reads one cluster-scoped custom object. */
+  async readClusterObject<T>(kind: CustomResourceKind, name: string): Promise<T> {
+    return (await this.call('get', `${kind.kind} "${name}"`, false, () =>
+      this.custom.getClusterCustomObject({
+        group: kind.group,
+        version: kind.version,
+        plural: kind.plural,
+        name,
+      }),
+    )) as T;
+  }
+
+  /** Applies a JSON Patch to a cluster-scoped custom object. */
+  async jsonPatchClusterObject<T>(
+    kind: CustomResourceKind,
+    name: string,
+    ops: readonly object[],
+  ): Promise<T> {
+    return (await this.call('patch', `${kind.kind} "${name}"`, true, () =>
+      this.custom.patchClusterCustomObject(
+        { group: kind.group, version: kind.version, plural: kind.plural, name, body: ops },
+        header(PatchStrategy.JsonPatch),
+      ),
+    )) as T;
+  }
+
+  /** Lists pods of a namespace by label selector. */
+  async listPods(namespace: string, labelSelector: string): Promise<V1Pod[]> {
+    const list = await this.call('list', `pods in namespace "${namespace}"`, false, () =>
+      this.core.listNamespacedPod({ namespace, labelSelector }),
+    );
+    return list.items;
+  }
+
+  /** Lists events of a namespace by field selector. */
+  async listEvents(namespace: string, fieldSelector: string): Promise<CoreV1Event[]> {
+    const list = await this.call('list', `events in namespace "${namespace}"`, false, () =>
+      this.core.listNamespacedEvent({ namespace, fieldSelector }),
+    );
+    return list.items;
+  }
+}

@@ -1,0 +1,394 @@
+/**
+ * The policy guard's domain, pure: what a namespace's security policies were (the snapshot),
+ * what relaxing them takes (the plan), and the exact patches that relax and restore them.
+ * Everything here is JSON-serialisable so it can live in workflow state and in the namespace
+ * annotation that survives the loss of the run.
+ */
+import { z } from 'zod';
+
+/** Annotation on the namespace that records a relaxation before it is applied. */
+export const RelaxationAnnotation = 'runas-migrate.dev/relaxation';
+
+/** API group of Gatekeeper constraints. */
+export const GatekeeperConstraintGroup = 'constraints.gatekeeper.sh';
+
+/** The Pod Security Admission labels of a namespace. */
+export const PodSecurityLabel = {
+  Enforce: 'pod-security.kubernetes.io/enforce',
+  EnforceVersion: 'pod-security.kubernetes.io/enforce-version',
+  Warn: 'pod-security.kubernetes.io/warn',
+  WarnVersion: 'pod-security.kubernetes.io/warn-version',
+  Audit: 'pod-security.kubernetes.io/audit',
+  AuditVersion: 'pod-security.kubernetes.io/audit-version',
+} as const;
+export type PodSecurityLabel = (typeof PodSecurityLabel)[keyof typeof PodSecurityLabel];
+
+/** Pod Security Standards levels, most permissive first. */
+export const PodSecurityLevel = {
+  Privileged: 'privileged',
+  Baseline: 'baseline',
+  Restricted: 'restricted',
+} as const;
+export type PodSecurityLevel = (typeof PodSecurityLevel)[keyof typeof PodSecurityLevel];
+
+/** The levels a relaxation may set. */
+export type RelaxedPodSecurityLevel = typeof PodSecurityLevel.Baseline | typeof PodSecurityLevel.Privileged;
+
+/** The run that owns a relaxation. */
+export interface RunRef {
+  workflowId: string;
+  runId: string;
+}
+
+/** One Gatekeeper constraint, by kind and name. */
+export interface ConstraintRef {
+  group: string;
+  version: string;
+  plural: string;
+  kind: string;
+  name: string;
+}
+
+/** A constraint as it was, as far as the namespace is concerned. */
+export interface ConstraintSnapshot {
+  ref: ConstraintRef;
+  resourceVersion: string;
+  /** `spec.match.excludedNamespaces` as it was; null when the field was absent. */
+  excludedNamespaces: string[] | null;
+  /** The entry (exact or glob) that already excludes the namespace, if any. */
+  excludedBy: string | null;
+}
+
+/** A constraint the guard leaves alone, and why. */
+export interface SkippedConstraint {
+  ref: ConstraintRef;
+  reason: string;
+}
+
+/** The namespace's policies before the relaxation. */
+export interface PolicySnapshot {
+  namespace: string;
+  namespaceResourceVersion: string;
+  takenAt: string;
+  /** Every PSA label: its value, or null when absent. */
+  podSecurity: Record<PodSecurityLabel, string | null>;
+  /** Blocking constraints that apply to the namespace. */
+  constraints: ConstraintSnapshot[];
+  /** Constraints that do not block pods of the namespace. */
+  skipped: SkippedConstraint[];
+}
+
+/** What relaxing changes. */
+export interface RelaxationPlan {
+  /** The `enforce` level to set; null when the current one already admits the migration pods. */
+  podSecurityEnforce: RelaxedPodSecurityLevel | null;
+  /** Constraints to exclude the namespace from: append to the list, or create it. */
+  constraints: { ref: ConstraintRef; action: 'append' | 'create' }[];
+}
+
+/** The durable record of a relaxation: written to the namespace before anything changes. */
+export interface RelaxationRecord {
+  version: 1;
+  owner: RunRef;
+  snapshot: PolicySnapshot;
+  plan: RelaxationPlan;
+}
+
+/** Thrown when a constraint cannot be understood; nothing is changed. */
+export class MalformedConstraintError extends Error {
+  override readonly name = 'MalformedConstraintError';
+}
+
+const stringList = z.array(z.string());
+const labelSelectorSchema = z.object({
+  matchLabels: z.record(z.string(), z.string()).optional(),
+  matchExpressions: z
+    .array(
+      z.object({
+        key: z.string(),
+        operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist']),
+        values: stringList.optional(),
+      }),
+    )
+    .optional(),
+});
+const constraintSchema = z.object({
+  metadata: z.object({ name: z.string(), resourceVersion: z.string() }),
+  spec: z
+    .object({
+      enforcementAction: z.string().optional(),
+      scopedEnforcementActions: z.array(z.object({ action: z.string() })).optional(),
+      match: z
+        .object({
+          kinds: z
+            .array(z.object({ apiGroups: stringList.optional(), kinds: stringList.optional() }))
+            .optional(),
+          namespaces: stringList.optional(),
+          excludedNamespaces: stringList.optional(),
+          scope: z.string().optional(),
+          namespaceSelector: labelSelectorSchema.optional(),
+        })
+        .optional(),
+    })
+    .optional(),
+});
+
+/** A constraint object as the API returns it (only what the guard reads). */
+export type ConstraintObject = z.infer<typeof constraintSchema>;
+
+/** Whether a Gatekeeper namespace pattern (`name`, `prefix*`, `*suffix`) matches. */
+export function namespacePatternMatches(pattern: string, namespace: string): boolean {
+  if (pattern.endsWith('*')) return namespace.startsWith(pattern.slice(0, -1));
+  if (pattern.startsWith('*')) return namespace.endsWith(pattern.slice(1));
+  return pattern === namespace;
+}
+
+/** Evaluates a label selector against labels. */
+export function selectorMatches(
+  selector: z.infer<typeof labelSelectorSchema>,
+  labels: Record<string, string>,
+): boolean {
+  for (const [k, v] of Object.entries(selector.matchLabels ?? {})) if (labels[k] !== v) return false;
+  for (const e of selector.matchExpressions ?? []) {
+    const has = Object.prototype.hasOwnProperty.call(labels, e.key);
+    const value = labels[e.key];
+    const ok =
+      e.operator === 'In'
+        ? has && (e.values ?? []).includes(value!)
+        : e.operator === 'NotIn'
+          ? !has || !(e.values ?? []).includes(value!)
+          : e.operator === 'Exists'
+            ? has
+            : !has;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/** Validates a constraint's shape; throws {@link MalformedConstraintError} naming the field. */
+export function parseConstraint(kind: string, obj: unknown): ConstraintObject {
+  const parsed = constraintSchema.safeParse(obj);
+  if (parsed.success) return parsed.data;
+  const name = (obj as { metadata?: { name?: string } })?.metadata?.name ?? '?';
+  const issues = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+  throw new MalformedConstraintError(
+    `constraint ${kind}/${name} is malformed (${issues}). Fix the constraint, or run with policies.gatekeeper=false if it does not concern this namespace`,
+  );
+}
+
+/**
+ * Decides how a constraint concerns the namespace: skipped (with the reason), or blocking —
+ * and then whether an entry already excludes the namespace.
+ */
+export function assessConstraint(
+  ref: ConstraintRef,
+  constraint: ConstraintObject,
+  namespace: string,
+  namespaceLabels: Record<string, string>,
+): { skipped: SkippedConstraint } | { snapshot: ConstraintSnapshot } {
+  const spec = constraint.spec ?? {};
+  const match = spec.match ?? {};
+  const skip = (reason: string) => ({ skipped: { ref, reason } });
+  const action = spec.enforcementAction ?? 'deny';
+  const blocks =
+    action === 'deny' ||
+    (action === 'scoped' && (spec.scopedEnforcementActions ?? []).some((s) => s.action === 'deny'));
+  if (!blocks) return skip(`enforcementAction is ${action}: it does not refuse pods`);
+  if (match.scope === 'Cluster') return skip('scope is Cluster: namespaced pods are not matched');
+  if (match.kinds && match.kinds.length > 0) {
+    const pods = match.kinds.some(
+      (k) =>
+        (k.apiGroups ?? ['*']).some((g) => g === '' || g === '*') &&
+        (k.kinds ?? ['*']).some((x) => x === 'Pod' || x === '*'),
+    );
+    if (!pods) return skip('it does not match Pods');
+  }
+  if (
+    match.namespaces &&
+    match.namespaces.length > 0 &&
+    !match.namespaces.some((p) => namespacePatternMatches(p, namespace))
+  ) {
+    return skip(`spec.match.namespaces does not include ${namespace}`);
+  }
+  if (match.namespaceSelector && !selectorMatches(match.namespaceSelector, namespaceLabels)) {
+    return skip('spec.match.namespaceSelector does not select the namespace');
+  }
+  const excluded = match.excludedNamespaces ?? null;
+  return {
+    snapshot: {
+      ref,
+      resourceVersion: constraint.metadata.resourceVersion,
+      excludedNamespaces: excluded ? [...excluded] : null,
+      excludedBy: excluded?.find((p) => namespacePatternMatches(p, namespace)) ?? null,
+    },
+  };
+}
+
+/** The PSA labels of a namespace, each value or null. */
+export function podSecurityLabelsOf(
+  labels: Record<string, string> | undefined,
+): Record<PodSecurityLabel, string | null> {
+  const out = {} as Record<PodSecurityLabel, string | null>;
+  for (const key of Object.values(PodSecurityLabel)) out[key] = labels?.[key] ?? null;
+  return out;
+}
+
+const levelRank: Record<string, number> = { privileged: 0, baseline: 1, restricted: 2 };
+
+/** Plans the least relaxation that admits the migration pods. */
+export function planRelaxation(snapshot: PolicySnapshot, level: RelaxedPodSecurityLevel): RelaxationPlan {
+  const current = snapshot.podSecurity[PodSecurityLabel.Enforce];
+  // An absent label means the cluster default, which may be restricted: set the level explicitly.
+  const alreadyEnough = current !== null && current in levelRank && levelRank[current]! <= levelRank[level]!;
+  return {
+    podSecurityEnforce: alreadyEnough ? null : level,
+    constraints: snapshot.constraints
+      .filter((c) => c.excludedBy === null)
+      .map((c) => ({
+        ref: c.ref,
+        action: c.excludedNamespaces === null ? ('create' as const) : ('append' as const),
+      })),
+  };
+}
+
+/** Escapes one JSON Pointer token (RFC 6901). */
+export function pointerToken(s: string): string {
+  return s.replace(/~/g, '~0').replace(/\//g, '~1');
+}
+
+/** One JSON Patch (RFC 6902) operation. */
+export interface JsonPatchOp {
+  op: 'add' | 'remove' | 'replace' | 'test';
+  path: string;
+  value?: unknown;
+}
+
+/** Path of a constraint's excluded namespaces. */
+export const ExcludedNamespacesPath = '/spec/match/excludedNamespaces';
+const excludedPath = ExcludedNamespacesPath;
+
+/**
+ * JSON Patch that excludes the namespace from a constraint, guarded by the resourceVersion it
+ * was computed from; null when the namespace is already listed.
+ */
+export function excludeNamespaceOps(
+  namespace: string,
+  current: { resourceVersion: string; excludedNamespaces: string[] | null; hasMatch: boolean },
+): JsonPatchOp[] | null {
+  if (current.excludedNamespaces?.includes(namespace)) return null;
+  const guard: JsonPatchOp = {
+    op: 'test',
+    path: '/metadata/resourceVersion',
+    value: current.resourceVersion,
+  };
+  if (current.excludedNamespaces === null) {
+    return current.hasMatch
+      ? [guard, { op: 'add', path: excludedPath, value: [namespace] }]
+      : [guard, { op: 'add', path: '/spec/match', value: { excludedNamespaces: [namespace] } }];
+  }
+  return [guard, { op: 'add', path: `${excludedPath}/-`, value: namespace }];
+}
+
+/**
+ * JSON Patch that removes what the relaxation added, located by value and guarded by a `test`
+ * of that index; null when there is nothing of ours left. When the relaxation created the
+ * list and it holds nothing else, the list itself goes.
+ */
+export function includeNamespaceOps(
+  namespace: string,
+  current: string[] | null,
+  createdByUs: boolean,
+): JsonPatchOp[] | null {
+  if (!current) return null;
+  const index = current.lastIndexOf(namespace);
+  if (index < 0) return null;
+  if (createdByUs && current.length === 1) {
+    return [
+      { op: 'test', path: excludedPath, value: [namespace] },
+      { op: 'remove', path: excludedPath },
+    ];
+  }
+  return [
+    { op: 'test', path: `${excludedPath}/${index}`, value: namespace },
+    { op: 'remove', path: `${excludedPath}/${index}` },
+  ];
+}
+
+/** Merge patch that records the relaxation and relaxes PSA in one write, only if nothing changed since the snapshot. */
+export function relaxNamespacePatch(record: RelaxationRecord): object {
+  return {
+    metadata: {
+      resourceVersion: record.snapshot.namespaceResourceVersion,
+      annotations: { [RelaxationAnnotation]: JSON.stringify(record) },
+      ...(record.plan.podSecurityEnforce
+        ? { labels: { [PodSecurityLabel.Enforce]: record.plan.podSecurityEnforce } }
+        : {}),
+    },
+  };
+}
+
+/** Merge patch that puts the `enforce` label back as it was (removed when it was absent). */
+export function restorePodSecurityPatch(record: RelaxationRecord): object | null {
+  if (!record.plan.podSecurityEnforce) return null;
+  return {
+    metadata: {
+      labels: { [PodSecurityLabel.Enforce]: record.snapshot.podSecurity[PodSecurityLabel.Enforce] },
+    },
+  };
+}
+
+/** JSON Patch that drops the record, only if it is still the one given. */
+export function dropRecordOps(annotationValue: string): JsonPatchOp[] {
+  const path = `/metadata/annotations/${pointerToken(RelaxationAnnotation)}`;
+  return [
+    { op: 'test', path, value: annotationValue },
+    { op: 'remove', path },
+  ];
+}
+
+const recordSchema = z.object({
+  version: z.literal(1),
+  owner: z.object({ workflowId: z.string(), runId: z.string() }),
+  snapshot: z.object({
+    namespace: z.string(),
+    namespaceResourceVersion: z.string(),
+    takenAt: z.string(),
+    podSecurity: z.record(z.string(), z.string().nullable()),
+    constraints: z.array(
+      z.object({
+        ref: z.object({
+          group: z.string(),
+          version: z.string(),
+          plural: z.string(),
+          kind: z.string(),
+          name: z.string(),
+        }),
+        resourceVersion: z.string(),
+        excludedNamespaces: stringList.nullable(),
+        excludedBy: z.string().nullable(),
+      }),
+    ),
+    skipped: z.array(z.object({ ref: z.any(), reason: z.string() })),
+  }),
+  plan: z.object({
+    podSecurityEnforce: z.enum(['baseline', 'privileged']).nullable(),
+    constraints: z.array(z.object({ ref: z.any(), action: z.enum(['append', 'create']) })),
+  }),
+});
+
+/** Parses the annotation written by {@link relaxNamespacePatch}. */
+export function parseRelaxationRecord(value: string): RelaxationRecord {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(value);
+  } catch {
+    throw new Error(`annotation ${RelaxationAnnotation} is not JSON: restore by hand from its text`);
+  }
+  const parsed = recordSchema.safeParse(raw);
+  if (!parsed.success) {
+    throw new Error(
+      `annotation ${RelaxationAnnotation} is not a relaxation record: ${parsed.error.issues[0]?.message ?? ''}`,
+    );
+  }
+  return parsed.data;
+}

@@ -1,0 +1,472 @@
+/**
+ * The policy guard against the test bed's real API server: relax then restore leaves the
+ * namespace's labels and every constraint's spec exactly as they were, in every starting
+ * situation; the relaxed window admits the migration pod and the restored one refuses it;
+ * others' changes survive; an interrupted restore finishes on the next try; bad input changes
+ * nothing.
+ */
+import {
+  ApiextensionsV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  PatchStrategy,
+  RbacAuthorizationV1Api,
+  setHeaderOptions,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import { ApplicationFailure } from '@temporalio/common';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createPolicyActivities } from '../../activities/policy.js';
+import { Kube } from '../../src/kube.js';
+import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/policy.js';
+import { Gatekeeper } from '../../testbed/fixture.js';
+import { waitFor } from '../../testbed/process.js';
+import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { policyState } from '../support/policy-state.js';
+
+const kc = kubeConfig();
+const core = kc.makeApiClient(CoreV1Api);
+const custom = kc.makeApiClient(CustomObjectsApi);
+const owner: RunRef = { workflowId: 'runas-migrate-test', runId: 'run-1' };
+const cleanups: (() => Promise<void>)[] = [];
+const guard = (kube = new Kube(kc), constraintGroup?: string) =>
+  createPolicyActivities({ kube, ...(constraintGroup ? { constraintGroup } : {}) });
+
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => undefined);
+});
+
+async function namespace(labels: Record<string, string> = {}): Promise<string> {
+  const name = uniqueName('guard');
+  const remove = await createNamespace(kc, name, labels);
+  // A failed test must not leave the shared constraints excluding a deleted namespace.
+  cleanups.push(async () => {
+    await guard().restorePolicies({ namespace: name });
+    await remove();
+  });
+  return name;
+}
+
+async function constraint(kind: 'K8sPSPCapabilities' | 'K8sPSPAllowedUsers', match: object): Promise<string> {
+  const plural = Gatekeeper.kinds.find((k) => k.kind === kind)!.plural;
+  const name = uniqueName('c');
+  await custom.createClusterCustomObject({
+    group: Gatekeeper.group,
+    version: Gatekeeper.version,
+    plural,
+    body: {
+      apiVersion: `${Gatekeeper.group}/${Gatekeeper.version}`,
+      kind,
+      metadata: { name },
+      spec: { match },
+    },
+  });
+  cleanups.push(async () => {
+    await custom.deleteClusterCustomObject({
+      group: Gatekeeper.group,
+      version: Gatekeeper.version,
+      plural,
+      name,
+    });
+  });
+  return name;
+}
+
+async function excludedNamespaces(plural: string, name: string): Promise<string[] | undefined> {
+  const c = (await custom.getClusterCustomObject({
+    group: Gatekeeper.group,
+    version: Gatekeeper.version,
+    plural,
+    name,
+  })) as {
+    spec: { match: { excludedNamespaces?: string[] } };
+  };
+  return c.spec.match.excludedNamespaces;
+}
+
+const migrationPod = (name: string): V1Pod => ({
+  metadata: { name },
+  spec: {
+    restartPolicy: 'Never',
+    securityContext: { runAsUser: 0, runAsGroup: 0, seccompProfile: { type: 'RuntimeDefault' } },
+    containers: [
+      {
+        name: 'fix-ownership',
+        image: 'postgres',
+        command: ['sleep', '3600'],
+        securityContext: {
+          runAsNonRoot: false,
+          allowPrivilegeEscalation: false,
+          capabilities: { add: ['CHOWN', 'FOWNER', 'DAC_OVERRIDE'], drop: ['ALL'] },
+        },
+      },
+    ],
+  },
+});
+
+async function failureOf(p: Promise<unknown>): Promise<ApplicationFailure> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof ApplicationFailure) return err;
+    throw err;
+  }
+  throw new Error('expected a failure');
+}
+
+describe('relax then restore leaves everything as it was', () => {
+  const cases: [string, () => Promise<{ ns: string; expectEnforce: string | null }>][] = [
+    ['PSA label absent', async () => ({ ns: await namespace(), expectEnforce: null })],
+    [
+      'label restricted with enforce-version, warn and audit',
+      async () => ({
+        ns: await namespace({
+          [PodSecurityLabel.Enforce]: 'restricted',
+          [PodSecurityLabel.EnforceVersion]: 'v1.30',
+          [PodSecurityLabel.Warn]: 'restricted',
+          [PodSecurityLabel.Audit]: 'restricted',
+        }),
+        expectEnforce: 'restricted',
+      }),
+    ],
+  ];
+
+  for (const [title, setup] of cases) {
+    it(`${title}; drop-all (list with others) and allowed-user-ranges (no list)`, async () => {
+      const { ns, expectEnforce } = await setup();
+      const before = await policyState(kc, ns);
+      const g = guard();
+
+      const relaxed = await g.relaxPolicies({ namespace: ns, owner });
+      const during = await policyState(kc, ns);
+      expect(during.labels[PodSecurityLabel.Enforce]).toBe('baseline');
+      expect(during.annotations[RelaxationAnnotation]).toBe(JSON.stringify(relaxed.record));
+      expect(await excludedNamespaces('k8spspcapabilities', 'drop-all')).toContain(ns);
+      expect(await excludedNamespaces('k8spspallowedusers', 'allowed-user-ranges')).toContain(ns);
+      const action = (kind: string, name: string) =>
+        (before.constraints[`${kind}/${name}`] as { match: object }).match;
+      expect('excludedNamespaces' in action('K8sPSPCapabilities', 'drop-all')).toBe(true);
+      expect('excludedNamespaces' in action('K8sPSPAllowedUsers', 'allowed-user-ranges')).toBe(false);
+      expect(relaxed.record.plan.constraints.map((c) => `${c.ref.name}:${c.action}`)).toEqual(
+        expect.arrayContaining(['drop-all:append', 'allowed-user-ranges:create']),
+      );
+
+      const report = await g.restorePolicies({ namespace: ns, owner });
+      expect(report.restored).toBe(true);
+      expect(report.keptForeignChanges).toEqual([]);
+      const after = await policyState(kc, ns);
+      expect(after).toEqual(before);
+      expect(after.labels[PodSecurityLabel.Enforce] ?? null).toBe(expectEnforce);
+
+      const again = await g.restorePolicies({ namespace: ns, owner });
+      expect(again).toMatchObject({ restored: false, apiCalls: 1 });
+      expect(await policyState(kc, ns)).toEqual(before);
+    });
+  }
+
+  it('touches neither a constraint that already lists the namespace nor one whose glob excludes it', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const listed = await constraint('K8sPSPCapabilities', {
+      namespaces: [ns],
+      excludedNamespaces: ['kube-system', ns],
+    });
+    const globbed = await constraint('K8sPSPAllowedUsers', {
+      namespaces: [ns],
+      excludedNamespaces: [`${ns.split('-')[0]}-*`],
+    });
+    const before = await policyState(kc, ns);
+    const g = guard();
+
+    const relaxed = await g.relaxPolicies({ namespace: ns, owner });
+    const planned = relaxed.record.plan.constraints.map((c) => c.ref.name);
+    expect(planned).not.toContain(listed);
+    expect(planned).not.toContain(globbed);
+    expect(relaxed.record.snapshot.constraints.find((c) => c.ref.name === globbed)?.excludedBy).toBe(
+      'guard-*',
+    );
+    const during = await policyState(kc, ns);
+    expect(during.constraints[`K8sPSPCapabilities/${listed}`]).toEqual(
+      before.constraints[`K8sPSPCapabilities/${listed}`],
+    );
+    expect(during.constraints[`K8sPSPAllowedUsers/${globbed}`]).toEqual(
+      before.constraints[`K8sPSPAllowedUsers/${globbed}`],
+    );
+
+    await g.restorePolicies({ namespace: ns, owner });
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+
+  it('relaxes PSA alone when Gatekeeper is not installed', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const before = await policyState(kc, ns);
+    const g = guard(new Kube(kc), 'constraints.gatekeeper.absent.example');
+
+    const relaxed = await g.relaxPolicies({ namespace: ns, owner });
+    expect(relaxed.record.snapshot.constraints).toEqual([]);
+    expect(relaxed.record.plan).toEqual({ podSecurityEnforce: 'baseline', constraints: [] });
+    await g.restorePolicies({ namespace: ns, owner });
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+});
+
+describe('the window', () => {
+  it('admits the migration pod while relaxed; afterwards refuses a new one while the admitted one keeps running', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const g = guard();
+    await expect(
+      core.createNamespacedPod({ namespace: ns, body: migrationPod('before') }),
+    ).rejects.toMatchObject({ code: 403 });
+
+    await g.relaxPolicies({ namespace: ns, owner });
+    await core.createNamespacedPod({ namespace: ns, body: migrationPod('during') });
+    await g.restorePolicies({ namespace: ns, owner });
+
+    await expect(
+      core.createNamespacedPod({ namespace: ns, body: migrationPod('after') }),
+    ).rejects.toMatchObject({ code: 403 });
+    const running = await waitFor(
+      'admitted pod Running',
+      async () => {
+        const p = await core.readNamespacedPod({ name: 'during', namespace: ns });
+        return p.status?.phase === 'Running' ? p : undefined;
+      },
+      30_000,
+    );
+    expect(running.metadata?.deletionTimestamp).toBeUndefined();
+  });
+
+  it('keeps a namespace someone else added to a constraint meanwhile, and reports it', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const other = uniqueName('someone-else');
+    const before = await policyState(kc, ns);
+    const g = guard();
+    await g.relaxPolicies({ namespace: ns, owner });
+    await custom.patchClusterCustomObject(
+      {
+        group: Gatekeeper.group,
+        version: Gatekeeper.version,
+        plural: 'k8spspcapabilities',
+        name: 'drop-all',
+        body: [{ op: 'add', path: '/spec/match/excludedNamespaces/-', value: other }],
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.JsonPatch),
+    );
+
+    const report = await g.restorePolicies({ namespace: ns, owner });
+    const list = await excludedNamespaces('k8spspcapabilities', 'drop-all');
+    expect(list).toContain(other);
+    expect(list).not.toContain(ns);
+    expect(report.keptForeignChanges).toEqual([
+      `K8sPSPCapabilities/drop-all: ${other} was added to excludedNamespaces by someone else`,
+    ]);
+
+    await custom.patchClusterCustomObject(
+      {
+        group: Gatekeeper.group,
+        version: Gatekeeper.version,
+        plural: 'k8spspcapabilities',
+        name: 'drop-all',
+        body: [
+          { op: 'test', path: `/spec/match/excludedNamespaces/${list!.indexOf(other)}`, value: other },
+          { op: 'remove', path: `/spec/match/excludedNamespaces/${list!.indexOf(other)}` },
+        ],
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.JsonPatch),
+    );
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+
+  it('finishes an interrupted restore on the next try', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const before = await policyState(kc, ns);
+    await guard().relaxPolicies({ namespace: ns, owner });
+
+    class InterruptedKube extends Kube {
+      override async call<T>(
+        verb: string,
+        object: string,
+        mutating: boolean,
+        fn: () => Promise<T>,
+      ): Promise<T> {
+        if (mutating && this.counts.writes >= 1) throw new Error(`worker killed before ${verb} ${object}`);
+        return super.call(verb, object, mutating, fn);
+      }
+    }
+    const interrupted = new InterruptedKube(kc);
+    await expect(guard(interrupted).restorePolicies({ namespace: ns, owner })).rejects.toThrow(
+      /worker killed/,
+    );
+    expect(interrupted.counts.writes).toBe(1);
+    const half = await policyState(kc, ns);
+    expect(half.labels[PodSecurityLabel.Enforce]).toBe('restricted');
+    expect(half.annotations[RelaxationAnnotation]).toBeDefined();
+
+    const report = await guard().restorePolicies({ namespace: ns, owner });
+    expect(report.podSecurity).toBe('already-restored');
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+});
+
+describe('a namespace deleted during the window', () => {
+  it("takes back its exclusions from the run's own record, so a namesake is not exempt", async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const before = (await policyState(kc, ns)).constraints;
+    const g = guard();
+    const { record } = await g.relaxPolicies({ namespace: ns, owner });
+    await core.deleteNamespace({ name: ns });
+    await waitFor(
+      'namespace gone',
+      () =>
+        core.readNamespace({ name: ns }).then(
+          () => false,
+          () => true,
+        ),
+      60_000,
+    );
+
+    expect((await g.restorePolicies({ namespace: ns, owner })).restored).toBe(false);
+    const report = await g.restorePolicies({ namespace: ns, owner, record });
+    expect(report.restored).toBe(true);
+    expect(report.constraints.map((c) => c.result)).toEqual(['entry-removed', 'list-removed']);
+    const kube = new Kube(kc);
+    const after: Record<string, unknown> = {};
+    for (const kind of await kube.kindsOfGroup(Gatekeeper.group)) {
+      for (const c of await kube.listClusterObjects<{ metadata: { name: string }; spec: unknown }>(kind))
+        after[`${kind.kind}/${c.metadata.name}`] = c.spec;
+    }
+    expect(after).toEqual(before);
+  });
+});
+
+describe('bad input changes nothing', () => {
+  it('an unknown namespace: KubeNotFound, not retryable, naming it', async () => {
+    const f = await failureOf(guard().relaxPolicies({ namespace: 'no-such-namespace', owner }));
+    expect(f.type).toBe('KubeNotFound');
+    expect(f.nonRetryable).toBe(true);
+    expect(f.message).toContain('namespace "no-such-namespace" not found');
+  });
+
+  it('a constraint whose match is malformed: MalformedConstraint naming the field', async () => {
+    const group = 'constraints.malformed.example';
+    const ext = kc.makeApiClient(ApiextensionsV1Api);
+    await ext.createCustomResourceDefinition({
+      body: {
+        metadata: { name: `k8slooses.${group}` },
+        spec: {
+          group,
+          scope: 'Cluster',
+          names: { kind: 'K8sLoose', plural: 'k8slooses', singular: 'k8sloose', listKind: 'K8sLooseList' },
+          versions: [
+            {
+              name: 'v1beta1',
+              served: true,
+              storage: true,
+              schema: { openAPIV3Schema: { type: 'object', x_kubernetes_preserve_unknown_fields: true } },
+            },
+          ],
+        },
+      },
+    });
+    cleanups.push(async () => {
+      await ext.deleteCustomResourceDefinition({ name: `k8slooses.${group}` });
+    });
+    await waitFor(
+      'CRD established',
+      async () =>
+        (await ext.readCustomResourceDefinition({ name: `k8slooses.${group}` })).status?.conditions?.some(
+          (c) => c.type === 'Established',
+        ),
+      30_000,
+    );
+    await waitFor(
+      'constraint created',
+      () =>
+        custom.createClusterCustomObject({
+          group,
+          version: 'v1beta1',
+          plural: 'k8slooses',
+          body: {
+            apiVersion: `${group}/v1beta1`,
+            kind: 'K8sLoose',
+            metadata: { name: 'broken' },
+            spec: { match: { excludedNamespaces: 'itrs' } },
+          },
+        }),
+      30_000,
+    );
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const before = await policyState(kc, ns);
+
+    const f = await failureOf(guard(new Kube(kc), group).relaxPolicies({ namespace: ns, owner }));
+    expect(f.type).toBe('MalformedConstraint');
+    expect(f.nonRetryable).toBe(true);
+    expect(f.message).toMatch(
+      /K8sLoose\/broken is malformed \(spec\.match\.excludedNamespaces: .*expected array/,
+    );
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+
+  it('a kubeconfig without the right to patch: KubeForbidden, nothing half-changed', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const sa = 'read-only';
+    await core.createNamespacedServiceAccount({ namespace: ns, body: { metadata: { name: sa } } });
+    const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
+    const roleName = `${ns}-read-only`;
+    await rbac.createClusterRole({
+      body: {
+        metadata: { name: roleName },
+        rules: [
+          { apiGroups: [''], resources: ['namespaces'], verbs: ['get', 'list'] },
+          { apiGroups: [Gatekeeper.group], resources: ['*'], verbs: ['get', 'list'] },
+        ],
+      },
+    });
+    await rbac.createClusterRoleBinding({
+      body: {
+        metadata: { name: roleName },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: roleName },
+        subjects: [{ kind: 'ServiceAccount', name: sa, namespace: ns }],
+      },
+    });
+    cleanups.push(async () => {
+      await rbac.deleteClusterRoleBinding({ name: roleName });
+      await rbac.deleteClusterRole({ name: roleName });
+    });
+    const token = await core.createNamespacedServiceAccountToken({
+      name: sa,
+      namespace: ns,
+      body: { spec: { audiences: [], expirationSeconds: 600 } },
+    });
+    const limited = new KubeConfig();
+    const cluster = kc.getCurrentCluster()!;
+    limited.loadFromOptions({
+      clusters: [cluster],
+      users: [{ name: sa, token: token.status!.token }],
+      contexts: [{ name: sa, cluster: cluster.name, user: sa }],
+      currentContext: sa,
+    });
+    const before = await policyState(kc, ns);
+
+    const f = await failureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
+    expect(f.type).toBe('KubeForbidden');
+    expect(f.nonRetryable).toBe(true);
+    expect(f.message).toMatch(new RegExp(`forbidden to patch namespace "${ns}"`));
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+
+  it('a namespace already relaxed by another run: RelaxedByAnotherRun', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const g = guard();
+    await g.relaxPolicies({ namespace: ns, owner });
+    const during = await policyState(kc, ns);
+    const f = await failureOf(g.relaxPolicies({ namespace: ns, owner: { workflowId: 'other', runId: 'r' } }));
+    expect(f.type).toBe('RelaxedByAnotherRun');
+    expect(f.message).toContain(`runas-migrate restore --namespace ${ns}`);
+    expect(await policyState(kc, ns)).toEqual(during);
+    expect(
+      (await g.restorePolicies({ namespace: ns, owner: { workflowId: 'other', runId: 'r' } })).restored,
+    ).toBe(false);
+    expect((await g.restorePolicies({ namespace: ns, owner })).restored).toBe(true);
+  });
+});

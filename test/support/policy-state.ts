@@ -1,0 +1,31 @@
+/**
+ * What the policy guard must leave exactly as it found it: a namespace's labels and
+ * annotations, and the spec of every Gatekeeper constraint in the cluster.
+ */
+import type { KubeConfig } from '@kubernetes/client-node';
+import { Kube } from '../../src/kube.js';
+import { GatekeeperConstraintGroup } from '../../src/policy.js';
+
+/** The comparable policy state of a namespace and the cluster's constraints. */
+export interface PolicyState {
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  constraints: Record<string, unknown>;
+}
+
+/** Reads the comparable policy state. */
+export async function policyState(
+  kc: KubeConfig,
+  namespace: string,
+  group = GatekeeperConstraintGroup,
+): Promise<PolicyState> {
+  const kube = new Kube(kc);
+  const ns = await kube.readNamespace(namespace);
+  const constraints: Record<string, unknown> = {};
+  for (const kind of await kube.kindsOfGroup(group)) {
+    for (const c of await kube.listClusterObjects<{ metadata: { name: string }; spec: unknown }>(kind)) {
+      constraints[`${kind.kind}/${c.metadata.name}`] = c.spec;
+    }
+  }
+  return { labels: ns.metadata?.labels ?? {}, annotations: ns.metadata?.annotations ?? {}, constraints };
+}
