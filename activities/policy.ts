@@ -8,6 +8,7 @@ import { PatchStrategy, type V1Namespace } from '@kubernetes/client-node';
 import { isKubeError, KubeFailureType, type Kube } from '../src/kube.js';
 import {
   assessConstraint,
+  constraintView,
   dropRecordOps,
   excludeNamespaceOps,
   ExcludedNamespacesPath,
@@ -115,7 +116,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const labelsOf = (ns: V1Namespace) => ns.metadata?.labels ?? {};
 
 interface ConstraintLike {
-  metadata: { resourceVersion: string };
+  metadata: { resourceVersion: string; annotations?: Record<string, string> };
   spec?: { match?: { excludedNamespaces?: string[] } };
 }
 
@@ -246,11 +247,7 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
       const deletedConstraints: string[] = [];
       for (const { ref } of record.plan.constraints) {
         const result = await patchConstraint(ref, (c) =>
-          excludeNamespaceOps(input.namespace, {
-            resourceVersion: c.metadata.resourceVersion,
-            excludedNamespaces: c.spec?.match?.excludedNamespaces ?? null,
-            hasMatch: c.spec?.match !== undefined,
-          }),
+          excludeNamespaceOps(input.namespace, constraintView(c)),
         );
         if (result === 'deleted') deletedConstraints.push(refName(ref));
         else log(`excluded ${input.namespace} from ${refName(ref)}`);
@@ -346,14 +343,10 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
   /** Removes from each constraint what the relaxation added. */
   async function restoreConstraints(record: RelaxationRecord, report: RestoreReport): Promise<void> {
     const { namespace } = record.snapshot;
-    for (const { ref, action } of record.plan.constraints) {
+    for (const { ref } of record.plan.constraints) {
       let listRemoved = false;
       const result = await patchConstraint(ref, (c) => {
-        const ops = includeNamespaceOps(
-          namespace,
-          c.spec?.match?.excludedNamespaces ?? null,
-          action === 'create',
-        );
+        const ops = includeNamespaceOps(namespace, constraintView(c));
         listRemoved = ops?.some((o) => o.op === 'remove' && o.path === ExcludedNamespacesPath) ?? false;
         return ops;
       });

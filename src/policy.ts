@@ -268,44 +268,71 @@ export const ExcludedNamespacesPath = '/spec/match/excludedNamespaces';
 const excludedPath = ExcludedNamespacesPath;
 
 /**
- * JSON Patch that excludes the namespace from a constraint, guarded by the resourceVersion it
- * was computed from; null when the namespace is already listed.
+ * Annotation on a constraint whose `excludedNamespaces` list a relaxation created: whichever
+ * runas-migrate restore empties the list removes it again, even when several runs interleave.
  */
-export function excludeNamespaceOps(
-  namespace: string,
-  current: { resourceVersion: string; excludedNamespaces: string[] | null; hasMatch: boolean },
-): JsonPatchOp[] | null {
+export const CreatedListAnnotation = 'runas-migrate.dev/created-excluded-namespaces';
+
+/** What the exclusion patches need to know of a constraint as it is now. */
+export interface ConstraintView {
+  resourceVersion: string;
+  excludedNamespaces: string[] | null;
+  hasMatch: boolean;
+  annotations: Record<string, string> | null;
+}
+
+/** Reads the {@link ConstraintView} of a constraint object. */
+export function constraintView(obj: {
+  metadata: { resourceVersion: string; annotations?: Record<string, string> };
+  spec?: { match?: { excludedNamespaces?: string[] } };
+}): ConstraintView {
+  return {
+    resourceVersion: obj.metadata.resourceVersion,
+    excludedNamespaces: obj.spec?.match?.excludedNamespaces ?? null,
+    hasMatch: obj.spec?.match !== undefined,
+    annotations: obj.metadata.annotations ?? null,
+  };
+}
+
+const markerPath = `/metadata/annotations/${pointerToken(CreatedListAnnotation)}`;
+
+/**
+ * JSON Patch that excludes the namespace from a constraint, guarded by the resourceVersion it
+ * was computed from; null when the namespace is already listed. A list it creates is marked
+ * with {@link CreatedListAnnotation}.
+ */
+export function excludeNamespaceOps(namespace: string, current: ConstraintView): JsonPatchOp[] | null {
   if (current.excludedNamespaces?.includes(namespace)) return null;
   const guard: JsonPatchOp = {
     op: 'test',
     path: '/metadata/resourceVersion',
     value: current.resourceVersion,
   };
-  if (current.excludedNamespaces === null) {
-    return current.hasMatch
-      ? [guard, { op: 'add', path: excludedPath, value: [namespace] }]
-      : [guard, { op: 'add', path: '/spec/match', value: { excludedNamespaces: [namespace] } }];
-  }
-  return [guard, { op: 'add', path: `${excludedPath}/-`, value: namespace }];
+  if (current.excludedNamespaces !== null)
+    return [guard, { op: 'add', path: `${excludedPath}/-`, value: namespace }];
+  const marker: JsonPatchOp = current.annotations
+    ? { op: 'add', path: markerPath, value: 'true' }
+    : { op: 'add', path: '/metadata/annotations', value: { [CreatedListAnnotation]: 'true' } };
+  return current.hasMatch
+    ? [guard, { op: 'add', path: excludedPath, value: [namespace] }, marker]
+    : [guard, { op: 'add', path: '/spec/match', value: { excludedNamespaces: [namespace] } }, marker];
 }
 
 /**
- * JSON Patch that removes what the relaxation added, located by value and guarded by a `test`
- * of that index; null when there is nothing of ours left. When the relaxation created the
- * list and it holds nothing else, the list itself goes.
+ * JSON Patch that removes the namespace from a constraint, located by value and guarded by a
+ * `test` of that index; null when it is not listed. When the list holds nothing else and a
+ * relaxation created it, the list and its marker go.
  */
-export function includeNamespaceOps(
-  namespace: string,
-  current: string[] | null,
-  createdByUs: boolean,
-): JsonPatchOp[] | null {
-  if (!current) return null;
-  const index = current.lastIndexOf(namespace);
+export function includeNamespaceOps(namespace: string, current: ConstraintView): JsonPatchOp[] | null {
+  const list = current.excludedNamespaces;
+  if (!list) return null;
+  const index = list.lastIndexOf(namespace);
   if (index < 0) return null;
-  if (createdByUs && current.length === 1) {
+  if (list.length === 1 && current.annotations?.[CreatedListAnnotation] !== undefined) {
     return [
       { op: 'test', path: excludedPath, value: [namespace] },
       { op: 'remove', path: excludedPath },
+      { op: 'remove', path: markerPath },
     ];
   }
   return [

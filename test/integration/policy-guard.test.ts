@@ -210,6 +210,27 @@ describe('relax then restore leaves everything as it was', () => {
   });
 });
 
+describe('two runs interleaving', () => {
+  it('leaves no empty list behind when the run that created it restores first', async () => {
+    const first = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const second = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const before = (await policyState(kc, first)).constraints;
+    const g = guard();
+    await g.relaxPolicies({ namespace: first, owner });
+    await g.relaxPolicies({ namespace: second, owner: { ...owner, runId: 'run-2' } });
+    expect(await excludedNamespaces('k8spspallowedusers', 'allowed-user-ranges')).toEqual([first, second]);
+
+    await g.restorePolicies({ namespace: first, owner });
+    expect(await excludedNamespaces('k8spspallowedusers', 'allowed-user-ranges')).toEqual([second]);
+    const last = await g.restorePolicies({ namespace: second });
+    expect(last.constraints).toContainEqual({
+      constraint: 'K8sPSPAllowedUsers/allowed-user-ranges',
+      result: 'list-removed',
+    });
+    expect((await policyState(kc, first)).constraints).toEqual(before);
+  });
+});
+
 describe('the window', () => {
   it('admits the migration pod while relaxed; afterwards refuses a new one while the admitted one keeps running', async () => {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });

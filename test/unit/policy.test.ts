@@ -14,7 +14,9 @@ import {
   relaxNamespacePatch,
   restorePodSecurityPatch,
   selectorMatches,
+  CreatedListAnnotation,
   type ConstraintRef,
+  type ConstraintView,
   type PolicySnapshot,
   type RelaxationRecord,
 } from '../../src/policy.js';
@@ -132,43 +134,52 @@ describe('planRelaxation', () => {
 describe('patches', () => {
   const path = '/spec/match/excludedNamespaces';
 
-  it('excludes with a resourceVersion guard, creating the list (or the match) when missing', () => {
-    expect(
-      excludeNamespaceOps('itrs', { resourceVersion: '5', excludedNamespaces: ['a'], hasMatch: true }),
-    ).toEqual([
+  const view = (excludedNamespaces: string[] | null, more: Partial<ConstraintView> = {}): ConstraintView => ({
+    resourceVersion: '5',
+    excludedNamespaces,
+    hasMatch: true,
+    annotations: null,
+    ...more,
+  });
+  const marker = '/metadata/annotations/runas-migrate.dev~1created-excluded-namespaces';
+
+  it('excludes with a resourceVersion guard, creating and marking the list (or the match) when missing', () => {
+    expect(excludeNamespaceOps('itrs', view(['a']))).toEqual([
       { op: 'test', path: '/metadata/resourceVersion', value: '5' },
       { op: 'add', path: `${path}/-`, value: 'itrs' },
     ]);
+    expect(excludeNamespaceOps('itrs', view(null))).toEqual([
+      { op: 'test', path: '/metadata/resourceVersion', value: '5' },
+      { op: 'add', path, value: ['itrs'] },
+      { op: 'add', path: '/metadata/annotations', value: { [CreatedListAnnotation]: 'true' } },
+    ]);
     expect(
-      excludeNamespaceOps('itrs', { resourceVersion: '5', excludedNamespaces: null, hasMatch: true })?.[1],
-    ).toEqual({ op: 'add', path, value: ['itrs'] });
-    expect(
-      excludeNamespaceOps('itrs', { resourceVersion: '5', excludedNamespaces: null, hasMatch: false })?.[1],
-    ).toEqual({
-      op: 'add',
-      path: '/spec/match',
-      value: { excludedNamespaces: ['itrs'] },
-    });
-    expect(
-      excludeNamespaceOps('itrs', { resourceVersion: '5', excludedNamespaces: ['itrs'], hasMatch: true }),
-    ).toBeNull();
+      excludeNamespaceOps('itrs', view(null, { hasMatch: false, annotations: { a: 'b' } }))?.slice(1),
+    ).toEqual([
+      { op: 'add', path: '/spec/match', value: { excludedNamespaces: ['itrs'] } },
+      { op: 'add', path: marker, value: 'true' },
+    ]);
+    expect(excludeNamespaceOps('itrs', view(['itrs']))).toBeNull();
   });
 
-  it('includes again by value with a test of the index, removing a list it created', () => {
-    expect(includeNamespaceOps('itrs', ['a', 'itrs', 'b'], false)).toEqual([
+  it('includes again by value with a test of the index; the last one out removes a created list', () => {
+    expect(includeNamespaceOps('itrs', view(['a', 'itrs', 'b']))).toEqual([
       { op: 'test', path: `${path}/1`, value: 'itrs' },
       { op: 'remove', path: `${path}/1` },
     ]);
-    expect(includeNamespaceOps('itrs', ['itrs'], true)).toEqual([
+    const created = { annotations: { [CreatedListAnnotation]: 'true' } };
+    expect(includeNamespaceOps('itrs', view(['itrs'], created))).toEqual([
       { op: 'test', path, value: ['itrs'] },
       { op: 'remove', path },
+      { op: 'remove', path: marker },
     ]);
-    expect(includeNamespaceOps('itrs', ['itrs', 'other'], true)?.[1]).toEqual({
+    expect(includeNamespaceOps('itrs', view(['itrs', 'other'], created))?.[1]).toEqual({
       op: 'remove',
       path: `${path}/0`,
     });
-    expect(includeNamespaceOps('itrs', ['a'], false)).toBeNull();
-    expect(includeNamespaceOps('itrs', null, true)).toBeNull();
+    expect(includeNamespaceOps('itrs', view(['itrs']))?.[1]).toEqual({ op: 'remove', path: `${path}/0` });
+    expect(includeNamespaceOps('itrs', view(['a']))).toBeNull();
+    expect(includeNamespaceOps('itrs', view(null))).toBeNull();
   });
 
   it('records and relaxes in one guarded write, and restores absence as removal', () => {

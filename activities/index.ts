@@ -1,0 +1,26 @@
+/**
+ * Every activity of runas-migrate, built from its dependencies (`createActivities({ kube,
+ * client, log })`), so tests can hand it a client pointed at the test bed.
+ */
+import type { Client } from '@temporalio/client';
+import type { Kube } from '../src/kube.js';
+import { createPolicyActivities } from './policy.js';
+import { createRunActivities } from './runs.js';
+
+/** What the activities need. */
+export interface ActivityDeps {
+  kube: Kube;
+  client: Client;
+  log?: (message: string) => void;
+}
+
+/** Builds every activity the worker registers. */
+export function createActivities(deps: ActivityDeps) {
+  return {
+    ...createPolicyActivities({ kube: deps.kube, ...(deps.log ? { log: deps.log } : {}) }),
+    ...createRunActivities({ client: deps.client }),
+  };
+}
+
+/** All activities, for `proxyActivities<Activities>()` in workflows. */
+export type Activities = ReturnType<typeof createActivities>;

@@ -1,0 +1,108 @@
+/**
+ * The runas-migrate worker: registers every workflow and activity on the task queue, and
+ * makes sure the sweeper's Schedule exists.
+ */
+import { fileURLToPath } from 'node:url';
+import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createActivities } from '../activities/index.js';
+import { Kube } from './kube.js';
+import { TaskQueue, WorkflowType } from './names.js';
+
+/** Where the worker connects. */
+export interface WorkerOptions {
+  /** Temporal frontend, `host:port`. @default $TEMPORAL_ADDRESS or localhost:7233 */
+  address?: string;
+  /** Temporal namespace. @default $TEMPORAL_NAMESPACE or "default" */
+  namespace?: string;
+  /** @default "runas-migrate" */
+  taskQueue?: string;
+  /** Path of the kubeconfig; the default loading rules when absent (in-cluster too). */
+  kubeconfig?: string;
+  /** Interval of the sweeper Schedule. @default "1 minute" */
+  sweepEvery?: string;
+  log?: (message: string) => void;
+}
+
+/** Temporal connection settings from options and the `temporal` CLI's environment variables. */
+export function temporalTarget(opts: { address?: string; namespace?: string }): {
+  address: string;
+  namespace: string;
+} {
+  return {
+    address: opts.address ?? process.env.TEMPORAL_ADDRESS ?? 'localhost:7233',
+    namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default',
+  };
+}
+
+/** Connects a client (for the CLI and for the activities that ask about runs). */
+export async function connectClient(opts: { address?: string; namespace?: string }): Promise<Client> {
+  const target = temporalTarget(opts);
+  const connection = await Connection.connect({ address: target.address });
+  return new Client({ connection, namespace: target.namespace });
+}
+
+/** Schedule ID of the sweeper for a task queue. */
+export function sweeperScheduleId(taskQueue: string): string {
+  return `${taskQueue}-sweeper`;
+}
+
+/**
+ * Creates the sweeper Schedule when it is missing: `sweepRelaxations` every minute, never
+ * two at once.
+ *
+ * @returns whether it was created now.
+ */
+export async function ensureSweeperSchedule(
+  client: Client,
+  taskQueue: string,
+  every = '1 minute',
+): Promise<boolean> {
+  try {
+    await client.schedule.create({
+      scheduleId: sweeperScheduleId(taskQueue),
+      spec: { intervals: [{ every }] },
+      action: { type: 'startWorkflow', workflowType: WorkflowType.SweepRelaxations, taskQueue, args: [] },
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 minute' },
+      memo: { purpose: 'restores the policies of namespaces whose migration run is gone' },
+    });
+    return true;
+  } catch (err) {
+    if (err instanceof ScheduleAlreadyRunning) return false;
+    throw err;
+  }
+}
+
+/** A created worker and what it holds open. */
+export interface RunningWorker {
+  worker: Worker;
+  client: Client;
+  close(): Promise<void>;
+}
+
+/** Creates the worker (not yet running) and ensures the sweeper Schedule. */
+export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWorker> {
+  const target = temporalTarget(opts);
+  const taskQueue = opts.taskQueue ?? TaskQueue;
+  const log = opts.log ?? ((m: string) => process.stderr.write(`[runas-migrate] ${m}\n`));
+  const client = await connectClient(target);
+  const connection = await NativeConnection.connect({ address: target.address });
+  const kube = Kube.fromKubeconfig(opts.kubeconfig ?? process.env.KUBECONFIG);
+  const worker = await Worker.create({
+    connection,
+    namespace: target.namespace,
+    taskQueue,
+    workflowsPath: fileURLToPath(new URL('../workflows/index.ts', import.meta.url)),
+    activities: createActivities({ kube, client, log }),
+  });
+  if (await ensureSweeperSchedule(client, taskQueue, opts.sweepEvery))
+    log(`created Schedule ${sweeperScheduleId(taskQueue)}`);
+  return {
+    worker,
+    client,
+    async close() {
+      await connection.close();
+      await client.connection.close();
+    },
+  };
+}

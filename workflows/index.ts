@@ -1,0 +1,4 @@
+/**
+ * Every workflow of runas-migrate; the worker bundles this file.
+ */
+export { sweepRelaxations } from './sweeper.js';
