@@ -127,8 +127,8 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
   const group = deps.constraintGroup ?? GatekeeperConstraintGroup;
   const pollMs = deps.pollMs ?? 200;
 
-  async function takeSnapshot(input: RelaxInput): Promise<RelaxationRecord> {
-    const ns = await kube.readNamespace(input.namespace);
+  async function takeSnapshot(input: RelaxInput, read?: V1Namespace): Promise<RelaxationRecord> {
+    const ns = read ?? (await kube.readNamespace(input.namespace));
     const snapshot: PolicySnapshot = {
       namespace: input.namespace,
       namespaceResourceVersion: ns.metadata!.resourceVersion!,
@@ -228,7 +228,7 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
           }
           break;
         }
-        const candidate = await takeSnapshot(input);
+        const candidate = await takeSnapshot(input, ns);
         try {
           await kube.patchNamespace(
             input.namespace,
