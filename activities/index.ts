@@ -4,6 +4,7 @@
  */
 import type { Client } from '@temporalio/client';
 import type { Kube } from '../src/kube.js';
+import { createMigrationActivities } from './migration.js';
 import { createPolicyActivities } from './policy.js';
 import { createRunActivities } from './runs.js';
 
@@ -19,6 +20,7 @@ export function createActivities(deps: ActivityDeps) {
   return {
     ...createPolicyActivities({ kube: deps.kube, ...(deps.log ? { log: deps.log } : {}) }),
     ...createRunActivities({ client: deps.client }),
+    ...createMigrationActivities({ kube: deps.kube, ...(deps.log ? { log: deps.log } : {}) }),
   };
 }
 

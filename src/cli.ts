@@ -8,7 +8,19 @@ import { Kube } from './kube.js';
 import { parseRelaxationRecord, RelaxationAnnotation } from './policy.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
 import { ApplicationFailure } from '@temporalio/common';
-import { WorkflowNotFoundError } from '@temporalio/client';
+import { DefaultLogger, Runtime, type LogLevel } from '@temporalio/worker';
+import { WorkflowFailedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { createMigrationActivities } from '../activities/migration.js';
+import { abortSignal, approveSignal } from '../workflows/messages.js';
+import { InvalidInputError, parseMigrationInput } from './input.js';
+import { followRun, queryStatus, readInputFile, startRun, webUiLink, workflowIdOf } from './runs.js';
+import { renderPlan, renderReport, renderStatus } from './status-view.js';
+import { runDemo } from './demo.js';
+
+// The worker's own logs stay at warnings; the CLI says what matters.
+Runtime.install({
+  logger: new DefaultLogger((process.env.RUNAS_MIGRATE_LOG_LEVEL as LogLevel | undefined) ?? 'WARN'),
+});
 
 const program = new Command('runas-migrate').description(
   'Change the UID/GID of PostgreSQL/TimescaleDB StatefulSets behind strict security policies, durably, on Temporal.',
@@ -146,7 +158,194 @@ kubeOption(
   },
 );
 
+interface InputFlags {
+  inputFile?: string;
+  input?: string;
+  namespace?: string;
+  uid?: string;
+  gid?: string;
+  dryRun?: boolean;
+}
+
+const inputOptions = (cmd: Command) =>
+  cmd
+    .option(
+      '-f, --input-file <path>',
+      'run input (JSON or YAML), as for temporal workflow start --input-file',
+    )
+    .option('--input <json>', 'run input as inline JSON')
+    .option('-n, --namespace <namespace>', 'Kubernetes namespace (overrides the input)')
+    .option('--uid <uid>', 'target user ID (overrides the input)')
+    .option('--gid <gid>', 'target group ID (overrides the input)')
+    .option('--dry-run', 'plan only: change nothing');
+
+/** The raw input from a file or inline JSON, with flag overrides. */
+function rawInput(flags: InputFlags): Record<string, unknown> {
+  const base = (
+    flags.inputFile ? readInputFile(flags.inputFile) : flags.input ? JSON.parse(flags.input) : {}
+  ) as Record<string, unknown>;
+  const num = (v: string, name: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n))
+      throw new InvalidInputError(`invalid input: ${name}: must be a number, got "${v}"`);
+    return n;
+  };
+  return {
+    ...base,
+    ...(flags.namespace ? { namespace: flags.namespace } : {}),
+    ...(flags.uid !== undefined ? { uid: num(flags.uid, 'uid') } : {}),
+    ...(flags.gid !== undefined ? { gid: num(flags.gid, 'gid') } : {}),
+    ...(flags.dryRun ? { dryRun: true } : {}),
+  };
+}
+
+type TemporalFlags = { address?: string; temporalNamespace?: string };
+const client = (o: TemporalFlags): Promise<Client> =>
+  connectClient({ address: o.address, namespace: o.temporalNamespace });
+
+/** Prints the status view, redrawn in place on a terminal. */
+function statusPrinter(workflowId: string): (s: Parameters<typeof renderStatus>[0]) => void {
+  let last = '';
+  return (s) => {
+    const text = renderStatus(s, workflowId);
+    if (text === last) return;
+    last = text;
+    process.stdout.write(process.stdout.isTTY ? `\x1b[2J\x1b[H${text}\n` : `${text}\n\n`);
+  };
+}
+
+kubeOption(
+  inputOptions(
+    program.command('plan').description('discover and print what a run would do; changes nothing'),
+  ),
+).action(async (flags: InputFlags & { kubeconfig?: string }) => {
+  const input = parseMigrationInput(rawInput(flags));
+  const migration = createMigrationActivities({ kube: Kube.fromKubeconfig(flags.kubeconfig) });
+  const plan = await migration.planMigration({ run: input, owner: { workflowId: 'plan', runId: 'plan' } });
+  process.stdout.write(renderPlan(plan) + '\n');
+  if (plan.preflight.length) process.exitCode = 3;
+});
+
+temporalOptions(
+  inputOptions(
+    program
+      .command('start')
+      .description('start a migration run (workflow ID runas-migrate-<namespace>)')
+      .option('--task-queue <name>', 'task queue', 'runas-migrate')
+      .option('--follow', 'show live progress until the run ends'),
+  ),
+).action(async (flags: InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean }) => {
+  const c = await client(flags);
+  const { input, handle } = await startRun(c, rawInput(flags), { taskQueue: flags.taskQueue });
+  process.stdout.write(`started ${handle.workflowId} for namespace ${input.namespace}\n`);
+  if (process.env.TEMPORAL_UI) {
+    const { runId } = await handle.describe();
+    process.stdout.write(`Web UI: ${webUiLink(process.env.TEMPORAL_UI, flags.temporalNamespace ?? 'default', handle.workflowId, runId)}\n`);
+  }
+  if (input.approvals.length) {
+    process.stdout.write(
+      `it waits for: ${input.approvals.map((g) => `runas-migrate approve -n ${input.namespace} --gate ${g}`).join(', then ')}\n`,
+    );
+  }
+  if (flags.follow)
+    process.stdout.write(renderReport(await followRun(handle, statusPrinter(handle.workflowId))) + '\n');
+  await c.connection.close();
+});
+
+temporalOptions(
+  program
+    .command('approve')
+    .description("approve a gate of the namespace's run (plan or relax)")
+    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .requiredOption('--gate <gate>', 'plan | relax')
+    .option('--by <name>', 'who approves', process.env.USER ?? 'operator')
+    .option('--comment <text>', 'why'),
+).action(async (flags: TemporalFlags & { namespace: string; gate: string; by: string; comment?: string }) => {
+  const c = await client(flags);
+  const before = await queryStatus(c, flags.namespace);
+  const gate = before.gates.find((g) => g.gate === flags.gate);
+  if (!gate?.required) {
+    throw new Error(
+      `the run of ${flags.namespace} has no gate "${flags.gate}": its gates are ${
+        before.gates
+          .filter((g) => g.required)
+          .map((g) => g.gate)
+          .join(', ') || 'none'
+      }`,
+    );
+  }
+  if (gate.state === 'approved')
+    throw new Error(
+      `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate.by} at ${gate.at}`,
+    );
+  await c.workflow
+    .getHandle(workflowIdOf(flags.namespace))
+    .signal(approveSignal, {
+      gate: flags.gate,
+      by: flags.by,
+      ...(flags.comment ? { comment: flags.comment } : {}),
+    });
+  process.stdout.write(`approved gate ${flags.gate} of ${flags.namespace} as ${flags.by}\n`);
+  await c.connection.close();
+});
+
+temporalOptions(
+  program
+    .command('abort')
+    .description(
+      "abort the namespace's run: it compensates (policies re-enforced, replicas and template restored)",
+    )
+    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .requiredOption('--reason <text>', 'why')
+    .option('--by <name>', 'who aborts', process.env.USER ?? 'operator'),
+).action(async (flags: TemporalFlags & { namespace: string; reason: string; by: string }) => {
+  const c = await client(flags);
+  await c.workflow
+    .getHandle(workflowIdOf(flags.namespace))
+    .signal(abortSignal, { reason: flags.reason, by: flags.by });
+  process.stdout.write(
+    `asked the run of ${flags.namespace} to abort; follow it with runas-migrate status -n ${flags.namespace} --watch\n`,
+  );
+  await c.connection.close();
+});
+
+temporalOptions(
+  program
+    .command('status')
+    .description("show the status of the namespace's run")
+    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .option('--watch', 'refresh until the run ends')
+    .option('--json', 'print the raw status query result'),
+).action(async (flags: TemporalFlags & { namespace: string; watch?: boolean; json?: boolean }) => {
+  const c = await client(flags);
+  const id = workflowIdOf(flags.namespace);
+  if (flags.json) process.stdout.write(JSON.stringify(await queryStatus(c, flags.namespace), null, 2) + '\n');
+  else if (flags.watch) {
+    try {
+      process.stdout.write(renderReport(await followRun(c.workflow.getHandle(id), statusPrinter(id))) + '\n');
+    } catch (err) {
+      if (!(err instanceof WorkflowFailedError)) throw err;
+      process.stdout.write(`run ended: ${err.cause?.message ?? err.message}\n`);
+      process.exitCode = 1;
+    }
+  } else process.stdout.write(renderStatus(await queryStatus(c, flags.namespace), id) + '\n');
+  await c.connection.close();
+});
+
+program
+  .command('demo')
+  .description('bring up the test bed and a worker, and run a full migration of the ITRS-like fixture')
+  .action(async () => {
+    await runDemo();
+  });
+
 program.parseAsync().catch((err: unknown) => {
-  process.stderr.write(`runas-migrate: ${err instanceof Error ? err.message : String(err)}\n`);
+  const message =
+    err instanceof WorkflowFailedError
+      ? `run failed: ${err.cause?.message ?? err.message}`
+      : err instanceof Error
+        ? err.message
+        : String(err);
+  process.stderr.write(`runas-migrate: ${message}\n`);
   process.exit(1);
 });

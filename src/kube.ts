@@ -5,13 +5,18 @@
  */
 import {
   ApisApi,
+  AppsV1Api,
+  BatchV1Api,
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
+  type V1Job,
   type V1Namespace,
+  type V1PersistentVolumeClaim,
   type V1Pod,
+  type V1StatefulSet,
   type CoreV1Event,
 } from '@kubernetes/client-node';
 
@@ -136,8 +141,12 @@ export class Kube {
   protected readonly core: CoreV1Api;
   protected readonly custom: CustomObjectsApi;
   protected readonly apis: ApisApi;
+  protected readonly apps: AppsV1Api;
+  protected readonly batch: BatchV1Api;
 
   constructor(readonly kubeConfig: KubeConfig) {
+    this.apps = kubeConfig.makeApiClient(AppsV1Api);
+    this.batch = kubeConfig.makeApiClient(BatchV1Api);
     this.core = kubeConfig.makeApiClient(CoreV1Api);
     this.custom = kubeConfig.makeApiClient(CustomObjectsApi);
     this.apis = kubeConfig.makeApiClient(ApisApi);
@@ -251,5 +260,78 @@ export class Kube {
       this.core.listNamespacedEvent({ namespace, fieldSelector }),
     );
     return list.items;
+  }
+
+  /** Reads a StatefulSet. */
+  readStatefulSet(namespace: string, name: string): Promise<V1StatefulSet> {
+    return this.call('get', `StatefulSet "${namespace}/${name}"`, false, () =>
+      this.apps.readNamespacedStatefulSet({ namespace, name }),
+    );
+  }
+
+  /** Patches a StatefulSet (strategic merge, merge or JSON Patch). */
+  patchStatefulSet(
+    namespace: string,
+    name: string,
+    body: object,
+    strategy: PatchStrategy,
+  ): Promise<V1StatefulSet> {
+    return this.call('patch', `StatefulSet "${namespace}/${name}"`, true, () =>
+      this.apps.patchNamespacedStatefulSet({ namespace, name, body }, header(strategy)),
+    );
+  }
+
+  /** Lists the PersistentVolumeClaims of a namespace. */
+  async listClaims(namespace: string): Promise<V1PersistentVolumeClaim[]> {
+    const list = await this.call('list', `PersistentVolumeClaims in namespace "${namespace}"`, false, () =>
+      this.core.listNamespacedPersistentVolumeClaim({ namespace }),
+    );
+    return list.items;
+  }
+
+  /** Creates a Job. */
+  createJob(namespace: string, job: V1Job): Promise<V1Job> {
+    return this.call('create', `Job "${namespace}/${job.metadata?.name}"`, true, () =>
+      this.batch.createNamespacedJob({ namespace, body: job }),
+    );
+  }
+
+  /** Reads a Job. */
+  readJob(namespace: string, name: string): Promise<V1Job> {
+    return this.call('get', `Job "${namespace}/${name}"`, false, () =>
+      this.batch.readNamespacedJob({ namespace, name }),
+    );
+  }
+
+  /** Lists Jobs by label selector. */
+  async listJobs(namespace: string, labelSelector: string): Promise<V1Job[]> {
+    const list = await this.call('list', `Jobs in namespace "${namespace}"`, false, () =>
+      this.batch.listNamespacedJob({ namespace, labelSelector }),
+    );
+    return list.items;
+  }
+
+  /** Deletes a Job and, in the background, its pods. */
+  async deleteJob(namespace: string, name: string): Promise<void> {
+    await this.call('delete', `Job "${namespace}/${name}"`, true, () =>
+      this.batch.deleteNamespacedJob({ namespace, name, propagationPolicy: 'Background' }),
+    );
+  }
+
+  /** Reads a namespaced custom object. */
+  async readNamespacedObject<T>(
+    kind: Omit<CustomResourceKind, 'kind'>,
+    namespace: string,
+    name: string,
+  ): Promise<T> {
+    return (await this.call('get', `${kind.plural}.${kind.group} "${namespace}/${name}"`, false, () =>
+      this.custom.getNamespacedCustomObject({
+        group: kind.group,
+        version: kind.version,
+        plural: kind.plural,
+        namespace,
+        name,
+      }),
+    )) as T;
   }
 }

@@ -1,0 +1,182 @@
+/**
+ * The input of a migration run, validated with zod at every edge (CLI and workflow start):
+ * a bad input fails with a message that names the field and the fix, before anything changes.
+ */
+import { z } from 'zod';
+import { ProfileName } from './profiles.js';
+
+const MaxId = 2147483647;
+
+/** Gates a run can wait on for an `approve` signal. */
+export const Gate = { Plan: 'plan', Relax: 'relax' } as const;
+export type Gate = (typeof Gate)[keyof typeof Gate];
+
+/** How the StatefulSets get their new securityContext. */
+export const SecurityContextApply = {
+  Patch: 'patch',
+  Helm: 'helm',
+  External: 'external',
+  None: 'none',
+} as const;
+export type SecurityContextApply = (typeof SecurityContextApply)[keyof typeof SecurityContextApply];
+
+/** When the relaxed policies are re-enforced. */
+export const WindowMode = { Admission: 'admission', JobDuration: 'job-duration' } as const;
+export type WindowMode = (typeof WindowMode)[keyof typeof WindowMode];
+
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Parses a duration such as `90s`, `15m`, `24h`, `2d`; undefined when it is not one. */
+export function parseDuration(s: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/.exec(s.trim());
+  return m ? Number(m[1]) * durationUnits[m[2]!]! : undefined;
+}
+
+const duration = (what: string) =>
+  z.string().refine((s) => (parseDuration(s) ?? 0) > 0, {
+    message: `${what} must be a positive duration such as "90s", "15m", "24h" or "2d"`,
+  });
+
+const id = (what: string) =>
+  z
+    .number({ message: `${what} must be a number` })
+    .int(`${what} must be a whole number`)
+    .min(
+      1,
+      `${what} must be at least 1: 0 would run the databases as root, which the restored policies refuse`,
+    )
+    .max(MaxId, `${what} must be at most ${MaxId}`);
+
+const dnsLabel = z
+  .string({ message: 'must be a string' })
+  .regex(
+    /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
+    'must be a Kubernetes name: lowercase letters, digits and "-", starting and ending alphanumeric',
+  )
+  .max(63, 'must be at most 63 characters');
+
+const database = z.object({
+  statefulSet: dnsLabel,
+  container: z.string().min(1, 'must name the database container'),
+  /** Names of the pod template's volumes (claim templates) to migrate; default every PVC-backed mount of the container. */
+  volumes: z.array(z.string().min(1)).min(1, 'when given, must name at least one volume').optional(),
+});
+
+const toleration = z.object({
+  key: z.string().optional(),
+  operator: z.enum(['Exists', 'Equal']).optional(),
+  value: z.string().optional(),
+  effect: z.enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute']).optional(),
+  tolerationSeconds: z.number().int().optional(),
+});
+
+/** The zod schema of a run's input, with its defaults. */
+export const MigrationInputSchema = z
+  .object({
+    namespace: dnsLabel,
+    uid: id('uid'),
+    gid: id('gid'),
+    supplementalGroups: z.array(id('each supplementalGroups entry')).optional(),
+    profile: z
+      .enum([ProfileName.ItrsAnalytics], {
+        message: `profile must be "${ProfileName.ItrsAnalytics}" (or give "databases")`,
+      })
+      .optional(),
+    databases: z
+      .array(database)
+      .min(1, 'databases, when given, must list at least one StatefulSet')
+      .optional(),
+    approvals: z.array(z.enum([Gate.Plan, Gate.Relax])).default([Gate.Plan, Gate.Relax]),
+    approvalTimeout: duration('approvalTimeout').default('24h'),
+    securityContext: z
+      .object({
+        apply: z.enum(['patch', 'helm', 'external', 'none']).default('external'),
+        helm: z
+          .object({
+            release: dnsLabel,
+            chart: z.string().min(1),
+            valuesFile: z.string().optional(),
+            extraArgs: z.array(z.string()).default([]),
+          })
+          .optional(),
+      })
+      .default({ apply: 'external' })
+      .refine((s) => s.apply !== 'helm' || s.helm !== undefined, {
+        message: 'securityContext.helm {release, chart} is required when apply is "helm"',
+        path: ['helm'],
+      }),
+    window: z
+      .object({
+        mode: z.enum(['admission', 'job-duration']).default('admission'),
+        max: duration('window.max').default('15m'),
+      })
+      .default({ mode: 'admission', max: '15m' }),
+    policies: z
+      .object({
+        podSecurity: z.enum(['baseline', 'privileged']).default('baseline'),
+        gatekeeper: z.boolean().default(true),
+      })
+      .default({ podSecurity: 'baseline', gatekeeper: true }),
+    job: z
+      .object({
+        image: z.string().min(1).optional(),
+        podAnnotations: z.record(z.string(), z.string()).default({}),
+        podLabels: z.record(z.string(), z.string()).default({}),
+        nodeSelector: z.record(z.string(), z.string()).default({}),
+        tolerations: z.array(toleration).default([]),
+        resources: z
+          .object({
+            requests: z.record(z.string(), z.string()).optional(),
+            limits: z.record(z.string(), z.string()).optional(),
+          })
+          .default({}),
+        timeout: duration('job.timeout').default('6h'),
+        /** How many times a failed Job is run again (each under a fresh window). */
+        retries: z.number().int().min(0).max(5).default(1),
+      })
+      .default({
+        podAnnotations: {},
+        podLabels: {},
+        nodeSelector: {},
+        tolerations: [],
+        resources: {},
+        timeout: '6h',
+        retries: 1,
+      }),
+    dryRun: z.boolean().default(false),
+  })
+  .strict()
+  .refine((i) => !(i.profile && i.databases), {
+    message: 'give either profile or databases, not both',
+    path: ['profile'],
+  })
+  .transform((i) => ({
+    ...i,
+    profile: i.databases ? undefined : (i.profile ?? ProfileName.ItrsAnalytics),
+    supplementalGroups: i.supplementalGroups ?? [i.gid],
+  }));
+
+/** A run's input as the operator writes it. */
+export type MigrationInputRaw = z.input<typeof MigrationInputSchema>;
+/** A run's input with every default filled in. */
+export type MigrationInput = z.output<typeof MigrationInputSchema>;
+
+/** Thrown for an input that does not validate; the message names each field and the fix. */
+export class InvalidInputError extends Error {
+  override readonly name = 'InvalidInputError';
+}
+
+/** Validates a raw input; throws {@link InvalidInputError} listing every problem. */
+export function parseMigrationInput(raw: unknown): MigrationInput {
+  const parsed = MigrationInputSchema.safeParse(raw);
+  if (parsed.success) return parsed.data;
+  const problems = parsed.error.issues.map((i) => {
+    const field = i.path.length ? i.path.join('.') : '(input)';
+    const message =
+      i.code === 'unrecognized_keys'
+        ? `unknown field(s) ${i.keys.join(', ')}: remove them (see the README for the input)`
+        : i.message;
+    return `${field}: ${message}`;
+  });
+  throw new InvalidInputError(`invalid input: ${problems.join('; ')}`);
+}

@@ -1,0 +1,56 @@
+/**
+ * Profiles: what a known product's install looks like, so the operator names the product
+ * instead of its StatefulSets.
+ */
+
+/** Known profiles. */
+export const ProfileName = { ItrsAnalytics: 'itrs-analytics' } as const;
+export type ProfileName = (typeof ProfileName)[keyof typeof ProfileName];
+
+/** One database of a profile. */
+export interface ProfileDatabase {
+  statefulSet: string;
+  container: string;
+}
+
+/** A custom resource whose status says the product is back. */
+export interface PlatformResource {
+  group: string;
+  version: string;
+  plural: string;
+  name: string;
+  /** Dot path of the status field, e.g. `status.status`. */
+  statusPath: string;
+  /** Value meaning ready. */
+  ready: string;
+}
+
+/** What a profile names. */
+export interface Profile {
+  databases: ProfileDatabase[];
+  platform?: PlatformResource;
+}
+
+/** ITRS Analytics installed with Helm: PostgreSQL (`pgplatform`) and TimescaleDB (`timescale`). */
+export const ItrsAnalyticsProfile: Profile = {
+  databases: [
+    { statefulSet: 'pgplatform', container: 'postgres' },
+    { statefulSet: 'timescale', container: 'timescale' },
+  ],
+  platform: {
+    group: 'iax.itrsgroup.com',
+    version: 'v1',
+    plural: 'iaxplatforms',
+    name: 'iax-iax-platform',
+    statusPath: 'status.status',
+    ready: 'DEPLOYED',
+  },
+};
+
+/** The profile of a name. */
+export function profileOf(name: ProfileName): Profile {
+  switch (name) {
+    case ProfileName.ItrsAnalytics:
+      return ItrsAnalyticsProfile;
+  }
+}

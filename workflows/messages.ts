@@ -1,0 +1,123 @@
+/**
+ * The public messages of `migrateOwnership`: its phases, signals, query and status.
+ */
+import * as wf from '@temporalio/workflow';
+import type { AdmissionEvidence, RestoreReport } from '../activities/policy.js';
+import type { JobSummary } from '../src/job.js';
+import type { MigrationPlan } from '../src/plan.js';
+import type { RelaxationRecord } from '../src/policy.js';
+
+/** Phases of a run, in order (DESIGN.md). */
+export const Phase = {
+  Validating: 'validating',
+  Planning: 'planning',
+  ApplyingSecurityContext: 'applying-security-context',
+  ScalingDown: 'scaling-down',
+  RelaxingPolicies: 'relaxing-policies',
+  MigratingOwnership: 'migrating-ownership',
+  ReEnforcingPolicies: 're-enforcing-policies',
+  ScalingUp: 'scaling-up',
+  Verifying: 'verifying',
+  Completed: 'completed',
+  Compensating: 'compensating',
+  Failed: 'failed',
+  Aborted: 'aborted',
+} as const;
+export type Phase = (typeof Phase)[keyof typeof Phase];
+
+/** An operator's approval of a gate. */
+export interface Approval {
+  gate: string;
+  by?: string;
+  comment?: string;
+}
+
+/** Why the operator stops a run. */
+export interface Abort {
+  reason: string;
+  by?: string;
+}
+
+/** The operator says the securityContext was applied (securityContext.apply = external). */
+export interface SecurityContextApplied {
+  by?: string;
+}
+
+/** `temporal workflow signal --name approve --input '{"gate":"relax","by":"alice"}'` */
+export const approveSignal = wf.defineSignal<[Approval]>('approve');
+/** `temporal workflow signal --name abort --input '{"reason":"…"}'` */
+export const abortSignal = wf.defineSignal<[Abort]>('abort');
+/** `temporal workflow signal --name securityContextApplied --input '{"by":"alice"}'` */
+export const securityContextAppliedSignal =
+  wf.defineSignal<[SecurityContextApplied]>('securityContextApplied');
+
+/** State of one gate. */
+export interface GateStatus {
+  gate: string;
+  required: boolean;
+  state: 'pending' | 'waiting' | 'approved' | 'timed-out' | 'not-required';
+  by?: string;
+  comment?: string;
+  at?: string;
+}
+
+/** State of one ownership Job. */
+export interface JobStatus {
+  name: string;
+  statefulSet: string;
+  ordinal: number;
+  state: 'pending' | 'created' | 'admitted' | 'succeeded' | 'failed';
+  attempts: number;
+  pod?: string;
+  summary?: JobSummary;
+  message?: string;
+}
+
+/** One relaxation window. */
+export interface WindowStatus {
+  openedAt: string;
+  closedAt?: string;
+  closedBecause?: string;
+}
+
+/** What `temporal workflow query --type status` returns. */
+export interface MigrationStatus {
+  phase: Phase;
+  namespace: string | null;
+  startedAt: string;
+  gates: GateStatus[];
+  windowMode: string | null;
+  windows: WindowStatus[];
+  jobs: JobStatus[];
+  policies: {
+    state: 'enforced' | 'relaxed' | 'restoring' | 'restored';
+    record: RelaxationRecord | null;
+    lastRestore: RestoreReport | null;
+  };
+  admission: AdmissionEvidence[];
+  compensations: string[];
+  rejectedSignals: string[];
+  plan: MigrationPlan | null;
+  error: string | null;
+}
+
+/** `temporal workflow query --type status` */
+export const statusQuery = wf.defineQuery<MigrationStatus>('status');
+
+/** What a run returns. */
+export interface MigrationReport {
+  namespace: string;
+  uid: number;
+  gid: number;
+  dryRun: boolean;
+  plan: MigrationPlan;
+  volumes: { job: string; path: string; skipped: boolean; scanned: number; changed: number }[];
+  jobs: { name: string; attempts: number; seconds: number | null; scanned: number; changed: number }[];
+  windows: WindowStatus[];
+  /** Seconds the policies were relaxed, summed over the windows. */
+  windowSeconds: number;
+  approvals: GateStatus[];
+  verification: string[];
+  startedAt: string;
+  finishedAt: string;
+}
