@@ -240,7 +240,9 @@ temporalOptions(
   process.stdout.write(`started ${handle.workflowId} for namespace ${input.namespace}\n`);
   if (process.env.TEMPORAL_UI) {
     const { runId } = await handle.describe();
-    process.stdout.write(`Web UI: ${webUiLink(process.env.TEMPORAL_UI, flags.temporalNamespace ?? 'default', handle.workflowId, runId)}\n`);
+    process.stdout.write(
+      `Web UI: ${webUiLink(process.env.TEMPORAL_UI, flags.temporalNamespace ?? 'default', handle.workflowId, runId)}\n`,
+    );
   }
   if (input.approvals.length) {
     process.stdout.write(
@@ -278,13 +280,11 @@ temporalOptions(
     throw new Error(
       `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate.by} at ${gate.at}`,
     );
-  await c.workflow
-    .getHandle(workflowIdOf(flags.namespace))
-    .signal(approveSignal, {
-      gate: flags.gate,
-      by: flags.by,
-      ...(flags.comment ? { comment: flags.comment } : {}),
-    });
+  await c.workflow.getHandle(workflowIdOf(flags.namespace)).signal(approveSignal, {
+    gate: flags.gate,
+    by: flags.by,
+    ...(flags.comment ? { comment: flags.comment } : {}),
+  });
   process.stdout.write(`approved gate ${flags.gate} of ${flags.namespace} as ${flags.by}\n`);
   await c.connection.close();
 });

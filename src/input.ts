@@ -37,15 +37,12 @@ const duration = (what: string) =>
     message: `${what} must be a positive duration such as "90s", "15m", "24h" or "2d"`,
   });
 
-const id = (what: string) =>
+const id = () =>
   z
-    .number({ message: `${what} must be a number` })
-    .int(`${what} must be a whole number`)
-    .min(
-      1,
-      `${what} must be at least 1: 0 would run the databases as root, which the restored policies refuse`,
-    )
-    .max(MaxId, `${what} must be at most ${MaxId}`);
+    .number({ message: 'must be a number' })
+    .int('must be a whole number')
+    .min(1, 'must be at least 1: 0 would run the databases as root, which the restored policies refuse')
+    .max(MaxId, `must be at most ${MaxId}`);
 
 const dnsLabel = z
   .string({ message: 'must be a string' })
@@ -74,9 +71,9 @@ const toleration = z.object({
 export const MigrationInputSchema = z
   .object({
     namespace: dnsLabel,
-    uid: id('uid'),
-    gid: id('gid'),
-    supplementalGroups: z.array(id('each supplementalGroups entry')).optional(),
+    uid: id(),
+    gid: id(),
+    supplementalGroups: z.array(id()).optional(),
     profile: z
       .enum([ProfileName.ItrsAnalytics], {
         message: `profile must be "${ProfileName.ItrsAnalytics}" (or give "databases")`,

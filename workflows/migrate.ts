@@ -169,10 +169,12 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
   const compensations: { name: string; run: () => Promise<unknown> }[] = [];
   let record: RelaxationRecord | null = null;
   let restoring: Promise<void> | undefined;
+  // Set before each relax call: a relax that failed half-way must be restored too.
+  let mayBeRelaxed = false;
 
   /** Re-enforces the policies once per window; concurrent callers share the same restore. */
   const reEnforce = (because: string): Promise<void> => {
-    if (status.policies.state !== 'relaxed' && !restoring) return Promise.resolve();
+    if (!mayBeRelaxed && !restoring) return Promise.resolve();
     restoring ??= (async () => {
       status.policies.state = 'restoring';
       const report = await wf.CancellationScope.nonCancellable(() =>
@@ -184,6 +186,7 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
       );
       status.policies.lastRestore = report;
       status.policies.state = 'restored';
+      mayBeRelaxed = false;
       const w = status.windows.at(-1);
       if (w && !w.closedAt) Object.assign(w, { closedAt: nowIso(), closedBecause: because });
     })().finally(() => {
@@ -352,6 +355,7 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
       compensations.push({ name: 're-enforce the policies', run: () => reEnforce('compensation') });
       for (let attempt = 1; ; attempt++) {
         setPhase(Phase.RelaxingPolicies);
+        mayBeRelaxed = true;
         const relaxed = await act(steps.relaxPolicies, `relax the policies of ${input.namespace}`, {
           namespace: input.namespace,
           owner,
