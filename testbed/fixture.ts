@@ -4,7 +4,7 @@
  * PersistentVolume whose files belong to the old UID, the `IaxPlatform` resource, and the
  * Gatekeeper constraint CRDs with two constraints.
  */
-import { chownSync, mkdirSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   ApiextensionsV1Api,
@@ -159,6 +159,12 @@ function seedVolume(dir: string, kind: ClaimSpec['seed'], uid: number, files: nu
     const link = join(ts, 'latest');
     if (!existsSync(link)) symlinkSync(join('PG_15_202209061', '16384'), link);
   }
+  // Everything, symlinks included, belongs to the old owner, as after years of running.
+  const walk = (p: string): void => {
+    lchownSync(p, uid, uid);
+    if (lstatSync(p).isDirectory()) for (const e of readdirSync(p)) walk(join(p, e));
+  };
+  walk(dir);
 }
 
 function constraintCrd(kind: string, plural: string): V1CustomResourceDefinition {

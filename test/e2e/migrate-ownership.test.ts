@@ -1,0 +1,318 @@
+/**
+ * End to end on the test bed, driven through the real `temporal` CLI as an operator would:
+ * start `migrateOwnership` with --input-file, approve each gate with `workflow signal`, watch
+ * it with `workflow query`, and check the cluster and the files afterwards. Also: a second run
+ * on the same namespace is refused, and a dry run changes nothing.
+ */
+import { execFile } from 'node:child_process';
+import { lstatSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationInputRaw } from '../../src/input.js';
+import { JobLabel, ManagedBy } from '../../src/job.js';
+import { createWorker, sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
+import {
+  IaxPlatform,
+  ItrsDatabases,
+  pvDirectory,
+  seedItrsFixture,
+  waitForFixtureReady,
+} from '../../testbed/fixture.js';
+import { HostRunnerNode } from '../../testbed/host-runner/runner.js';
+import { waitFor } from '../../testbed/process.js';
+import type { MigrationReport, MigrationStatus } from '../../workflows/messages.js';
+import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { policyState } from '../support/policy-state.js';
+import { temporalCli } from '../support/temporal.js';
+
+const exec = promisify(execFile);
+const kc = kubeConfig();
+const core = kc.makeApiClient(CoreV1Api);
+const apps = kc.makeApiClient(AppsV1Api);
+const batch = kc.makeApiClient(BatchV1Api);
+const custom = kc.makeApiClient(CustomObjectsApi);
+const namespace = uniqueName('itrs-e2e');
+const workflowId = `runas-migrate-${namespace}`;
+const taskQueue = uniqueName('e2e');
+const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+let w: RunningWorker;
+let running: Promise<void>;
+
+const input: MigrationInputRaw = {
+  namespace,
+  uid: 5000,
+  gid: 5000,
+  profile: 'itrs-analytics',
+  securityContext: { apply: 'patch' },
+  approvals: ['plan', 'relax'],
+  job: {
+    nodeSelector: { [HostRunnerNode.Label]: 'true' },
+    tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
+  },
+};
+
+function runasMigrate(args: string[]) {
+  return exec(process.execPath, [cli, ...args], {
+    env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
+    timeout: 120_000,
+  }).then(
+    (r) => ({ code: 0, ...r }),
+    (e: { code: number; stdout: string; stderr: string }) => e,
+  );
+}
+
+/** Everything of the namespace a run could change, for before/after comparisons. */
+async function namespaceSnapshot() {
+  const sts = (await apps.listNamespacedStatefulSet({ namespace })).items.map((s) => ({
+    name: s.metadata?.name,
+    annotations: s.metadata?.annotations ?? {},
+    replicas: s.spec?.replicas,
+    template: s.spec?.template,
+  }));
+  const pvcs = (await core.listNamespacedPersistentVolumeClaim({ namespace })).items.map((p) => [
+    p.metadata?.name,
+    p.status?.phase,
+  ]);
+  const jobs = (await batch.listNamespacedJob({ namespace })).items.map((j) => j.metadata?.name);
+  return { policies: await policyState(kc, namespace), sts, pvcs, jobs, owners: ownersOnDisk() };
+}
+
+/** Owners of every entry of the namespace's volumes, except mount points of nested volumes. */
+function ownersOnDisk(): Record<string, string> {
+  const owners: Record<string, string> = {};
+  for (const db of ItrsDatabases) {
+    for (let i = 0; i < db.replicas; i++) {
+      const nested = db.claims.map((c) => c.mountPath);
+      for (const c of db.claims) {
+        const root = pvDirectory(bed().pvRoot, namespace, `${c.claim}-${db.statefulSet}-${i}`);
+        // Mount points created inside this volume for the volumes mounted below it.
+        const hidden = new Set(
+          nested
+            .filter((m) => m !== c.mountPath && m.startsWith(`${c.mountPath}/`))
+            .map((m) => join(root, m.slice(c.mountPath.length))),
+        );
+        const walk = (dir: string) => {
+          owners[dir] = `${lstatSync(dir).uid}:${lstatSync(dir).gid}`;
+          for (const e of readdirSync(dir, { withFileTypes: true })) {
+            const p = join(dir, e.name);
+            if (hidden.has(p)) continue;
+            if (e.isDirectory()) walk(p);
+            else owners[p] = `${lstatSync(p).uid}:${lstatSync(p).gid}`;
+          }
+        };
+        walk(root);
+      }
+    }
+  }
+  return owners;
+}
+
+async function status(): Promise<MigrationStatus> {
+  const out = JSON.parse(
+    await temporalCli(['workflow', 'query', '-w', workflowId, '--type', 'status', '-o', 'json']),
+  ) as {
+    queryResult: [MigrationStatus];
+  };
+  return out.queryResult[0];
+}
+
+const waitingAt = (gate: string) =>
+  waitFor(
+    `gate ${gate} waiting`,
+    async () => (await status()).gates.find((g) => g.gate === gate)?.state === 'waiting',
+    60_000,
+    300,
+  );
+
+beforeAll(async () => {
+  await seedItrsFixture(kc, { namespace, pvRoot: bed().pvRoot });
+  await waitForFixtureReady(kc, namespace);
+  w = await createWorker({
+    address: bed().temporal.address,
+    kubeconfig: bed().kubeconfig,
+    taskQueue,
+    sweepEvery: '1 hour',
+    log: () => undefined,
+  });
+  running = w.worker.run();
+});
+
+afterAll(async () => {
+  await w.client.schedule
+    .getHandle(sweeperScheduleId(taskQueue))
+    .delete()
+    .catch(() => undefined);
+  w.worker.shutdown();
+  await running;
+  await w.close();
+  await core.deleteNamespace({ name: namespace }).catch(() => undefined);
+  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${namespace}` });
+  for (const pv of pvs.items)
+    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+});
+
+describe('migrateOwnership end to end', () => {
+  it('a dry run changes nothing', async () => {
+    const before = await namespaceSnapshot();
+    const r = await runasMigrate([
+      'start',
+      '--input',
+      JSON.stringify({ ...input, approvals: [] }),
+      '--dry-run',
+      '--follow',
+      '--task-queue',
+      taskQueue,
+    ]);
+    expect(r.stdout).toContain(`dry run of ${namespace}: nothing was changed`);
+    expect(r.stdout).toMatch(/runas-migrate-timescale-1.*timescale-ha-tablespace-data-2-timescale-1/s);
+    expect(await namespaceSnapshot()).toEqual(before);
+  });
+
+  it('migrates every volume of every replica through the temporal CLI, and puts everything back', async () => {
+    const before = await namespaceSnapshot();
+    expect(new Set(Object.values(before.owners))).toEqual(new Set(['1000:1000']));
+    const dir = mkdtempSync(join(tmpdir(), 'run-'));
+    writeFileSync(join(dir, 'run.json'), JSON.stringify(input));
+
+    await temporalCli([
+      'workflow',
+      'start',
+      '--type',
+      'migrateOwnership',
+      '--task-queue',
+      taskQueue,
+      '--workflow-id',
+      workflowId,
+      '--input-file',
+      join(dir, 'run.json'),
+    ]);
+    await waitingAt('plan');
+
+    const second = await runasMigrate(['start', '--input', JSON.stringify(input), '--task-queue', taskQueue]);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain(
+      `a run is already in progress for namespace ${namespace} (workflow ${workflowId})`,
+    );
+
+    await temporalCli([
+      'workflow',
+      'signal',
+      '-w',
+      workflowId,
+      '--name',
+      'approve',
+      '--input',
+      '{"gate":"plan","by":"alice"}',
+    ]);
+    await waitingAt('relax');
+    const beforeRelax = await status();
+    expect(beforeRelax.phase).toBe('scaling-down');
+    expect((await apps.readNamespacedStatefulSet({ name: 'timescale', namespace })).spec?.replicas).toBe(0);
+    await temporalCli([
+      'workflow',
+      'signal',
+      '-w',
+      workflowId,
+      '--name',
+      'approve',
+      '--input',
+      '{"gate":"relax","by":"bob"}',
+    ]);
+
+    const result = JSON.parse(await temporalCli(['workflow', 'result', '-w', workflowId, '-o', 'json'])) as {
+      status: string;
+      result: MigrationReport;
+    };
+    expect(result.status).toBe('COMPLETED');
+    const report = result.result;
+
+    // every file of every volume now belongs to the target IDs
+    const after = await namespaceSnapshot();
+    // (plus the parent folders of nested mount points that the container runtime creates)
+    expect(Object.keys(after.owners)).toEqual(expect.arrayContaining(Object.keys(before.owners)));
+    expect(
+      Object.keys(after.owners)
+        .filter((k) => !(k in before.owners))
+        .every((k) => k.endsWith('/tablespaces')),
+    ).toBe(true);
+    expect(new Set(Object.values(after.owners))).toEqual(new Set(['5000:5000']));
+    // the report names every volume of every replica
+    expect(report.volumes.map((v) => `${v.job} ${v.path}`).sort()).toEqual(
+      ItrsDatabases.flatMap((db) =>
+        Array.from({ length: db.replicas }, (_, i) =>
+          db.claims.map((c) => `runas-migrate-${db.statefulSet}-${i} ${c.mountPath}`),
+        ).flat(),
+      ).sort(),
+    );
+    expect(report.volumes.every((v) => v.changed > 0 && v.changed === v.scanned)).toBe(true);
+    expect(report.approvals.filter((a) => a.required).map((a) => a.by)).toEqual(['alice', 'bob']);
+    expect(report.windows).toHaveLength(1);
+    // policies exactly as before, replicas and platform back, template carries the new IDs, no Job left
+    expect(after.policies).toEqual(before.policies);
+    for (const db of ItrsDatabases) {
+      const s = await apps.readNamespacedStatefulSet({ name: db.statefulSet, namespace });
+      expect(s.status?.readyReplicas).toBe(db.replicas);
+      expect(s.metadata?.annotations?.['runas-migrate.dev/original-replicas']).toBeUndefined();
+      expect(s.spec?.template.spec?.securityContext).toMatchObject({
+        runAsUser: 5000,
+        runAsGroup: 5000,
+        fsGroup: 5000,
+        supplementalGroups: [5000],
+      });
+    }
+    const platform = (await custom.getNamespacedCustomObject({
+      group: IaxPlatform.group,
+      version: IaxPlatform.version,
+      namespace,
+      plural: IaxPlatform.plural,
+      name: IaxPlatform.name,
+    })) as {
+      status: { status: string };
+    };
+    expect(platform.status.status).toBe('DEPLOYED');
+    await waitFor(
+      'Jobs deleted',
+      async () =>
+        (await batch.listNamespacedJob({ namespace, labelSelector: `${JobLabel.ManagedBy}=${ManagedBy}` }))
+          .items.length === 0,
+      30_000,
+    );
+
+    const history = JSON.parse(await temporalCli(['workflow', 'show', '-w', workflowId, '-o', 'json'])) as {
+      events: {
+        activityTaskScheduledEventAttributes?: { activityType: { name: string } };
+        userMetadata?: unknown;
+      }[];
+    };
+    const activities = history.events.flatMap((e) =>
+      e.activityTaskScheduledEventAttributes
+        ? [e.activityTaskScheduledEventAttributes.activityType.name]
+        : [],
+    );
+    for (const a of [
+      'planMigration',
+      'patchPodIds',
+      'scaleDown',
+      'relaxPolicies',
+      'createOwnershipJobs',
+      'waitForPodsAdmitted',
+      'restorePolicies',
+      'waitForJobs',
+      'scaleUp',
+      'waitForPlatform',
+      'verifyDatabases',
+    ]) {
+      expect(activities).toContain(a);
+    }
+    // every activity carries a summary for the Web UI
+    expect(
+      history.events
+        .filter((e) => e.activityTaskScheduledEventAttributes)
+        .every((e) => e.userMetadata !== undefined),
+    ).toBe(true);
+  });
+});
