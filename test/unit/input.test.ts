@@ -1,0 +1,95 @@
+import { describe, expect, it } from 'vitest';
+import { InvalidInputError, parseDuration, parseMigrationInput } from '../../src/input.js';
+
+const ok = { namespace: 'itrs', uid: 5000, gid: 5000 };
+const problem = (raw: unknown) => {
+  try {
+    parseMigrationInput(raw);
+  } catch (err) {
+    expect(err).toBeInstanceOf(InvalidInputError);
+    return (err as Error).message;
+  }
+  throw new Error('input was accepted');
+};
+
+describe('parseMigrationInput', () => {
+  it('fills the documented defaults', () => {
+    expect(parseMigrationInput(ok)).toEqual({
+      ...ok,
+      profile: 'itrs-analytics',
+      supplementalGroups: [5000],
+      approvals: ['plan', 'relax'],
+      approvalTimeout: '24h',
+      securityContext: { apply: 'external' },
+      window: { mode: 'admission', max: '15m' },
+      policies: { podSecurity: 'baseline', gatekeeper: true },
+      job: {
+        podAnnotations: {},
+        podLabels: {},
+        nodeSelector: {},
+        tolerations: [],
+        resources: {},
+        timeout: '6h',
+        retries: 1,
+      },
+      dryRun: false,
+    });
+  });
+
+  it('takes a generic databases form instead of a profile', () => {
+    const i = parseMigrationInput({
+      ...ok,
+      databases: [{ statefulSet: 'pg', container: 'postgres', volumes: ['data'] }],
+    });
+    expect(i.profile).toBeUndefined();
+    expect(i.databases).toEqual([{ statefulSet: 'pg', container: 'postgres', volumes: ['data'] }]);
+  });
+
+  const bad: [string, unknown, RegExp][] = [
+    ['uid 0', { ...ok, uid: 0 }, /uid: must be at least 1: 0 would run the databases as root/],
+    ['gid negative', { ...ok, gid: -5 }, /gid: must be at least 1/],
+    ['uid not an integer', { ...ok, uid: 5000.5 }, /uid: must be a whole number/],
+    ['uid above 2^31-1', { ...ok, uid: 2147483648 }, /uid: must be at most 2147483647/],
+    ['uid as a string', { ...ok, uid: '5000' }, /uid: must be a number/],
+    ['namespace with capitals', { ...ok, namespace: 'ITRS' }, /namespace: must be a Kubernetes name/],
+    ['namespace too long', { ...ok, namespace: 'a'.repeat(64) }, /namespace: must be at most 63 characters/],
+    ['missing namespace', { uid: 1, gid: 1 }, /namespace: must be a string/],
+    ['unknown profile', { ...ok, profile: 'oracle' }, /profile: profile must be "itrs-analytics"/],
+    [
+      'profile and databases',
+      { ...ok, profile: 'itrs-analytics', databases: [{ statefulSet: 'pg', container: 'c' }] },
+      /give either profile or databases/,
+    ],
+    ['unknown gate', { ...ok, approvals: ['deploy'] }, /approvals\.0/],
+    ['bad duration', { ...ok, approvalTimeout: 'tomorrow' }, /approvalTimeout must be a positive duration/],
+    [
+      'helm without helm settings',
+      { ...ok, securityContext: { apply: 'helm' } },
+      /securityContext\.helm: .*required when apply is "helm"/,
+    ],
+    ['bad window mode', { ...ok, window: { mode: 'forever' } }, /window\.mode/],
+    [
+      'bad supplemental group',
+      { ...ok, supplementalGroups: [0] },
+      /supplementalGroups\.0: must be at least 1/,
+    ],
+    ['unknown field', { ...ok, uuid: 5000 }, /unknown field\(s\) uuid/],
+  ];
+  for (const [name, raw, message] of bad) {
+    it(`refuses ${name}, naming the field`, () => expect(problem(raw)).toMatch(message));
+  }
+
+  it('lists every problem at once', () => {
+    expect(problem({ namespace: 'X', uid: 0, gid: 0 })).toMatch(/namespace: .*; uid: .*; gid: /);
+  });
+});
+
+describe('parseDuration', () => {
+  it('reads the units the input uses', () => {
+    expect(parseDuration('90s')).toBe(90_000);
+    expect(parseDuration('15m')).toBe(900_000);
+    expect(parseDuration('24h')).toBe(86_400_000);
+    expect(parseDuration('2d')).toBe(172_800_000);
+    expect(parseDuration('soon')).toBeUndefined();
+  });
+});
