@@ -56,37 +56,45 @@ export interface JobSummary {
 export const OwnershipScript = String.raw`set -uo pipefail
 uid="$TARGET_UID"; gid="$TARGET_GID"
 start=$(date +%s%N)
-status=0; total_scanned=0; total_changed=0; paths_json=""
+status=0; total_scanned=0; total_changed=0
+declare -A result
 esc() { local s="$1"; s="\${s//\\/\\\\}"; printf '%s' "\${s//\"/\\\"}"; }
-for path in "$@"; do
+# Deepest paths first: a volume mounted inside another is done (and counted) before its parent.
+mapfile -t ordered < <(printf '%s\n' "$@" | sort -r)
+for path in "\${ordered[@]}"; do
   if [ ! -d "$path" ]; then
     echo "runas-migrate: $path is not a mounted directory" >&2; status=1; continue
   fi
   if [ -z "$(ls -A "$path")" ]; then
     echo "$path: empty volume (fresh install): skipped"
-    paths_json+="{\"path\":\"$(esc "$path")\",\"skipped\":true,\"scanned\":0,\"changed\":0},"
+    result[$path]="{\"path\":\"$(esc "$path")\",\"skipped\":true,\"scanned\":0,\"changed\":0}"
     continue
   fi
-  # Volumes mounted inside this one are migrated on their own.
+  # Volumes mounted inside this one are counted and proven on their own.
   prune=()
   for other in "$@"; do
     if [ "$other" != "$path" ] && [[ "$other" == "$path"/* ]]; then prune+=(-path "$other" -prune -o); fi
   done
   echo "$path: changing what is not owned by $uid:$gid"
-  # One walk: an "s" per entry, a "c" per entry changed; symlinks are not followed (chown -h).
-  if ! marks=$(find "$path" "\${prune[@]}" -printf s \( ! -uid "$uid" -o ! -gid "$gid" \) -printf c -exec chown -h "$uid:$gid" {} +); then
+  todo=$(find "$path" "\${prune[@]}" \( ! -uid "$uid" -o ! -gid "$gid" \) -printf c)
+  changed=\${#todo}
+  # -P -h: never follow a symlink, change the link itself.
+  if ! chown -R -P -h "$uid:$gid" -- "$path"; then
     echo "runas-migrate: could not change ownership under $path" >&2; status=1
   fi
-  changed_marks="\${marks//s/}"; changed=\${#changed_marks}; scanned=$(( \${#marks} - changed ))
-  # Proof: nothing under the path has another owner.
-  left=$(find "$path" "\${prune[@]}" \( ! -uid "$uid" -o ! -gid "$gid" \) -print -quit 2>&1)
-  if [ -n "$left" ]; then
-    echo "runas-migrate: $left is still not owned by $uid:$gid" >&2; status=1
+  # Proof, in one walk that also counts: nothing under the path has another owner.
+  marks=$(find "$path" "\${prune[@]}" \( ! -uid "$uid" -o ! -gid "$gid" \) -printf x -o -printf s)
+  scanned=\${#marks}
+  left=$(printf '%s' "$marks" | tr -cd x | wc -c)
+  if [ "$left" -ne 0 ]; then
+    echo "runas-migrate: $left entries under $path are still not owned by $uid:$gid" >&2; status=1
   fi
   echo "$path: $scanned entries, $changed changed"
   total_scanned=$((total_scanned + scanned)); total_changed=$((total_changed + changed))
-  paths_json+="{\"path\":\"$(esc "$path")\",\"skipped\":false,\"scanned\":$scanned,\"changed\":$changed},"
+  result[$path]="{\"path\":\"$(esc "$path")\",\"skipped\":false,\"scanned\":$scanned,\"changed\":$changed}"
 done
+paths_json=""
+for path in "$@"; do [ -n "\${result[$path]:-}" ] && paths_json+="\${result[$path]},"; done
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 ok=true; [ "$status" -eq 0 ] || ok=false
 summary="{\"ok\":$ok,\"uid\":$uid,\"gid\":$gid,\"scanned\":$total_scanned,\"changed\":$total_changed,\"seconds\":$((ms / 1000)).$(printf '%03d' $((ms % 1000))),\"paths\":[\${paths_json%,}]}"
