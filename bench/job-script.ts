@@ -18,7 +18,12 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 function tree(): string {
   const root = mkdtempSync(join(tmpdir(), 'bench-tree-'));
-  execFileSync('bash', ['-c', `cd "$1" && for i in $(seq 0 ${dirs - 1}); do mkdir $i && (cd $i && touch $(seq 0 ${perDir - 1})); done && chown -R 1000:1000 .`, 'tree', root]);
+  execFileSync('bash', [
+    '-c',
+    `cd "$1" && for i in $(seq 0 ${dirs - 1}); do mkdir $i && (cd $i && touch $(seq 0 ${perDir - 1})); done && chown -R 1000:1000 .`,
+    'tree',
+    root,
+  ]);
   return root;
 }
 
@@ -37,7 +42,12 @@ for (let r = 0; r < rounds; r++) {
   // alternate which goes first, so page-cache effects do not favour one side
   const runs = [
     () => chownMs.push(time(() => execFileSync('chown', ['-R', '5000:5000', a]))),
-    () => scriptMs.push(time(() => execFileSync('bash', ['-c', OwnershipScript, 'fix-ownership', b], { env, stdio: 'ignore' }))),
+    () =>
+      scriptMs.push(
+        time(() =>
+          execFileSync('bash', ['-c', OwnershipScript, 'fix-ownership', b], { env, stdio: 'ignore' }),
+        ),
+      ),
   ];
   if (r % 2) runs.reverse();
   runs.forEach((f) => f());
