@@ -63,6 +63,14 @@ export interface PodIds {
   supplementalGroups: number[] | null;
 }
 
+/** Which StatefulSets of a namespace should run as uid:gid. */
+export interface IdsCheck {
+  namespace: string;
+  statefulSets: string[];
+  uid: number;
+  gid: number;
+}
+
 /** How one Job ended. */
 export interface JobOutcome {
   name: string;
@@ -269,12 +277,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
   }
 
   /** Checks that every StatefulSet's template carries the target IDs; returns the mismatches. */
-  async function verifySecurityContext(input: {
-    namespace: string;
-    statefulSets: string[];
-    uid: number;
-    gid: number;
-  }): Promise<string[]> {
+  async function verifySecurityContext(input: IdsCheck): Promise<string[]> {
     return typed(async () => {
       const problems: string[] = [];
       for (const name of input.statefulSets) {
@@ -481,12 +484,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
    * Checks the databases after scale-up: every replica Ready and running as uid:gid (pod
    * securityContext as admitted). Returns one line per problem.
    */
-  async function verifyDatabases(input: {
-    namespace: string;
-    statefulSets: string[];
-    uid: number;
-    gid: number;
-  }): Promise<string[]> {
+  async function verifyDatabases(input: IdsCheck): Promise<string[]> {
     return typed(async () => {
       const problems: string[] = [];
       for (const name of input.statefulSets) {

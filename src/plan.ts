@@ -7,6 +7,7 @@ import type { V1PersistentVolumeClaim, V1StatefulSet } from '@kubernetes/client-
 import { ownershipJobName, type JobTarget, type VolumeMountPlan } from './job.js';
 import type { MigrationInput } from './input.js';
 import type { RelaxationRecord } from './policy.js';
+import type { PlatformResource } from './profiles.js';
 import { PodSecurityLabel } from './policy.js';
 
 /** Annotation on a StatefulSet scaled down by a run: the replicas to scale back to. */
@@ -30,13 +31,7 @@ export interface DatabasePlan {
 }
 
 /** The platform resource and its status when planned. */
-export interface PlatformPlan {
-  group: string;
-  version: string;
-  plural: string;
-  name: string;
-  statusPath: string;
-  ready: string;
+export interface PlatformPlan extends PlatformResource {
   status: string | null;
 }
 

@@ -14,7 +14,7 @@ import { AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInputRaw } from '../../src/input.js';
 import { JobLabel, ManagedBy } from '../../src/job.js';
-import { createWorker, sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
+import { startTestWorker, type TestWorker } from '../support/worker.js';
 import {
   IaxPlatform,
   ItrsDatabases,
@@ -39,8 +39,7 @@ const namespace = uniqueName('itrs-e2e');
 const workflowId = `runas-migrate-${namespace}`;
 const taskQueue = uniqueName('e2e');
 const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
-let w: RunningWorker;
-let running: Promise<void>;
+let worker: TestWorker;
 
 const input: MigrationInputRaw = {
   namespace,
@@ -131,24 +130,11 @@ const waitingAt = (gate: string) =>
 beforeAll(async () => {
   await seedItrsFixture(kc, { namespace, pvRoot: bed().pvRoot });
   await waitForFixtureReady(kc, namespace);
-  w = await createWorker({
-    address: bed().temporal.address,
-    kubeconfig: bed().kubeconfig,
-    taskQueue,
-    sweepEvery: '1 hour',
-    log: () => undefined,
-  });
-  running = w.worker.run();
+  worker = await startTestWorker(taskQueue);
 });
 
 afterAll(async () => {
-  await w.client.schedule
-    .getHandle(sweeperScheduleId(taskQueue))
-    .delete()
-    .catch(() => undefined);
-  w.worker.shutdown();
-  await running;
-  await w.close();
+  await worker.stop();
   await core.deleteNamespace({ name: namespace }).catch(() => undefined);
   const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${namespace}` });
   for (const pv of pvs.items)

@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPolicyActivities } from '../../activities/policy.js';
 import { Kube } from '../../src/kube.js';
 import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/policy.js';
-import { createWorker, sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
+import { sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
+import { startTestWorker, type TestWorker } from '../support/worker.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { policyState } from '../support/policy-state.js';
@@ -26,7 +27,7 @@ const gone: RunRef = {
 };
 const taskQueue = uniqueName('sweeper-test');
 let w: RunningWorker;
-let running: Promise<void>;
+let worker: TestWorker;
 let alive: RunRef;
 
 async function relaxedNamespace(
@@ -54,14 +55,8 @@ function runCli(args: string[]) {
 }
 
 beforeAll(async () => {
-  w = await createWorker({
-    address: bed().temporal.address,
-    kubeconfig: bed().kubeconfig,
-    taskQueue,
-    sweepEvery: '1 hour',
-    log: () => undefined,
-  });
-  running = w.worker.run();
+  worker = await startTestWorker(taskQueue);
+  w = worker.w;
   // A run that is alive: started, never finished (nothing polls its queue).
   const handle = await w.client.workflow.start('probeApproval', {
     taskQueue: uniqueName('nobody-polls'),
@@ -76,13 +71,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => undefined);
-  await w.client.schedule
-    .getHandle(sweeperScheduleId(taskQueue))
-    .delete()
-    .catch(() => undefined);
-  w.worker.shutdown();
-  await running;
-  await w.close();
+  await worker.stop();
 });
 
 describe('runas-migrate restore', () => {
