@@ -1,0 +1,153 @@
+/**
+ * Faults on the test bed (first cases of the fault matrix): the worker process is SIGKILLed
+ * while the Jobs run and a new one finishes the run with nothing lost or done twice; a run
+ * terminated while the policies are relaxed is swept back by the Schedule.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationInputRaw } from '../../src/input.js';
+import { RelaxationAnnotation } from '../../src/policy.js';
+import { queryStatus, startRun } from '../../src/runs.js';
+import { connectClient, sweeperScheduleId } from '../../src/worker.js';
+import { ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { HostRunnerNode } from '../../testbed/host-runner/runner.js';
+import { waitFor } from '../../testbed/process.js';
+import type { MigrationReport } from '../../workflows/messages.js';
+import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { policyState } from '../support/policy-state.js';
+import { startTestWorker } from '../support/worker.js';
+
+const kc = kubeConfig();
+const core = kc.makeApiClient(CoreV1Api);
+const batch = kc.makeApiClient(BatchV1Api);
+const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+const namespaces: string[] = [];
+const children: ChildProcess[] = [];
+let client: Awaited<ReturnType<typeof connectClient>>;
+
+/** A worker in its own process, as in production: `runas-migrate worker`. */
+function workerProcess(taskQueue: string): ChildProcess {
+  const child = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
+    env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
+    stdio: 'ignore',
+    detached: true,
+  });
+  children.push(child);
+  return child;
+}
+
+async function fixture(filesPerVolume: number): Promise<string> {
+  const namespace = uniqueName('fault');
+  namespaces.push(namespace);
+  await seedItrsFixture(kc, { namespace, pvRoot: bed().pvRoot, filesPerVolume });
+  await waitForFixtureReady(kc, namespace);
+  return namespace;
+}
+
+const inputFor = (namespace: string, mode: 'admission' | 'job-duration'): MigrationInputRaw => ({
+  namespace,
+  uid: 5000,
+  gid: 5000,
+  securityContext: { apply: 'patch' },
+  approvals: [],
+  window: { mode },
+  job: {
+    nodeSelector: { [HostRunnerNode.Label]: 'true' },
+    tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
+  },
+});
+
+beforeAll(async () => {
+  client = await connectClient({ address: bed().temporal.address });
+});
+
+afterAll(async () => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  await client.connection.close();
+  for (const name of namespaces) {
+    await core.deleteNamespace({ name }).catch(() => undefined);
+    const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
+    for (const pv of pvs.items)
+      await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+  }
+});
+
+describe('fault: the worker is killed', () => {
+  it(
+    'SIGKILL while the Jobs run: a new worker finishes, nothing lost or done twice',
+    { timeout: 240_000 },
+    async () => {
+      const namespace = await fixture(20_000);
+      const taskQueue = uniqueName('fault-kill');
+      const before = await policyState(kc, namespace);
+      const first = workerProcess(taskQueue);
+      const { handle } = await startRun(client, inputFor(namespace, 'job-duration'), { taskQueue });
+      await waitFor(
+        'Jobs created',
+        async () => (await queryStatus(client, namespace)).jobs.some((j) => j.state === 'created'),
+        60_000,
+        100,
+      );
+      process.kill(-first.pid!, 'SIGKILL');
+      const killedAt = Date.now();
+      workerProcess(taskQueue);
+
+      const report = (await handle.result()) as MigrationReport;
+      const recovery = (Date.now() - killedAt) / 1000;
+      expect(recovery).toBeGreaterThan(0);
+      // one Job per replica, each run once (no duplicate from the retried activity)
+      expect(report.jobs.map((j) => j.name).sort()).toEqual([
+        'runas-migrate-pgplatform-0',
+        'runas-migrate-timescale-0',
+        'runas-migrate-timescale-1',
+      ]);
+      expect(report.jobs.every((j) => j.attempts === 1)).toBe(true);
+      expect(report.windows).toHaveLength(1);
+      // policies exactly as before: no duplicate excludedNamespaces entry survived
+      expect(await policyState(kc, namespace)).toEqual(before);
+      expect((await batch.listNamespacedJob({ namespace })).items).toEqual([]);
+      expect(report.volumes).toHaveLength(
+        ItrsDatabases.reduce((n, d) => n + d.replicas * d.claims.length, 0),
+      );
+    },
+  );
+});
+
+describe('fault: the run is terminated while the policies are relaxed', () => {
+  it('the sweeper Schedule restores them from the namespace record', { timeout: 180_000 }, async () => {
+    const namespace = await fixture(10);
+    const taskQueue = uniqueName('fault-term');
+    const before = await policyState(kc, namespace);
+    const worker = await startTestWorker(taskQueue);
+    try {
+      // The Jobs' pods can never be scheduled: the window stays open until the run is terminated.
+      const stuck = {
+        ...inputFor(namespace, 'job-duration'),
+        job: { nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } },
+      };
+      const { handle } = await startRun(worker.w.client, stuck, { taskQueue });
+      await waitFor(
+        'policies relaxed',
+        async () => (await queryStatus(client, namespace)).policies.state === 'relaxed',
+        60_000,
+        100,
+      );
+      await handle.terminate('operator terminated the run');
+      const relaxed = await policyState(kc, namespace);
+      expect(relaxed.annotations[RelaxationAnnotation]).toBeDefined();
+
+      await worker.w.client.schedule.getHandle(sweeperScheduleId(taskQueue)).trigger();
+      await waitFor(
+        'swept',
+        async () => (await policyState(kc, namespace)).annotations[RelaxationAnnotation] === undefined,
+        60_000,
+        300,
+      );
+      expect(await policyState(kc, namespace)).toEqual(before);
+    } finally {
+      await worker.stop();
+    }
+  });
+});
