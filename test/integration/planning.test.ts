@@ -1,0 +1,149 @@
+/**
+ * Planning against the test bed's API server: what the input names must exist, the plan covers
+ * every claim of every replica, and preflight refuses IDs the restored policies would refuse —
+ * each with a clear message, nothing changed.
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
+import { ApplicationFailure } from '@temporalio/common';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createMigrationActivities } from '../../activities/migration.js';
+import { parseMigrationInput, type MigrationInputRaw } from '../../src/input.js';
+import { Kube } from '../../src/kube.js';
+import { seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { waitFor } from '../../testbed/process.js';
+import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { policyState } from '../support/policy-state.js';
+
+const exec = promisify(execFile);
+const kc = kubeConfig();
+const core = kc.makeApiClient(CoreV1Api);
+const apps = kc.makeApiClient(AppsV1Api);
+const migration = createMigrationActivities({ kube: new Kube(kc) });
+const namespace = uniqueName('plan');
+const owner = { workflowId: 'plan-test', runId: 'r' };
+const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+
+const plan = (raw: Partial<MigrationInputRaw>) =>
+  migration.planMigration({ run: parseMigrationInput({ namespace, uid: 5000, gid: 5000, ...raw }), owner });
+
+async function failure(p: Promise<unknown>): Promise<ApplicationFailure> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof ApplicationFailure) return err;
+    throw err;
+  }
+  throw new Error('expected a failure');
+}
+
+beforeAll(async () => {
+  await seedItrsFixture(kc, { namespace, pvRoot: bed().pvRoot, filesPerVolume: 2 });
+  await waitForFixtureReady(kc, namespace);
+});
+
+afterAll(async () => {
+  await core.deleteNamespace({ name: namespace }).catch(() => undefined);
+  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${namespace}` });
+  for (const pv of pvs.items)
+    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+});
+
+describe('planMigration on the test bed', () => {
+  it('plans every volume of every replica of the profile, with images from the StatefulSets', async () => {
+    const p = await plan({});
+    expect(p.databases.map((d) => [d.statefulSet, d.replicas, d.image, d.jobs.length])).toEqual([
+      ['pgplatform', 1, 'docker.itrsgroup.com/iax/postgres:2.17.0', 1],
+      ['timescale', 2, 'docker.itrsgroup.com/iax/timescale:2.17.0', 2],
+    ]);
+    expect(p.databases[1]!.jobs[1]!.volumes.map((v) => v.claimName)).toEqual([
+      'timescale-ha-data-timescale-1',
+      'timescale-ha-wal-timescale-1',
+      'timescale-ha-tablespace-data-1-timescale-1',
+      'timescale-ha-tablespace-data-2-timescale-1',
+    ]);
+    expect(p.platform?.status).toBe('DEPLOYED');
+    expect(p.policies.plan.podSecurityEnforce).toBe('baseline');
+    expect(p.preflight).toEqual([]);
+  });
+
+  it('refuses IDs outside the K8sPSPAllowedUsers ranges, naming constraint and range', async () => {
+    const p = await plan({ uid: 500, gid: 500 });
+    expect(p.preflight).toContain(
+      'K8sPSPAllowedUsers/allowed-user-ranges: runAsUser 500 is outside the allowed ranges 1000-65535: the databases would be refused at scale-up; choose IDs inside them or change the constraint',
+    );
+    const before = await policyState(kc, namespace);
+    const r = await exec(process.execPath, [cli, 'plan', '-n', namespace, '--uid', '500', '--gid', '500'], {
+      env: { ...process.env, KUBECONFIG: bed().kubeconfig },
+    }).catch((e: { code: number; stdout: string }) => e);
+    expect('code' in r && r.code).toBe(3);
+    expect(r.stdout).toContain('PREFLIGHT FAILED');
+    expect(r.stdout).toMatch(/runas-migrate-timescale-1 .*timescale-ha-wal-timescale-1/s);
+    expect(await policyState(kc, namespace)).toEqual(before);
+  });
+
+  const missing: [string, Partial<MigrationInputRaw>, RegExp][] = [
+    [
+      'a StatefulSet',
+      { profile: undefined, databases: [{ statefulSet: 'mysql', container: 'db' }] },
+      /StatefulSet mysql not found in namespace/,
+    ],
+    [
+      'a container',
+      { profile: undefined, databases: [{ statefulSet: 'pgplatform', container: 'pg' }] },
+      /StatefulSet pgplatform has no container "pg" \(it has: postgres\)/,
+    ],
+    [
+      'a volume',
+      {
+        profile: undefined,
+        databases: [{ statefulSet: 'pgplatform', container: 'postgres', volumes: ['wal'] }],
+      },
+      /mounts no claim template "wal" \(it mounts: data\)/,
+    ],
+  ];
+  for (const [what, raw, message] of missing) {
+    it(`names what is missing (${what}): PlanningFailed, not retryable`, async () => {
+      const f = await failure(plan(raw));
+      expect(f.type).toBe('PlanningFailed');
+      expect(f.nonRetryable).toBe(true);
+      expect(f.message).toMatch(message);
+    });
+  }
+
+  it('names a replica whose claim is gone', async () => {
+    // the claim can go only once no pod uses it
+    await apps.patchNamespacedStatefulSet(
+      { name: 'timescale', namespace, body: { spec: { replicas: 1 } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    await core.deleteNamespacedPersistentVolumeClaim({ name: 'timescale-ha-wal-timescale-1', namespace });
+    await waitFor(
+      'claim gone',
+      () =>
+        core.readNamespacedPersistentVolumeClaim({ name: 'timescale-ha-wal-timescale-1', namespace }).then(
+          () => false,
+          () => true,
+        ),
+      60_000,
+    );
+    const f = await failure(plan({}));
+    expect(f.type).toBe('PlanningFailed');
+    expect(f.message).toMatch(
+      /replica 1 of StatefulSet timescale has no PersistentVolumeClaim timescale-ha-wal-timescale-1/,
+    );
+  });
+
+  it('names a namespace that does not exist', async () => {
+    const f = await failure(
+      migration.planMigration({
+        run: parseMigrationInput({ namespace: 'no-such-ns', uid: 5000, gid: 5000 }),
+        owner,
+      }),
+    );
+    expect(f.type).toBe('KubeNotFound');
+    expect(f.message).toContain('namespace "no-such-ns" not found');
+  });
+});
