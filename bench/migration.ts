@@ -11,7 +11,7 @@ import { startRun } from '../src/runs.js';
 import { createWorker } from '../src/worker.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 import { seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
-import { HostRunnerNode } from '../testbed/host-runner/runner.js';
+import { HostRunnerPlacement } from '../testbed/host-runner/runner.js';
 import type { MigrationReport } from '../workflows/messages.js';
 
 const files = Number(process.env.FILES ?? 1000);
@@ -51,10 +51,7 @@ try {
         securityContext: { apply: 'patch' },
         approvals: [],
         window: { mode },
-        job: {
-          nodeSelector: { [HostRunnerNode.Label]: 'true' },
-          tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
-        },
+        job: { ...HostRunnerPlacement },
       };
       const t = performance.now();
       const { handle } = await startRun(w.client, input, { taskQueue });

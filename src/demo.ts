@@ -5,7 +5,7 @@
  */
 import { AppsV1Api } from '@kubernetes/client-node';
 import { FixtureNamespace, kubeConfigOf, up } from '../testbed/bed.js';
-import { HostRunnerNode } from '../testbed/host-runner/runner.js';
+import { HostRunnerPlacement } from '../testbed/host-runner/runner.js';
 import { approveSignal, type MigrationStatus } from '../workflows/messages.js';
 import type { MigrationInputRaw } from './input.js';
 import { followRun, RunInProgressError, startRun, webUiLink, workflowIdOf } from './runs.js';
@@ -33,10 +33,7 @@ export async function runDemo(): Promise<void> {
     securityContext: { apply: 'patch' },
     approvals: ['plan', 'relax'],
     window: { mode: 'admission', max: '15m' },
-    job: {
-      nodeSelector: { [HostRunnerNode.Label]: 'true' },
-      tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
-    },
+    job: { ...HostRunnerPlacement },
   };
   say(`starting a worker on ${bed.temporal.address}`);
   const w = await createWorker({

@@ -4,7 +4,16 @@
  * PersistentVolume whose files belong to the old UID, the `IaxPlatform` resource, and the
  * Gatekeeper constraint CRDs with two constraints.
  */
-import { chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import {
   ApiextensionsV1Api,

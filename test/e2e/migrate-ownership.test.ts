@@ -22,7 +22,7 @@ import {
   seedItrsFixture,
   waitForFixtureReady,
 } from '../../testbed/fixture.js';
-import { HostRunnerNode } from '../../testbed/host-runner/runner.js';
+import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
 import type { MigrationReport, MigrationStatus } from '../../workflows/messages.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
@@ -48,10 +48,7 @@ const input: MigrationInputRaw = {
   profile: 'itrs-analytics',
   securityContext: { apply: 'patch' },
   approvals: ['plan', 'relax'],
-  job: {
-    nodeSelector: { [HostRunnerNode.Label]: 'true' },
-    tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
-  },
+  job: { ...HostRunnerPlacement },
 };
 
 function runasMigrate(args: string[]) {

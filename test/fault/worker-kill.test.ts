@@ -12,7 +12,7 @@ import { RelaxationAnnotation } from '../../src/policy.js';
 import { queryStatus, startRun } from '../../src/runs.js';
 import { connectClient, sweeperScheduleId } from '../../src/worker.js';
 import { ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
-import { HostRunnerNode } from '../../testbed/host-runner/runner.js';
+import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
 import type { MigrationReport } from '../../workflows/messages.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
@@ -53,10 +53,7 @@ const inputFor = (namespace: string, mode: 'admission' | 'job-duration'): Migrat
   securityContext: { apply: 'patch' },
   approvals: [],
   window: { mode },
-  job: {
-    nodeSelector: { [HostRunnerNode.Label]: 'true' },
-    tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
-  },
+  job: { ...HostRunnerPlacement },
 });
 
 beforeAll(async () => {

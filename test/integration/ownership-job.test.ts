@@ -7,7 +7,7 @@ import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseMigrationInput } from '../../src/input.js';
 import { buildOwnershipJob, parseJobSummary } from '../../src/job.js';
-import { HostRunnerNode } from '../../testbed/host-runner/runner.js';
+import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { makeTree } from '../support/tree.js';
@@ -61,10 +61,7 @@ describe('the ownership Job on the host runner', () => {
         namespace,
         uid: 5000,
         gid: 5000,
-        job: {
-          nodeSelector: { [HostRunnerNode.Label]: 'true' },
-          tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
-        },
+        job: { ...HostRunnerPlacement },
       });
       const job = buildOwnershipJob(input, {
         statefulSet: 'pg',

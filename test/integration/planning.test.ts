@@ -7,7 +7,6 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
-import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMigrationActivities } from '../../activities/migration.js';
 import { parseMigrationInput, type MigrationInputRaw } from '../../src/input.js';
@@ -15,6 +14,7 @@ import { Kube } from '../../src/kube.js';
 import { seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { failureOf } from '../support/failures.js';
 import { policyState } from '../support/policy-state.js';
 
 const exec = promisify(execFile);
@@ -28,16 +28,6 @@ const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url)
 
 const plan = (raw: Partial<MigrationInputRaw>) =>
   migration.planMigration({ run: parseMigrationInput({ namespace, uid: 5000, gid: 5000, ...raw }), owner });
-
-async function failure(p: Promise<unknown>): Promise<ApplicationFailure> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ApplicationFailure) return err;
-    throw err;
-  }
-  throw new Error('expected a failure');
-}
 
 beforeAll(async () => {
   await seedItrsFixture(kc, { namespace, pvRoot: bed().pvRoot, filesPerVolume: 2 });
@@ -106,7 +96,7 @@ describe('planMigration on the test bed', () => {
   ];
   for (const [what, raw, message] of missing) {
     it(`names what is missing (${what}): PlanningFailed, not retryable`, async () => {
-      const f = await failure(plan(raw));
+      const f = await failureOf(plan(raw));
       expect(f.type).toBe('PlanningFailed');
       expect(f.nonRetryable).toBe(true);
       expect(f.message).toMatch(message);
@@ -129,7 +119,7 @@ describe('planMigration on the test bed', () => {
         ),
       60_000,
     );
-    const f = await failure(plan({}));
+    const f = await failureOf(plan({}));
     expect(f.type).toBe('PlanningFailed');
     expect(f.message).toMatch(
       /replica 1 of StatefulSet timescale has no PersistentVolumeClaim timescale-ha-wal-timescale-1/,
@@ -137,7 +127,7 @@ describe('planMigration on the test bed', () => {
   });
 
   it('names a namespace that does not exist', async () => {
-    const f = await failure(
+    const f = await failureOf(
       migration.planMigration({
         run: parseMigrationInput({ namespace: 'no-such-ns', uid: 5000, gid: 5000 }),
         owner,

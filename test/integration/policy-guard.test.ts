@@ -15,7 +15,6 @@ import {
   setHeaderOptions,
   type V1Pod,
 } from '@kubernetes/client-node';
-import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createPolicyActivities } from '../../activities/policy.js';
 import { Kube } from '../../src/kube.js';
@@ -23,6 +22,7 @@ import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/p
 import { Gatekeeper } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { failureOf } from '../support/failures.js';
 import { policyState } from '../support/policy-state.js';
 
 const kc = kubeConfig();
@@ -104,16 +104,6 @@ const migrationPod = (name: string): V1Pod => ({
     ],
   },
 });
-
-async function failureOf(p: Promise<unknown>): Promise<ApplicationFailure> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof ApplicationFailure) return err;
-    throw err;
-  }
-  throw new Error('expected a failure');
-}
 
 describe('relax then restore leaves everything as it was', () => {
   const cases: [string, () => Promise<{ ns: string; expectEnforce: string | null }>][] = [

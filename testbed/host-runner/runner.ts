@@ -29,6 +29,12 @@ export const HostRunnerNode = {
   TaintKey: 'runas-migrate.dev/host-runner',
 } as const;
 
+/** The `job` placement that sends migration Jobs to the host runner's node. */
+export const HostRunnerPlacement = {
+  nodeSelector: { [HostRunnerNode.Label]: 'true' },
+  tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists' as const, effect: 'NoSchedule' as const }],
+};
+
 /** Options of a host runner. */
 export interface HostRunnerOptions {
   kubeConfig: KubeConfig;
