@@ -1,7 +1,8 @@
 /**
  * Faults on the test bed (first cases of the fault matrix): the worker process is SIGKILLed
  * while the Jobs run and a new one finishes the run with nothing lost or done twice; a run
- * terminated while the policies are relaxed is swept back by the Schedule.
+ * terminated while the policies are relaxed is swept back by the Schedule; the Temporal server
+ * restarts with the window open and the run goes on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +15,8 @@ import { connectClient, sweeperScheduleId } from '../../src/worker.js';
 import { ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
-import type { MigrationReport } from '../../workflows/messages.js';
+import { abortSignal, type MigrationReport } from '../../workflows/messages.js';
+import { restartTemporal } from '../../testbed/bed.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { policyState } from '../support/policy-state.js';
 import { startTestWorker } from '../support/worker.js';
@@ -147,4 +149,52 @@ describe('fault: the run is terminated while the policies are relaxed', () => {
       await worker.stop();
     }
   });
+});
+
+describe('fault: the Temporal server restarts while the window is open', () => {
+  it(
+    'the run survives on the persisted history, and an abort still restores everything',
+    { timeout: 180_000 },
+    async () => {
+      const namespace = await fixture(10);
+      const taskQueue = uniqueName('fault-temporal');
+      const before = await policyState(kc, namespace);
+      const worker = await startTestWorker(taskQueue);
+      try {
+        const stuck = {
+          ...inputFor(namespace, 'job-duration'),
+          job: { nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } },
+        };
+        const { handle } = await startRun(worker.w.client, stuck, { taskQueue });
+        await waitFor(
+          'policies relaxed',
+          async () => (await queryStatus(client, namespace)).policies.state === 'relaxed',
+          60_000,
+          100,
+        );
+
+        await restartTemporal(bed());
+        const after = await waitFor('run answers again', () => queryStatus(client, namespace), 60_000, 500);
+        expect(after.policies.state).toBe('relaxed');
+        expect(after.phase).toBe('migrating-ownership');
+
+        await handle.signal(abortSignal, { reason: 'maintenance window over', by: 'test' });
+        await expect(handle.result()).rejects.toThrow();
+        const end = await queryStatus(client, namespace);
+        expect(end.phase).toBe('aborted');
+        expect(end.compensations).toEqual([
+          're-enforce the policies',
+          'delete leftover Jobs',
+          'scale timescale back to 2',
+          'scale pgplatform back to 1',
+          'restore securityContext of timescale',
+          'restore securityContext of pgplatform',
+        ]);
+        expect(await policyState(kc, namespace)).toEqual(before);
+        expect((await batch.listNamespacedJob({ namespace })).items).toEqual([]);
+      } finally {
+        await worker.stop();
+      }
+    },
+  );
 });
