@@ -3,8 +3,7 @@
  */
 import { Command, Option } from 'commander';
 import { createPolicyActivities, type RestoreReport } from '../activities/policy.js';
-import { isKubeError } from './kube.js';
-import { Kube } from './kube.js';
+import { isKubeError, Kube } from './kube.js';
 import { parseRelaxationRecord, RelaxationAnnotation } from './policy.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
 import { ApplicationFailure } from '@temporalio/common';

@@ -6,7 +6,6 @@
 import * as wf from '@temporalio/workflow';
 import {
   ApplicationFailure,
-  CancelledFailure,
   defineSearchAttributeKey,
   SearchAttributeType,
   type ActivityOptions,
@@ -482,7 +481,6 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
         );
     });
   } catch (err) {
-    const cancelled = wf.isCancellation(err);
     status.error = abortReason ? `aborted: ${abortReason}` : err instanceof Error ? err.message : String(err);
     setPhase(Phase.Compensating, status.error);
     await wf.CancellationScope.nonCancellable(async () => {
@@ -494,7 +492,6 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     setPhase(abortReason ? Phase.Aborted : Phase.Failed, status.error);
     if (abortReason)
       throw ApplicationFailure.nonRetryable(`run aborted: ${abortReason}`, RunFailureType.Aborted);
-    if (cancelled && err instanceof CancelledFailure) throw err;
     throw err;
   }
 

@@ -19,7 +19,7 @@ import { abortSignal, type MigrationReport } from '../../workflows/messages.js';
 import { restartTemporal } from '../../testbed/bed.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { policyState } from '../support/policy-state.js';
-import { startTestWorker } from '../support/worker.js';
+import { startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
@@ -57,6 +57,25 @@ const inputFor = (namespace: string, mode: 'admission' | 'job-duration'): Migrat
   window: { mode },
   job: { ...HostRunnerPlacement },
 });
+
+/**
+ * Starts a run whose Jobs' pods can never be scheduled, so the window stays open, and waits
+ * until the policies are relaxed.
+ */
+async function startRelaxedRun(worker: TestWorker, namespace: string, taskQueue: string) {
+  const stuck = {
+    ...inputFor(namespace, 'job-duration'),
+    job: { nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } },
+  };
+  const { handle } = await startRun(worker.w.client, stuck, { taskQueue });
+  await waitFor(
+    'policies relaxed',
+    async () => (await queryStatus(client, namespace)).policies.state === 'relaxed',
+    60_000,
+    100,
+  );
+  return handle;
+}
 
 beforeAll(async () => {
   client = await connectClient({ address: bed().temporal.address });
@@ -121,18 +140,7 @@ describe('fault: the run is terminated while the policies are relaxed', () => {
     const before = await policyState(kc, namespace);
     const worker = await startTestWorker(taskQueue);
     try {
-      // The Jobs' pods can never be scheduled: the window stays open until the run is terminated.
-      const stuck = {
-        ...inputFor(namespace, 'job-duration'),
-        job: { nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } },
-      };
-      const { handle } = await startRun(worker.w.client, stuck, { taskQueue });
-      await waitFor(
-        'policies relaxed',
-        async () => (await queryStatus(client, namespace)).policies.state === 'relaxed',
-        60_000,
-        100,
-      );
+      const handle = await startRelaxedRun(worker, namespace, taskQueue);
       await handle.terminate('operator terminated the run');
       const relaxed = await policyState(kc, namespace);
       expect(relaxed.annotations[RelaxationAnnotation]).toBeDefined();
@@ -161,17 +169,7 @@ describe('fault: the Temporal server restarts while the window is open', () => {
       const before = await policyState(kc, namespace);
       const worker = await startTestWorker(taskQueue);
       try {
-        const stuck = {
-          ...inputFor(namespace, 'job-duration'),
-          job: { nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } },
-        };
-        const { handle } = await startRun(worker.w.client, stuck, { taskQueue });
-        await waitFor(
-          'policies relaxed',
-          async () => (await queryStatus(client, namespace)).policies.state === 'relaxed',
-          60_000,
-          100,
-        );
+        const handle = await startRelaxedRun(worker, namespace, taskQueue);
 
         await restartTemporal(bed());
         const after = await waitFor('run answers again', () => queryStatus(client, namespace), 60_000, 500);
