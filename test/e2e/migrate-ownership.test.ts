@@ -5,33 +5,26 @@
  * on the same namespace is refused, and a dry run changes nothing.
  */
 import { execFile } from 'node:child_process';
-import { lstatSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import { AppsV1Api, BatchV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInputRaw } from '../../src/input.js';
 import { JobLabel, ManagedBy } from '../../src/job.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
-import {
-  IaxPlatform,
-  ItrsDatabases,
-  pvDirectory,
-  seedItrsFixture,
-  waitForFixtureReady,
-} from '../../testbed/fixture.js';
+import { IaxPlatform, ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
 import type { MigrationReport, MigrationStatus } from '../../workflows/messages.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
-import { policyState } from '../support/policy-state.js';
+import { namespaceSnapshot, removeFixtures } from '../support/snapshot.js';
 import { temporalCli } from '../support/temporal.js';
 
 const exec = promisify(execFile);
 const kc = kubeConfig();
-const core = kc.makeApiClient(CoreV1Api);
 const apps = kc.makeApiClient(AppsV1Api);
 const batch = kc.makeApiClient(BatchV1Api);
 const custom = kc.makeApiClient(CustomObjectsApi);
@@ -61,51 +54,7 @@ function runasMigrate(args: string[]) {
   );
 }
 
-/** Everything of the namespace a run could change, for before/after comparisons. */
-async function namespaceSnapshot() {
-  const sts = (await apps.listNamespacedStatefulSet({ namespace })).items.map((s) => ({
-    name: s.metadata?.name,
-    annotations: s.metadata?.annotations ?? {},
-    replicas: s.spec?.replicas,
-    template: s.spec?.template,
-  }));
-  const pvcs = (await core.listNamespacedPersistentVolumeClaim({ namespace })).items.map((p) => [
-    p.metadata?.name,
-    p.status?.phase,
-  ]);
-  const jobs = (await batch.listNamespacedJob({ namespace })).items.map((j) => j.metadata?.name);
-  return { policies: await policyState(kc, namespace), sts, pvcs, jobs, owners: ownersOnDisk() };
-}
-
-/** Owners of every entry of the namespace's volumes, except mount points of nested volumes. */
-function ownersOnDisk(): Record<string, string> {
-  const owners: Record<string, string> = {};
-  for (const db of ItrsDatabases) {
-    for (let i = 0; i < db.replicas; i++) {
-      const nested = db.claims.map((c) => c.mountPath);
-      for (const c of db.claims) {
-        const root = pvDirectory(bed().pvRoot, namespace, `${c.claim}-${db.statefulSet}-${i}`);
-        // Mount points created inside this volume for the volumes mounted below it.
-        const hidden = new Set(
-          nested
-            .filter((m) => m !== c.mountPath && m.startsWith(`${c.mountPath}/`))
-            .map((m) => join(root, m.slice(c.mountPath.length))),
-        );
-        const walk = (dir: string) => {
-          owners[dir] = `${lstatSync(dir).uid}:${lstatSync(dir).gid}`;
-          for (const e of readdirSync(dir, { withFileTypes: true })) {
-            const p = join(dir, e.name);
-            if (hidden.has(p)) continue;
-            if (e.isDirectory()) walk(p);
-            else owners[p] = `${lstatSync(p).uid}:${lstatSync(p).gid}`;
-          }
-        };
-        walk(root);
-      }
-    }
-  }
-  return owners;
-}
+const snapshot = () => namespaceSnapshot(kc, namespace, bed().pvRoot);
 
 async function status(): Promise<MigrationStatus> {
   const out = JSON.parse(
@@ -132,15 +81,12 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await worker.stop();
-  await core.deleteNamespace({ name: namespace }).catch(() => undefined);
-  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${namespace}` });
-  for (const pv of pvs.items)
-    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+  await removeFixtures(kc, [namespace]);
 });
 
 describe('migrateOwnership end to end', () => {
   it('a dry run changes nothing', async () => {
-    const before = await namespaceSnapshot();
+    const before = await snapshot();
     const r = await runasMigrate([
       'start',
       '--input',
@@ -152,11 +98,11 @@ describe('migrateOwnership end to end', () => {
     ]);
     expect(r.stdout).toContain(`dry run of ${namespace}: nothing was changed`);
     expect(r.stdout).toMatch(/runas-migrate-timescale-1.*timescale-ha-tablespace-data-2-timescale-1/s);
-    expect(await namespaceSnapshot()).toEqual(before);
+    expect(await snapshot()).toEqual(before);
   });
 
   it('migrates every volume of every replica through the temporal CLI, and puts everything back', async () => {
-    const before = await namespaceSnapshot();
+    const before = await snapshot();
     expect(new Set(Object.values(before.owners))).toEqual(new Set(['1000:1000']));
     const dir = mkdtempSync(join(tmpdir(), 'run-'));
     writeFileSync(join(dir, 'run.json'), JSON.stringify(input));
@@ -214,7 +160,7 @@ describe('migrateOwnership end to end', () => {
     const report = result.result;
 
     // every file of every volume now belongs to the target IDs
-    const after = await namespaceSnapshot();
+    const after = await snapshot();
     // (plus the parent folders of nested mount points that the container runtime creates)
     expect(Object.keys(after.owners)).toEqual(expect.arrayContaining(Object.keys(before.owners)));
     expect(

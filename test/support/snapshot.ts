@@ -1,0 +1,109 @@
+/**
+ * The full before/after picture of a fixture namespace that the invariants are checked against:
+ * its policies (labels, annotations, every constraint's spec), StatefulSets (annotations,
+ * replicas, pod template), claims, Jobs, and the owner of every file on its volumes.
+ */
+import { lstatSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { AppsV1Api, BatchV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { ItrsDatabases, pvDirectory, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { policyState, type PolicyState } from './policy-state.js';
+
+/** What a run could change in a namespace, in comparable form. */
+export interface NamespaceSnapshot {
+  policies: PolicyState;
+  statefulSets: {
+    name?: string;
+    annotations: Record<string, string>;
+    replicas?: number;
+    template: unknown;
+  }[];
+  claims: [string | undefined, string | undefined][];
+  jobs: (string | undefined)[];
+  /** `uid:gid` of every entry of every fixture volume, by host path. */
+  owners: Record<string, string>;
+}
+
+/** Owners of every entry of a fixture namespace's volumes, except mount points of nested volumes. */
+export function ownersOnDisk(pvRoot: string, namespace: string): Record<string, string> {
+  const owners: Record<string, string> = {};
+  const owner = (p: string) => {
+    const s = lstatSync(p);
+    return `${s.uid}:${s.gid}`;
+  };
+  for (const db of ItrsDatabases) {
+    const mounts = db.claims.map((c) => c.mountPath);
+    for (let i = 0; i < db.replicas; i++) {
+      for (const c of db.claims) {
+        const root = pvDirectory(pvRoot, namespace, `${c.claim}-${db.statefulSet}-${i}`);
+        // Mount points created inside this volume for the volumes mounted below it.
+        const hidden = new Set(
+          mounts
+            .filter((m) => m !== c.mountPath && m.startsWith(`${c.mountPath}/`))
+            .map((m) => join(root, m.slice(c.mountPath.length))),
+        );
+        const walk = (dir: string) => {
+          owners[dir] = owner(dir);
+          for (const e of readdirSync(dir, { withFileTypes: true })) {
+            const p = join(dir, e.name);
+            if (hidden.has(p)) continue;
+            if (e.isDirectory()) walk(p);
+            else owners[p] = owner(p);
+          }
+        };
+        walk(root);
+      }
+    }
+  }
+  return owners;
+}
+
+/** Takes the full snapshot of a fixture namespace. */
+export async function namespaceSnapshot(
+  kc: KubeConfig,
+  namespace: string,
+  pvRoot: string,
+): Promise<NamespaceSnapshot> {
+  const apps = kc.makeApiClient(AppsV1Api);
+  const core = kc.makeApiClient(CoreV1Api);
+  const batch = kc.makeApiClient(BatchV1Api);
+  const statefulSets = (await apps.listNamespacedStatefulSet({ namespace })).items.map((s) => ({
+    name: s.metadata?.name,
+    annotations: s.metadata?.annotations ?? {},
+    replicas: s.spec?.replicas,
+    template: s.spec?.template,
+  }));
+  const claims = (await core.listNamespacedPersistentVolumeClaim({ namespace })).items.map(
+    (p) => [p.metadata?.name, p.status?.phase] as [string | undefined, string | undefined],
+  );
+  const jobs = (await batch.listNamespacedJob({ namespace })).items.map((j) => j.metadata?.name);
+  return {
+    policies: await policyState(kc, namespace),
+    statefulSets,
+    claims,
+    jobs,
+    owners: ownersOnDisk(pvRoot, namespace),
+  };
+}
+
+/** Seeds a fixture namespace and waits until its databases are Ready. */
+export async function readyFixture(
+  kc: KubeConfig,
+  namespace: string,
+  pvRoot: string,
+  filesPerVolume?: number,
+): Promise<void> {
+  await seedItrsFixture(kc, { namespace, pvRoot, ...(filesPerVolume ? { filesPerVolume } : {}) });
+  await waitForFixtureReady(kc, namespace);
+}
+
+/** Deletes fixture namespaces and their PersistentVolumes. */
+export async function removeFixtures(kc: KubeConfig, namespaces: readonly string[]): Promise<void> {
+  const core = kc.makeApiClient(CoreV1Api);
+  for (const name of namespaces) {
+    await core.deleteNamespace({ name }).catch(() => undefined);
+    const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
+    for (const pv of pvs.items)
+      await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+  }
+}
