@@ -43,11 +43,44 @@ export async function typed<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+const lastDetails = new WeakMap<Context, unknown>();
+
 /** Heartbeats when running as an activity; a no-op when called directly (the CLI). */
 export function heartbeat(details?: unknown): void {
+  let ctx: Context;
   try {
-    Context.current().heartbeat(details);
+    ctx = Context.current();
   } catch {
-    // not inside an activity
+    return; // not inside an activity
   }
+  lastDetails.set(ctx, details);
+  ctx.heartbeat(details);
+}
+
+/**
+ * Wraps an activity so it heartbeats on its own while it runs (repeating its last progress
+ * details): every step then has a heartbeat timeout, so a worker that dies in any step is
+ * noticed within that timeout instead of the step's whole start-to-close timeout, and a
+ * cancellation (abort) reaches short steps too.
+ */
+export function keepAlive<A extends unknown[], R>(
+  fn: (...args: A) => Promise<R>,
+): (...args: A) => Promise<R> {
+  return async (...args: A) => {
+    let ctx: Context | undefined;
+    try {
+      ctx = Context.current();
+    } catch {
+      // called directly (the CLI)
+    }
+    const timeout = ctx?.info.heartbeatTimeoutMs;
+    if (!ctx || !timeout) return fn(...args);
+    const c = ctx;
+    const timer = setInterval(() => c.heartbeat(lastDetails.get(c)), Math.max(200, timeout / 3));
+    try {
+      return await fn(...args);
+    } finally {
+      clearInterval(timer);
+    }
+  };
 }

@@ -4,6 +4,7 @@
  */
 import type { Client } from '@temporalio/client';
 import type { Kube } from '../src/kube.js';
+import { keepAlive } from './failures.js';
 import { createMigrationActivities } from './migration.js';
 import { createPolicyActivities } from './policy.js';
 import { createRunActivities } from './runs.js';
@@ -17,11 +18,17 @@ export interface ActivityDeps {
 
 /** Builds every activity the worker registers. */
 export function createActivities(deps: ActivityDeps) {
-  return {
+  const activities = {
     ...createPolicyActivities({ kube: deps.kube, ...(deps.log ? { log: deps.log } : {}) }),
     ...createRunActivities({ client: deps.client }),
     ...createMigrationActivities({ kube: deps.kube, ...(deps.log ? { log: deps.log } : {}) }),
   };
+  for (const name of Object.keys(activities) as (keyof typeof activities)[]) {
+    (activities as Record<string, unknown>)[name] = keepAlive(
+      activities[name] as (...args: unknown[]) => Promise<unknown>,
+    );
+  }
+  return activities;
 }
 
 /** All activities, for `proxyActivities<Activities>()` in workflows. */

@@ -34,26 +34,39 @@ export function parseDuration(s: string): number | undefined {
 
 const duration = (what: string) =>
   z.string().refine((s) => (parseDuration(s) ?? 0) > 0, {
-    message: `${what} must be a positive duration such as "90s", "15m", "24h" or "2d"`,
+    error: (iss) =>
+      `${what} must be a positive duration such as "90s", "15m", "24h" or "2d", not ${JSON.stringify(iss.input)}`,
   });
 
-const id = () =>
+/** The message of a missing or mistyped field: say which, since the fix differs. */
+const required = (type: string, what: string) => (iss: { input: unknown }) =>
+  iss.input === undefined
+    ? `must be ${type} (it is missing): give ${what}`
+    : `must be ${type}, not ${JSON.stringify(iss.input)}`;
+
+const id = (what: string) =>
   z
-    .number({ message: 'must be a number' })
+    .number({ error: required('a number', what) })
     .int('must be a whole number')
-    .min(1, 'must be at least 1: 0 would run the databases as root, which the restored policies refuse')
+    .min(1, {
+      error: (iss) =>
+        iss.input === 0
+          ? 'must be at least 1: 0 would run the databases as root, which the restored policies refuse'
+          : `must be at least 1: ${String(iss.input)} is not a valid ID`,
+    })
     .max(MaxId, `must be at most ${MaxId}`);
 
-const dnsLabel = z
-  .string({ message: 'must be a string' })
-  .regex(
-    /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
-    'must be a Kubernetes name: lowercase letters, digits and "-", starting and ending alphanumeric',
-  )
-  .max(63, 'must be at most 63 characters');
+const dnsLabel = (what: string) =>
+  z
+    .string({ error: required('a string', what) })
+    .regex(
+      /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
+      'must be a Kubernetes name: lowercase letters, digits and "-", starting and ending alphanumeric',
+    )
+    .max(63, 'must be at most 63 characters');
 
 const database = z.object({
-  statefulSet: dnsLabel,
+  statefulSet: dnsLabel('the name of the StatefulSet'),
   container: z.string().min(1, 'must name the database container'),
   /** Names of the pod template's volumes (claim templates) to migrate; default every PVC-backed mount of the container. */
   volumes: z.array(z.string().min(1)).min(1, 'when given, must name at least one volume').optional(),
@@ -70,10 +83,10 @@ const toleration = z.object({
 /** The zod schema of a run's input, with its defaults. */
 export const MigrationInputSchema = z
   .object({
-    namespace: dnsLabel,
-    uid: id(),
-    gid: id(),
-    supplementalGroups: z.array(id()).optional(),
+    namespace: dnsLabel('the Kubernetes namespace to migrate'),
+    uid: id('the user ID the databases will run as'),
+    gid: id('the group ID the databases will run as'),
+    supplementalGroups: z.array(id('a group ID')).optional(),
     profile: z
       .enum([ProfileName.ItrsAnalytics], {
         message: `profile must be "${ProfileName.ItrsAnalytics}" (or give "databases")`,
@@ -85,12 +98,17 @@ export const MigrationInputSchema = z
       .optional(),
     approvals: z.array(z.enum([Gate.Plan, Gate.Relax])).default([Gate.Plan, Gate.Relax]),
     approvalTimeout: duration('approvalTimeout').default('24h'),
+    /**
+     * How long a step may go without a sign of life from its worker before Temporal runs it
+     * again on another worker: bounds the recovery after a worker dies.
+     */
+    heartbeatTimeout: duration('heartbeatTimeout').default('30s'),
     securityContext: z
       .object({
         apply: z.enum(['patch', 'helm', 'external', 'none']).default('external'),
         helm: z
           .object({
-            release: dnsLabel,
+            release: dnsLabel('the Helm release'),
             chart: z.string().min(1),
             valuesFile: z.string().optional(),
             extraArgs: z.array(z.string()).default([]),
@@ -172,7 +190,11 @@ export function parseMigrationInput(raw: unknown): MigrationInput {
     const message =
       i.code === 'unrecognized_keys'
         ? `unknown field(s) ${i.keys.join(', ')}: remove them (see the README for the input)`
-        : i.message;
+        : i.code === 'invalid_type' && i.path.length === 0
+          ? `must be an object such as {"namespace": "itrs", "uid": 5000, "gid": 5000}, not ${
+              raw === undefined ? 'nothing' : JSON.stringify(raw)
+            }`
+          : i.message;
     return `${field}: ${message}`;
   });
   throw new InvalidInputError(`invalid input: ${problems.join('; ')}`);

@@ -315,6 +315,41 @@ function startRunner(state: BedState): RecordedProcess {
   });
 }
 
+/**
+ * Restarts the simulated cluster's kube-apiserver with its own command line (fault tests):
+ * SIGTERM, wait for it to exit, start it again, record the new PID where kwokctl keeps it so
+ * `down` still stops it, and wait until it serves again. etcd and everything else stay up.
+ *
+ * @returns how long the API server did not answer, in milliseconds.
+ */
+export async function restartApiserver(state: BedState): Promise<number> {
+  const clusterDir = join(state.cluster.workdir, 'clusters', state.cluster.name);
+  const pidFile = join(clusterDir, 'pids', 'kube-apiserver.pid');
+  const pid = Number(readFileSync(pidFile, 'utf8').trim());
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  const old: RecordedProcess = {
+    pid,
+    marker: argv[0]!,
+    logFile: join(clusterDir, 'logs', 'kube-apiserver.log'),
+  };
+  const stoppedAt = Date.now();
+  await stopProcess(old, 30_000);
+  const started = startDetached(argv[0]!, argv.slice(1), {
+    logFile: old.logFile,
+    cwd: clusterDir,
+    marker: argv[0]!,
+  });
+  writeFileSync(pidFile, String(started.pid));
+  const core = kubeConfigOf(state).makeApiClient(CoreV1Api);
+  await waitFor(
+    'kube-apiserver serving again',
+    () => core.readNode({ name: HostRunnerNodeName }),
+    60_000,
+    100,
+  );
+  return Date.now() - stoppedAt;
+}
+
 /** Restarts the host runner (after a kill). */
 export async function restartRunner(state: BedState): Promise<void> {
   await stopProcess(state.runner.process);

@@ -50,18 +50,22 @@ const retry = {
   maximumInterval: '30 seconds',
   maximumAttempts: 10,
 };
-const steps = wf.proxyActivities<Activities>({ startToCloseTimeout: '2 minutes', retry });
-const waits = wf.proxyActivities<Activities>({
-  startToCloseTimeout: '30 minutes',
-  heartbeatTimeout: '30 seconds',
-  retry,
-});
-// Compensations never give up: a namespace must not stay open.
-const undo = wf.proxyActivities<Activities>({
-  startToCloseTimeout: '5 minutes',
-  heartbeatTimeout: '30 seconds',
-  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
-});
+/**
+ * The run's activity stubs. Every step heartbeats (the worker's keep-alive), so a worker that
+ * dies is noticed within `heartbeatTimeout` whatever step it was running.
+ */
+function activitiesFor(heartbeatTimeout: string) {
+  return {
+    steps: wf.proxyActivities<Activities>({ startToCloseTimeout: '2 minutes', heartbeatTimeout, retry }),
+    waits: wf.proxyActivities<Activities>({ startToCloseTimeout: '30 minutes', heartbeatTimeout, retry }),
+    // Compensations never give up: a namespace must not stay open.
+    undo: wf.proxyActivities<Activities>({
+      startToCloseTimeout: '5 minutes',
+      heartbeatTimeout,
+      retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+    }),
+  };
+}
 
 const nowIso = () => new Date(Date.now()).toISOString();
 const ms = (d: string) => parseDuration(d) ?? 0;
@@ -155,6 +159,7 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
       throw ApplicationFailure.nonRetryable(err.message, RunFailureType.InvalidInput);
     throw err;
   }
+  const { steps, waits, undo } = activitiesFor(input.heartbeatTimeout);
   status.namespace = input.namespace;
   status.windowMode = input.window.mode;
   status.gates = (['plan', 'relax'] as const).map((g) => ({

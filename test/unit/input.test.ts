@@ -20,6 +20,7 @@ describe('parseMigrationInput', () => {
       supplementalGroups: [5000],
       approvals: ['plan', 'relax'],
       approvalTimeout: '24h',
+      heartbeatTimeout: '30s',
       securityContext: { apply: 'external' },
       window: { mode: 'admission', max: '15m' },
       policies: { podSecurity: 'baseline', gatekeeper: true },
