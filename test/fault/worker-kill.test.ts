@@ -1,32 +1,41 @@
 /**
- * Faults on the test bed (first cases of the fault matrix): the worker process is SIGKILLed
- * while the Jobs run and a new one finishes the run with nothing lost or done twice; a run
- * terminated while the policies are relaxed is swept back by the Schedule; the Temporal server
- * restarts with the window open and the run goes on.
+ * Faults on the test bed: the worker process is SIGKILLed at every phase boundary (before a
+ * step, or after its work with the completion lost) and while the Jobs run, and new workers
+ * finish the run with nothing lost or done twice; a run terminated while the policies are
+ * relaxed is swept back by the Schedule; the Temporal server restarts with the window open and
+ * the run goes on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { BatchV1Api, CoreV1Api, Watch } from '@kubernetes/client-node';
+import { bundleWorkflowCode, DefaultLogger } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInputRaw } from '../../src/input.js';
 import { RelaxationAnnotation } from '../../src/policy.js';
 import { queryStatus, startRun } from '../../src/runs.js';
-import { connectClient, sweeperScheduleId } from '../../src/worker.js';
-import { ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { connectClient, sweeperScheduleId, workflowsPath } from '../../src/worker.js';
+import { Gatekeeper, ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
 import { abortSignal, type MigrationReport } from '../../workflows/messages.js';
 import { restartTemporal } from '../../testbed/bed.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import type { KillPoint } from '../support/fault-interceptors.js';
 import { policyState } from '../support/policy-state.js';
+import { namespaceSnapshot } from '../support/snapshot.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const batch = kc.makeApiClient(BatchV1Api);
 const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+const faultWorker = fileURLToPath(new URL('../support/fault-worker.ts', import.meta.url));
 const namespaces: string[] = [];
 const children: ChildProcess[] = [];
+const quiet = new DefaultLogger('WARN');
 let client: Awaited<ReturnType<typeof connectClient>>;
 
 /** A worker in its own process, as in production: `runas-migrate worker`. */
@@ -38,6 +47,62 @@ function workerProcess(taskQueue: string): ChildProcess {
   });
   children.push(child);
   return child;
+}
+
+/** A worker process that SIGKILLs itself at `at` (see test/support/fault-worker.ts). */
+function faultWorkerProcess(taskQueue: string, bundle: string, at?: KillPoint): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', faultWorker, taskQueue, ...(at ? [at] : [])], {
+    env: {
+      ...process.env,
+      KUBECONFIG: bed().kubeconfig,
+      TEMPORAL_ADDRESS: bed().temporal.address,
+      WORKFLOW_BUNDLE: bundle,
+    },
+    stdio: 'ignore',
+    detached: true,
+  });
+  children.push(child);
+  return child;
+}
+
+/**
+ * Watches what must never happen twice during a run: Job creations (distinct uids per name)
+ * and the namespace's entries in every constraint's excludedNamespaces.
+ */
+async function watchForDuplicates(namespace: string) {
+  const watch = new Watch(kc);
+  const jobUids = new Map<string, Set<string>>();
+  let maxEntries = 0;
+  const stops = [
+    await watch.watch(
+      `/apis/batch/v1/namespaces/${namespace}/jobs`,
+      {},
+      (type, job: { metadata: { name: string; uid: string } }) => {
+        if (type !== 'ADDED') return;
+        const uids = jobUids.get(job.metadata.name) ?? new Set<string>();
+        jobUids.set(job.metadata.name, uids.add(job.metadata.uid));
+      },
+      () => undefined,
+    ),
+    ...(await Promise.all(
+      Gatekeeper.kinds.map((k) =>
+        watch.watch(
+          `/apis/${Gatekeeper.group}/${Gatekeeper.version}/${k.plural}`,
+          {},
+          (_type, c: { spec?: { match?: { excludedNamespaces?: string[] } } }) => {
+            const n = (c.spec?.match?.excludedNamespaces ?? []).filter((x) => x === namespace).length;
+            maxEntries = Math.max(maxEntries, n);
+          },
+          () => undefined,
+        ),
+      ),
+    )),
+  ];
+  return {
+    jobUids,
+    maxEntries: () => maxEntries,
+    stop: () => stops.forEach((s) => s.abort()),
+  };
 }
 
 async function fixture(filesPerVolume: number): Promise<string> {
@@ -129,6 +194,82 @@ describe('fault: the worker is killed', () => {
       expect(report.volumes).toHaveLength(
         ItrsDatabases.reduce((n, d) => n + d.replicas * d.claims.length, 0),
       );
+    },
+  );
+});
+
+describe('fault: the worker is killed at every phase boundary', () => {
+  // Before a step, or after its work with its completion lost (the step then runs again).
+  const killPoints: KillPoint[] = [
+    'before:planMigration',
+    'after:patchPodIds',
+    'after:scaleDown',
+    'after:relaxPolicies',
+    'after:createOwnershipJobs',
+    'before:restorePolicies',
+    'after:restorePolicies',
+    'after:waitForJobs',
+    'after:deleteOwnershipJobs',
+    'after:scaleUp',
+    'before:verifyDatabases',
+  ];
+
+  it(
+    `${killPoints.length} workers SIGKILLed one after the other: the run completes, nothing lost or done twice`,
+    { timeout: 600_000 },
+    async () => {
+      const namespace = await fixture(2_000);
+      const taskQueue = uniqueName('fault-chain');
+      const before = await namespaceSnapshot(kc, namespace, bed().pvRoot);
+      const watched = await watchForDuplicates(namespace);
+      // Bundled once, so each new worker starts in about a second.
+      const bundle = join(mkdtempSync(join(tmpdir(), 'bundle-')), 'workflows.js');
+      writeFileSync(
+        bundle,
+        (await bundleWorkflowCode({ workflowsPath: workflowsPath(), logger: quiet })).code,
+      );
+      try {
+        const { handle } = await startRun(
+          client,
+          { ...inputFor(namespace, 'admission'), heartbeatTimeout: '5s' },
+          { taskQueue },
+        );
+        const deaths: string[] = [];
+        for (const at of killPoints) {
+          const w = faultWorkerProcess(taskQueue, bundle, at);
+          const signal = await new Promise<NodeJS.Signals | null>((resolve) =>
+            w.once('exit', (_code, sig) => resolve(sig)),
+          );
+          deaths.push(`${at} ${signal}`);
+        }
+        expect(deaths).toEqual(killPoints.map((at) => `${at} SIGKILL`));
+        faultWorkerProcess(taskQueue, bundle);
+        const report = (await handle.result()) as MigrationReport;
+
+        // nothing done twice: one window, each Job created once and run once, one entry per list
+        expect(report.windows).toHaveLength(1);
+        expect([...watched.jobUids.keys()].sort()).toEqual([
+          'runas-migrate-pgplatform-0',
+          'runas-migrate-timescale-0',
+          'runas-migrate-timescale-1',
+        ]);
+        expect([...watched.jobUids.values()].map((u) => u.size)).toEqual([1, 1, 1]);
+        expect(report.jobs.every((j) => j.attempts === 1)).toBe(true);
+        expect(watched.maxEntries()).toBe(1);
+        // nothing lost: every file migrated, policies exactly as before, replicas back, no Job left
+        const after = await namespaceSnapshot(kc, namespace, bed().pvRoot);
+        expect(after.policies).toEqual(before.policies);
+        expect(new Set(Object.values(after.owners))).toEqual(new Set(['5000:5000']));
+        expect(after.statefulSets.map((s) => [s.name, s.replicas])).toEqual(
+          before.statefulSets.map((s) => [s.name, s.replicas]),
+        );
+        expect(after.jobs).toEqual([]);
+        expect(report.volumes).toHaveLength(
+          ItrsDatabases.reduce((n, d) => n + d.replicas * d.claims.length, 0),
+        );
+      } finally {
+        watched.stop();
+      }
     },
   );
 });

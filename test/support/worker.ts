@@ -1,7 +1,7 @@
 /**
  * A runas-migrate worker against the test bed, on its own task queue, for e2e tests.
  */
-import { createWorker, sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
+import { createWorker, sweeperScheduleId, type RunningWorker, type WorkerOptions } from '../../src/worker.js';
 import { bed } from './bed.js';
 
 /** A running worker and how to stop it (its sweeper Schedule is deleted too). */
@@ -11,13 +11,17 @@ export interface TestWorker {
 }
 
 /** Starts a worker polling `taskQueue`; its sweeper Schedule fires only when triggered. */
-export async function startTestWorker(taskQueue: string): Promise<TestWorker> {
+export async function startTestWorker(
+  taskQueue: string,
+  extra: Pick<WorkerOptions, 'interceptors'> = {},
+): Promise<TestWorker> {
   const w = await createWorker({
     address: bed().temporal.address,
     kubeconfig: bed().kubeconfig,
     taskQueue,
     sweepEvery: '1 hour',
     log: () => undefined,
+    ...extra,
   });
   const running = w.worker.run();
   return {

@@ -1,0 +1,165 @@
+/**
+ * `abort` (the operator's signal, sent with `runas-migrate abort`) and cancel (`temporal
+ * workflow cancel`) in every phase of a run on the test bed. A phase is reached by holding one
+ * real step after its work (its completion withheld until the run cancels it), by a gate, or by
+ * Jobs that cannot be scheduled. Before the files change hands, the namespace must end exactly
+ * as the full snapshot taken before the run; after, the run keeps the new IDs and only the
+ * policies, replicas and Jobs are checked.
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationInputRaw } from '../../src/input.js';
+import { OriginalReplicasAnnotation } from '../../src/plan.js';
+import { queryStatus, startRun, workflowIdOf } from '../../src/runs.js';
+import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
+import { waitFor } from '../../testbed/process.js';
+import type { MigrationStatus } from '../../workflows/messages.js';
+import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { StepHold } from '../support/fault-interceptors.js';
+import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
+import { temporalCli } from '../support/temporal.js';
+import { startTestWorker, type TestWorker } from '../support/worker.js';
+
+const exec = promisify(execFile);
+const kc = kubeConfig();
+const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+const taskQueue = uniqueName('fault-abort');
+const hold = new StepHold();
+const untouched = uniqueName('abort');
+const migrated = uniqueName('abort-late');
+let worker: TestWorker;
+
+/** How a case brings the run to its phase. */
+interface Case {
+  phase: string;
+  /** Step held after its work, if any. */
+  hold?: string;
+  approvals?: ('plan' | 'relax')[];
+  /** Ownership Jobs whose pods can never be scheduled, so no file changes hands. */
+  stuckJobs?: boolean;
+  /** Extra condition on the run's status before stopping it. */
+  until?: (s: MigrationStatus) => boolean;
+}
+
+const beforeFilesChange: Case[] = [
+  { phase: 'planning', hold: 'planMigration' },
+  { phase: 'plan gate', approvals: ['plan'] },
+  { phase: 'applying-security-context', hold: 'verifySecurityContext' },
+  { phase: 'scaling-down', hold: 'scaleDown' },
+  { phase: 'relax gate', approvals: ['relax'] },
+  { phase: 'relaxing-policies', hold: 'relaxPolicies' },
+  { phase: 'migrating-ownership, Jobs created', hold: 'createOwnershipJobs', stuckJobs: true },
+  { phase: 'migrating-ownership, pods admitted', hold: 'waitForPodsAdmitted', stuckJobs: true },
+  {
+    phase: 'migrating-ownership, window closed',
+    stuckJobs: true,
+    until: (s) => s.policies.state === 'restored',
+  },
+];
+const afterFilesChange: Case[] = [
+  { phase: 'scaling-up', hold: 'scaleUp' },
+  { phase: 'verifying', hold: 'verifyDatabases' },
+];
+const stops = ['abort', 'cancel'] as const;
+
+function inputFor(namespace: string, c: Case, uid: number): MigrationInputRaw {
+  return {
+    namespace,
+    uid,
+    gid: uid,
+    securityContext: { apply: 'patch' },
+    approvals: c.approvals ?? [],
+    // heartbeats (and so cancellations) reach a held step within about a second
+    heartbeatTimeout: '3s',
+    job: c.stuckJobs
+      ? { nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } }
+      : { ...HostRunnerPlacement },
+  };
+}
+
+/** Starts a run, brings it to the case's phase, stops it, and returns its last status. */
+async function stopIn(namespace: string, c: Case, stop: (typeof stops)[number], uid: number) {
+  const held = c.hold ? hold.arm(c.hold) : undefined;
+  const { handle } = await startRun(worker.w.client, inputFor(namespace, c, uid), { taskQueue });
+  if (held) await held;
+  const status = () => queryStatus(worker.w.client, namespace);
+  if (c.approvals?.length) {
+    await waitFor(
+      `gate ${c.approvals[0]} waiting`,
+      async () => (await status()).gates.some((g) => g.state === 'waiting'),
+      60_000,
+      100,
+    );
+  }
+  if (c.until) await waitFor(c.phase, async () => c.until!(await status()), 60_000, 100);
+  const reached = await status();
+
+  if (stop === 'abort') {
+    await exec(process.execPath, [cli, 'abort', '-n', namespace, '--reason', `test: ${c.phase}`], {
+      env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
+      timeout: 60_000,
+    });
+  } else {
+    await temporalCli(['workflow', 'cancel', '-w', workflowIdOf(namespace)]);
+  }
+  await expect(handle.result()).rejects.toThrow();
+  const described = JSON.parse(
+    await temporalCli(['workflow', 'describe', '-w', workflowIdOf(namespace), '-o', 'json']),
+  ) as {
+    workflowExecutionInfo: { status: string };
+  };
+  return { reached, end: await status(), closedAs: described.workflowExecutionInfo.status };
+}
+
+beforeAll(async () => {
+  await readyFixture(kc, untouched, bed().pvRoot, 20);
+  await readyFixture(kc, migrated, bed().pvRoot, 20);
+  worker = await startTestWorker(taskQueue, { interceptors: hold.interceptors() });
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await removeFixtures(kc, [untouched, migrated]);
+});
+
+describe('abort and cancel before the files change hands: everything as before', () => {
+  for (const c of beforeFilesChange) {
+    for (const stop of stops) {
+      it(`${stop} in ${c.phase}`, { timeout: 120_000 }, async () => {
+        const before = await namespaceSnapshot(kc, untouched, bed().pvRoot);
+        const { reached, end, closedAs } = await stopIn(untouched, c, stop, 5000);
+        if (c.hold) expect(reached.phase).not.toBe('completed');
+        expect(end.phase).toBe(stop === 'abort' ? 'aborted' : 'failed');
+        expect(closedAs).toMatch(stop === 'abort' ? /FAILED/ : /CANCELED/);
+        expect(end.policies.state).not.toBe('relaxed');
+        expect(await namespaceSnapshot(kc, untouched, bed().pvRoot)).toEqual(before);
+      });
+    }
+  }
+});
+
+describe('abort and cancel after the files changed hands: policies, replicas and Jobs as before', () => {
+  let uid = 5000;
+  for (const c of afterFilesChange) {
+    for (const stop of stops) {
+      it(`${stop} in ${c.phase}`, { timeout: 120_000 }, async () => {
+        const before = await namespaceSnapshot(kc, migrated, bed().pvRoot);
+        uid += 1000;
+        const { reached, end, closedAs } = await stopIn(migrated, c, stop, uid);
+        expect(reached.phase).toBe(c.phase);
+        expect(end.phase).toBe(stop === 'abort' ? 'aborted' : 'failed');
+        expect(closedAs).toMatch(stop === 'abort' ? /FAILED/ : /CANCELED/);
+        const after = await namespaceSnapshot(kc, migrated, bed().pvRoot);
+        expect(after.policies).toEqual(before.policies);
+        expect(after.jobs).toEqual([]);
+        expect(after.statefulSets.map((s) => [s.name, s.replicas])).toEqual(
+          before.statefulSets.map((s) => [s.name, s.replicas]),
+        );
+        expect(after.statefulSets.every((s) => !(OriginalReplicasAnnotation in s.annotations))).toBe(true);
+        expect(new Set(Object.values(after.owners))).toEqual(new Set([`${uid}:${uid}`]));
+      });
+    }
+  }
+});
