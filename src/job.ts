@@ -51,14 +51,37 @@ export interface JobSummary {
 /**
  * The Job's script (bash, coreutils and findutils only: what the database image has). Args are
  * the mount paths. Idempotent: it changes only what is not yet uid:gid, so a re-run after an
- * interruption finishes the work.
+ * interruption finishes the work. Each volume is counted, changed and then proven by a walk
+ * after the change; with several CPUs its top-level subtrees are shared among workers, each
+ * doing the three in turn on its own subtrees, since a volume's entries are independent.
  */
 export const OwnershipScript = String.raw`set -uo pipefail
+shopt -s lastpipe
 uid="$TARGET_UID"; gid="$TARGET_GID"
 start=$(date +%s%N)
 status=0; total_scanned=0; total_changed=0
 declare -A result
 esc() { local s="$1"; s="\${s//\\/\\\\}"; printf '%s' "\${s//\"/\\\"}"; }
+workers=$(nproc 2>/dev/null) || workers=1
+if [ "$workers" -lt 1 ] 2>/dev/null; then workers=1; elif [ "$workers" -gt 8 ]; then workers=8; fi
+wrong=(\( ! -uid "$uid" -o ! -gid "$gid" \))
+# Counts what is not uid:gid under the start points (only themselves with "self", whole subtrees
+# with "tree"), changes it, then walks again to count entries and what is still wrong. Prints
+# one line, "changed scanned left failed", in a single write so parallel workers do not interleave.
+migrate() {
+  local how=$1 depth=() recurse=(-R -P) changed=0 scanned=0 chars=0 failed=0
+  shift
+  if [ "$how" = self ]; then depth=(-maxdepth 0); recurse=(); fi
+  # Counted with wc, not in bash: bash string work is quadratic on big strings.
+  changed=$(find -P "$@" "\${depth[@]}" "\${prune[@]}" "\${wrong[@]}" -printf c | wc -c) || failed=1
+  if [ "$changed" -ne 0 ] || [ "$failed" -ne 0 ]; then
+    # -P -h: never follow a symlink, change the link itself.
+    chown "\${recurse[@]}" -h "$uid:$gid" -- "$@" || failed=1
+  fi
+  # Proof, in one walk after the change that also counts: one line per entry, an x on the wrong ones.
+  find -P "$@" "\${depth[@]}" "\${prune[@]}" \( "\${wrong[@]}" -printf 'x\n' -o -printf '\n' \) | wc -lc | read -r scanned chars || failed=1
+  echo "$changed $scanned $((chars - scanned)) $failed"
+}
 # Deepest paths first: a volume mounted inside another is done (and counted) before its parent.
 mapfile -t ordered < <(printf '%s\n' "$@" | sort -r)
 for path in "\${ordered[@]}"; do
@@ -76,16 +99,30 @@ for path in "\${ordered[@]}"; do
     if [ "$other" != "$path" ] && [[ "$other" == "$path"/* ]]; then prune+=(-path "$other" -prune -o); fi
   done
   echo "$path: changing what is not owned by $uid:$gid"
-  todo=$(find "$path" "\${prune[@]}" \( ! -uid "$uid" -o ! -gid "$gid" \) -printf c)
-  changed=\${#todo}
-  # -P -h: never follow a symlink, change the link itself.
-  if ! chown -R -P -h "$uid:$gid" -- "$path"; then
+  units=()
+  if [ "$workers" -gt 1 ]; then
+    mapfile -d '' -t units < <(find -P "$path" -mindepth 1 -maxdepth 1 "\${prune[@]}" -print0)
+  fi
+  changed=0; scanned=0; left=0; failed=0
+  {
+    # Few top-level entries leave nothing to share; very many would overflow the argument list.
+    if [ "\${#units[@]}" -lt 2 ] || [ "\${#units[@]}" -gt 4096 ]; then
+      migrate tree "$path"
+    else
+      migrate self "$path"
+      for ((w = 0; w < workers; w++)); do
+        share=()
+        for ((i = w; i < \${#units[@]}; i += workers)); do share+=("\${units[i]}"); done
+        migrate tree "\${share[@]}" &
+      done
+      wait
+    fi
+  } | while read -r c s l f; do
+    changed=$((changed + c)); scanned=$((scanned + s)); left=$((left + l)); failed=$((failed + f))
+  done
+  if [ "$failed" -ne 0 ]; then
     echo "runas-migrate: could not change ownership under $path" >&2; status=1
   fi
-  # Proof, in one walk that also counts: nothing under the path has another owner.
-  marks=$(find "$path" "\${prune[@]}" \( ! -uid "$uid" -o ! -gid "$gid" \) -printf x -o -printf s)
-  scanned=\${#marks}
-  left=$(printf '%s' "$marks" | tr -cd x | wc -c)
   if [ "$left" -ne 0 ]; then
     echo "runas-migrate: $left entries under $path are still not owned by $uid:$gid" >&2; status=1
   fi

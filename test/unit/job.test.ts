@@ -220,14 +220,19 @@ describe('preflight', () => {
   });
 });
 
+/** Runs the Job over root/pv at root/mnt, and over each of `nested` (root/<name> at root/mnt/<name>). */
 function runJob(
   root: string,
   caps: string[],
+  nested: string[] = [],
 ): { code: number; log: string; summary: ReturnType<typeof parseJobSummary> } {
   const mount = join(root, 'mnt');
   const job = buildOwnershipJob(input, {
     ...target([mount]),
-    volumes: [{ volume: 'data', claimName: 'x', mountPath: mount }],
+    volumes: [
+      { volume: 'data', claimName: 'x', mountPath: mount },
+      ...nested.map((n) => ({ volume: n, claimName: n, mountPath: join(mount, n) })),
+    ],
   });
   const pod = job.spec!.template.spec!;
   const c = {
@@ -239,7 +244,10 @@ function runJob(
   const script = launchScript(
     c,
     identityOf({ spec: pod }, c),
-    [{ source: join(root, 'pv'), target: mount, readOnly: false }],
+    [
+      { source: join(root, 'pv'), target: mount, readOnly: false },
+      ...nested.map((n) => ({ source: join(root, n), target: join(mount, n), readOnly: false })),
+    ],
     { TARGET_UID: '5000', TARGET_GID: '5000', PATH: process.env.PATH! },
     {
       scratchDir: join(root, 'scratch'),
@@ -292,6 +300,47 @@ describe("the ownership script, run for real with exactly the Job's capabilities
 
       const again = runJob(root, ['CHOWN', 'FOWNER', 'DAC_OVERRIDE']);
       expect(again.summary).toMatchObject({ ok: true, scanned: entries, changed: 0 });
+    },
+  );
+
+  it(
+    'shares a volume among workers and proves a volume mounted inside it on its own',
+    { timeout: 60_000 },
+    () => {
+      const root = mkdtempSync(join(tmpdir(), 'job-'));
+      const pv = join(root, 'pv');
+      const entries = makeTree(pv, 4, 50);
+      // more top-level entries to share, one a dangling symlink; and a WAL volume inside
+      execFileSync('bash', [
+        '-c',
+        'mkdir "$1/extra" && touch "$1/extra/"{a,b,c} && ln -s /nowhere "$1/dangling" && chown -R -h 1000:1000 "$1/extra" "$1/dangling" && mkdir -p "$2/pg_wal" && touch "$2/pg_wal/"{1,2,3,4,5} && chown -R 1000:1000 "$2"',
+        'tree',
+        pv,
+        join(root, 'wal'),
+      ]);
+      const r = runJob(root, ['CHOWN', 'FOWNER', 'DAC_OVERRIDE'], ['wal']);
+      expect(r.code).toBe(0);
+      const mnt = join(root, 'mnt');
+      expect(r.summary).toMatchObject({
+        ok: true,
+        scanned: entries + 5 + 7,
+        changed: entries - 51 + 5 + 7,
+        paths: [
+          { path: mnt, skipped: false, scanned: entries + 5, changed: entries - 51 + 5 },
+          { path: join(mnt, 'wal'), skipped: false, scanned: 7, changed: 7 },
+        ],
+      });
+      const left = execFileSync(
+        'find',
+        [pv, join(root, 'wal'), '(', '!', '-uid', '5000', '-o', '!', '-gid', '5000', ')', '-print'],
+        { encoding: 'utf8' },
+      );
+      // the mount point made for the WAL volume is the parent's, hidden under the mount
+      expect(left.split('\n').filter((l) => l && l !== pv && l !== join(pv, 'wal'))).toEqual([]);
+      expect(lstatSync(join(pv, 'dangling')).uid).toBe(5000);
+
+      const again = runJob(root, ['CHOWN', 'FOWNER', 'DAC_OVERRIDE'], ['wal']);
+      expect(again.summary).toMatchObject({ ok: true, scanned: entries + 12, changed: 0 });
     },
   );
 
