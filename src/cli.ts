@@ -6,13 +6,21 @@ import { createPolicyActivities, type RestoreReport } from '../activities/policy
 import { isKubeError, Kube } from './kube.js';
 import { parseRelaxationRecord, RelaxationAnnotation } from './policy.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
-import { ApplicationFailure } from '@temporalio/common';
+import { ActivityFailure, ApplicationFailure, ChildWorkflowFailure } from '@temporalio/common';
 import { DefaultLogger, Runtime, type LogLevel } from '@temporalio/worker';
 import { WorkflowFailedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { createMigrationActivities } from '../activities/migration.js';
 import { abortSignal, approveSignal } from '../workflows/messages.js';
 import { InvalidInputError, parseMigrationInput } from './input.js';
-import { followRun, queryStatus, readInputFile, startRun, webUiLink, workflowIdOf } from './runs.js';
+import {
+  followRun,
+  queryStatus,
+  readInputFile,
+  runningRun,
+  startRun,
+  webUiLink,
+  workflowIdOf,
+} from './runs.js';
 import { renderPlan, renderReport, renderStatus } from './status-view.js';
 import { runDemo } from './demo.js';
 
@@ -178,11 +186,19 @@ const inputOptions = (cmd: Command) =>
     .option('--gid <gid>', 'target group ID (overrides the input)')
     .option('--dry-run', 'plan only: change nothing');
 
+function inlineInput(json: string): unknown {
+  try {
+    return JSON.parse(json) as unknown;
+  } catch (err) {
+    throw new InvalidInputError(`invalid input: --input is not valid JSON (${(err as Error).message})`);
+  }
+}
+
 /** The raw input from a file or inline JSON, with flag overrides. */
-function rawInput(flags: InputFlags): Record<string, unknown> {
-  const base = (
-    flags.inputFile ? readInputFile(flags.inputFile) : flags.input ? JSON.parse(flags.input) : {}
-  ) as Record<string, unknown>;
+function rawInput(flags: InputFlags): unknown {
+  const base = flags.inputFile ? readInputFile(flags.inputFile) : flags.input ? inlineInput(flags.input) : {};
+  // Spreading a string or a list would turn it into an object of indices: let the schema name it.
+  if (typeof base !== 'object' || base === null || Array.isArray(base)) return base;
   const num = (v: string, name: string) => {
     const n = Number(v);
     if (!Number.isFinite(n))
@@ -263,6 +279,7 @@ temporalOptions(
     .option('--comment <text>', 'why'),
 ).action(async (flags: TemporalFlags & { namespace: string; gate: string; by: string; comment?: string }) => {
   const c = await client(flags);
+  const handle = await runningRun(c, flags.namespace, 'approve');
   const before = await queryStatus(c, flags.namespace);
   const gate = before.gates.find((g) => g.gate === flags.gate);
   if (!gate?.required) {
@@ -272,14 +289,14 @@ temporalOptions(
           .filter((g) => g.required)
           .map((g) => g.gate)
           .join(', ') || 'none'
-      }`,
+      }: approve one of those (plan comes before relax)`,
     );
   }
   if (gate.state === 'approved')
     throw new Error(
       `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate.by} at ${gate.at}`,
     );
-  await c.workflow.getHandle(workflowIdOf(flags.namespace)).signal(approveSignal, {
+  await handle.signal(approveSignal, {
     gate: flags.gate,
     by: flags.by,
     ...(flags.comment ? { comment: flags.comment } : {}),
@@ -299,9 +316,9 @@ temporalOptions(
     .option('--by <name>', 'who aborts', process.env.USER ?? 'operator'),
 ).action(async (flags: TemporalFlags & { namespace: string; reason: string; by: string }) => {
   const c = await client(flags);
-  await c.workflow
-    .getHandle(workflowIdOf(flags.namespace))
-    .signal(abortSignal, { reason: flags.reason, by: flags.by });
+  await (
+    await runningRun(c, flags.namespace, 'abort')
+  ).signal(abortSignal, { reason: flags.reason, by: flags.by });
   process.stdout.write(
     `asked the run of ${flags.namespace} to abort; follow it with runas-migrate status -n ${flags.namespace} --watch\n`,
   );
@@ -324,7 +341,7 @@ temporalOptions(
       process.stdout.write(renderReport(await followRun(c.workflow.getHandle(id), statusPrinter(id))) + '\n');
     } catch (err) {
       if (!(err instanceof WorkflowFailedError)) throw err;
-      process.stdout.write(`run ended: ${err.cause?.message ?? err.message}\n`);
+      process.stdout.write(`run ended: ${failureMessage(err)}\n`);
       process.exitCode = 1;
     }
   } else process.stdout.write(renderStatus(await queryStatus(c, flags.namespace), id) + '\n');
@@ -338,10 +355,18 @@ program
     await runDemo();
   });
 
+/** Why a run failed, as the operator needs it: an activity's failure only wraps the reason. */
+function failureMessage(err: WorkflowFailedError): string {
+  let cause: Error | undefined = err.cause;
+  while ((cause instanceof ActivityFailure || cause instanceof ChildWorkflowFailure) && cause.cause)
+    cause = cause.cause;
+  return cause?.message ?? err.message;
+}
+
 program.parseAsync().catch((err: unknown) => {
   const message =
     err instanceof WorkflowFailedError
-      ? `run failed: ${err.cause?.message ?? err.message}`
+      ? `run failed: ${failureMessage(err)}`
       : err instanceof Error
         ? err.message
         : String(err);

@@ -7,12 +7,13 @@ import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowIdConflictPolicy,
   WorkflowIdReusePolicy,
+  WorkflowNotFoundError,
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
 import { parse as parseYaml } from 'yaml';
 import { statusQuery, type MigrationReport, type MigrationStatus } from '../workflows/messages.js';
-import { parseMigrationInput, type MigrationInput } from './input.js';
+import { InvalidInputError, parseMigrationInput, type MigrationInput } from './input.js';
 import { TaskQueue, WorkflowType } from './names.js';
 
 /** Workflow ID of the run of a namespace: at most one at a time (invariant 5). */
@@ -25,10 +26,29 @@ export class RunInProgressError extends Error {
   override readonly name = 'RunInProgressError';
 }
 
-/** Reads an input file (JSON or YAML). */
+/** Thrown when the namespace has no run, or none that is still going, for what was asked. */
+export class NoRunError extends Error {
+  override readonly name = 'NoRunError';
+}
+
+/** Reads an input file (JSON or YAML); the error names the file and what is wrong with it. */
 export function readInputFile(path: string): unknown {
-  const text = readFileSync(path, 'utf8');
-  return path.endsWith('.json') ? (JSON.parse(text) as unknown) : (parseYaml(text) as unknown);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new InvalidInputError(
+      `cannot read the input file ${path}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`,
+    );
+  }
+  try {
+    return path.endsWith('.json') ? (JSON.parse(text) as unknown) : (parseYaml(text) as unknown);
+  } catch (err) {
+    throw new InvalidInputError(
+      `the input file ${path} is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message}`,
+    );
+  }
 }
 
 /** Validates the input and starts the run; refuses a second run on the same namespace. */
@@ -53,16 +73,51 @@ export async function startRun(
     if (err instanceof WorkflowExecutionAlreadyStartedError) {
       throw new RunInProgressError(
         `a run is already in progress for namespace ${input.namespace} (workflow ${workflowId}): ` +
-          `follow it with "runas-migrate status -n ${input.namespace} --watch" or stop it with "runas-migrate abort -n ${input.namespace}"`,
+          `follow it with "runas-migrate status -n ${input.namespace} --watch" or stop it with "runas-migrate abort -n ${input.namespace} --reason <why>"`,
       );
     }
     throw err;
   }
 }
 
-/** Queries the status of the namespace's current run. */
+const noRun = (namespace: string) =>
+  new NoRunError(
+    `namespace ${namespace} has no run (no workflow ${workflowIdOf(namespace)}): check the namespace, or start one with "runas-migrate start -n ${namespace}"`,
+  );
+
+/** Queries the status of the namespace's current (or last) run. */
 export async function queryStatus(client: Client, namespace: string): Promise<MigrationStatus> {
-  return client.workflow.getHandle(workflowIdOf(namespace)).query(statusQuery);
+  try {
+    return await client.workflow.getHandle(workflowIdOf(namespace)).query(statusQuery);
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw noRun(namespace);
+    throw err;
+  }
+}
+
+/**
+ * The handle of the namespace's run, when it is still going: a signal to a run that has ended
+ * would be refused by Temporal with a message that names neither the run nor what to do.
+ *
+ * @param what what the operator wants to do with it, e.g. "approve".
+ * @throws {@link NoRunError} when there is no run or it has ended.
+ */
+export async function runningRun(client: Client, namespace: string, what: string): Promise<WorkflowHandle> {
+  const handle = client.workflow.getHandle(workflowIdOf(namespace));
+  let status: string;
+  try {
+    status = (await handle.describe()).status.name;
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw noRun(namespace);
+    throw err;
+  }
+  if (status !== 'RUNNING') {
+    throw new NoRunError(
+      `the run of ${namespace} (workflow ${handle.workflowId}) has already ended (${status}): there is nothing to ${what}; ` +
+        `see how it ended with "runas-migrate status -n ${namespace}", or start a new run`,
+    );
+  }
+  return handle;
 }
 
 /**
