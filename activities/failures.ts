@@ -13,6 +13,8 @@ export const PolicyFailureType = {
   RelaxedByAnotherRun: 'RelaxedByAnotherRun',
   RestoreNotVerified: 'RestoreNotVerified',
   MalformedRecord: 'MalformedRelaxationRecord',
+  /** A constraint kept changing under every guarded patch (retryable). */
+  ConstraintContention: 'ConstraintContention',
 } as const;
 export type PolicyFailureType = (typeof PolicyFailureType)[keyof typeof PolicyFailureType];
 

@@ -113,6 +113,8 @@ export interface RecordedRelaxation {
 const refName = (r: ConstraintRef) => `${r.kind}/${r.name}`;
 const sameRun = (a: RunRef, b: RunRef) => a.workflowId === b.workflowId && a.runId === b.runId;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Guarded patches of one constraint in one activity attempt before backing off to Temporal's retry. */
+const ConstraintPatchAttempts = 20;
 const labelsOf = (ns: V1Namespace) => ns.metadata?.labels ?? {};
 
 interface ConstraintLike {
@@ -161,7 +163,7 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
     ref: ConstraintRef,
     compute: (c: ConstraintLike) => JsonPatchOp[] | null,
   ): Promise<'patched' | 'nothing-to-do' | 'deleted'> {
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = 1; ; attempt++) {
       let current: ConstraintLike;
       try {
         current = await kube.readClusterObject<ConstraintLike>(ref, ref.name);
@@ -177,9 +179,18 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
       } catch (err) {
         // A failed `test` means someone changed the constraint since we read it: read again.
         const moved = isKubeError(err, KubeFailureType.Invalid) || isKubeError(err, KubeFailureType.Conflict);
-        if (!moved || attempt >= 5) throw err;
+        if (!moved) throw err;
         const again = await kube.readClusterObject<ConstraintLike>(ref, ref.name).catch(() => undefined);
         if (again && again.metadata.resourceVersion === current.metadata.resourceVersion) throw err;
+        // Many runs share the cluster-wide constraints: back off with jitter, and leave it to
+        // the activity's retries (not a failure of the run) if the constraint never settles.
+        if (attempt >= ConstraintPatchAttempts) {
+          throw ApplicationFailure.retryable(
+            `${refName(ref)} changed under every one of ${attempt} guarded patches; trying again later`,
+            PolicyFailureType.ConstraintContention,
+          );
+        }
+        await sleep(Math.random() * Math.min(2000, 50 * 2 ** attempt));
       }
     }
   }

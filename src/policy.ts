@@ -321,7 +321,8 @@ export function excludeNamespaceOps(namespace: string, current: ConstraintView):
 /**
  * JSON Patch that removes the namespace from a constraint, located by value and guarded by a
  * `test` of that index; null when it is not listed. When the list holds nothing else and a
- * relaxation created it, the list and its marker go.
+ * relaxation created it, the list and its marker go. A list a relaxation created is guarded as a
+ * whole: two runs removing their entries at once must not leave it empty instead of absent.
  */
 export function includeNamespaceOps(namespace: string, current: ConstraintView): JsonPatchOp[] | null {
   const list = current.excludedNamespaces;
@@ -335,8 +336,11 @@ export function includeNamespaceOps(namespace: string, current: ConstraintView):
       { op: 'remove', path: markerPath },
     ];
   }
+  const created = current.annotations?.[CreatedListAnnotation] !== undefined;
   return [
-    { op: 'test', path: `${excludedPath}/${index}`, value: namespace },
+    created
+      ? { op: 'test', path: excludedPath, value: list }
+      : { op: 'test', path: `${excludedPath}/${index}`, value: namespace },
     { op: 'remove', path: `${excludedPath}/${index}` },
   ];
 }

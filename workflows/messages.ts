@@ -95,7 +95,10 @@ export interface MigrationStatus {
     lastRestore: RestoreReport | null;
   };
   admission: AdmissionEvidence[];
+  /** Compensations done, in the order they ran. */
   compensations: string[];
+  /** Compensations that failed for good (the rest still ran), with why. */
+  compensationFailures: string[];
   rejectedSignals: string[];
   plan: MigrationPlan | null;
   error: string | null;

@@ -5,7 +5,9 @@
  */
 import * as wf from '@temporalio/workflow';
 import {
+  ActivityFailure,
   ApplicationFailure,
+  ChildWorkflowFailure,
   defineSearchAttributeKey,
   SearchAttributeType,
   type ActivityOptions,
@@ -42,6 +44,7 @@ export const RunFailureType = {
   AdmissionRefused: 'AdmissionRefused',
   OwnershipJobFailed: 'OwnershipJobFailed',
   VerificationFailed: 'VerificationFailed',
+  CompensationFailed: 'CompensationFailed',
 } as const;
 
 const retry = {
@@ -65,6 +68,13 @@ function activitiesFor(heartbeatTimeout: string) {
       retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
     }),
   };
+}
+
+/** The operator-facing reason of a failure: the innermost cause, not "Activity task failed". */
+function reasonOf(err: unknown): string {
+  let e: unknown = err;
+  while ((e instanceof ActivityFailure || e instanceof ChildWorkflowFailure) && e.cause) e = e.cause;
+  return e instanceof Error ? e.message : String(e);
 }
 
 const nowIso = () => new Date(Date.now()).toISOString();
@@ -97,6 +107,7 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     policies: { state: 'enforced', record: null, lastRestore: null },
     admission: [],
     compensations: [],
+    compensationFailures: [],
     rejectedSignals: [],
     plan: null,
     error: null,
@@ -486,17 +497,27 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
         );
     });
   } catch (err) {
-    status.error = abortReason ? `aborted: ${abortReason}` : err instanceof Error ? err.message : String(err);
+    status.error = abortReason ? `aborted: ${abortReason}` : reasonOf(err);
     setPhase(Phase.Compensating, status.error);
+    // Every compensation runs even when one fails for good (e.g. 403): the others still undo
+    // their part, and a namespace left relaxed is the sweeper's and `runas-migrate restore`'s.
     await wf.CancellationScope.nonCancellable(async () => {
       for (const c of [...compensations].reverse()) {
-        await c.run();
-        status.compensations.push(c.name);
+        try {
+          await c.run();
+          status.compensations.push(c.name);
+        } catch (failure) {
+          status.compensationFailures.push(`${c.name}: ${reasonOf(failure)}`);
+        }
       }
     });
+    if (status.compensationFailures.length)
+      status.error += `; compensations that failed: ${status.compensationFailures.join('; ')}`;
     setPhase(abortReason ? Phase.Aborted : Phase.Failed, status.error);
     if (abortReason)
       throw ApplicationFailure.nonRetryable(`run aborted: ${abortReason}`, RunFailureType.Aborted);
+    if (status.compensationFailures.length)
+      throw ApplicationFailure.nonRetryable(status.error, RunFailureType.CompensationFailed, reasonOf(err));
     throw err;
   }
 
