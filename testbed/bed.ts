@@ -284,6 +284,12 @@ async function createCluster(state: BedState, log: Log): Promise<void> {
     'kwok-controller=manage-all-nodes=false',
     '--extra-args',
     `kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake`,
+    // One instance each: without leader election they ride out an API server restart instead of
+    // exiting when their lease cannot be renewed (nothing here would start them again).
+    '--extra-args',
+    'kube-controller-manager=leader-elect=false',
+    '--extra-args',
+    'kube-scheduler=leader-elect=false',
     '--wait',
     '120s',
   ];
@@ -317,7 +323,7 @@ function startRunner(state: BedState): RecordedProcess {
 
 /**
  * Restarts the simulated cluster's kube-apiserver with its own command line (fault tests):
- * SIGTERM, wait for it to exit, start it again, record the new PID where kwokctl keeps it so
+ * SIGKILL, wait for it to exit, start it again, record the new PID where kwokctl keeps it so
  * `down` still stops it, and wait until it serves again. etcd and everything else stay up.
  *
  * @returns how long the API server did not answer, in milliseconds.
@@ -333,7 +339,9 @@ export async function restartApiserver(state: BedState): Promise<number> {
     logFile: join(clusterDir, 'logs', 'kube-apiserver.log'),
   };
   const stoppedAt = Date.now();
-  await stopProcess(old, 30_000);
+  // Killed like a crashed process (a graceful stop drains watches for a minute); only this PID.
+  process.kill(pid, 'SIGKILL');
+  await waitFor('kube-apiserver stopped', () => !isAlive(old), 30_000, 100);
   const started = startDetached(argv[0]!, argv.slice(1), {
     logFile: old.logFile,
     cwd: clusterDir,

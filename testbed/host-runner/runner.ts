@@ -222,6 +222,21 @@ export class HostRunner {
       fieldSelector: `spec.nodeName=${this.opts.nodeName}`,
     });
     for (const pod of list.items) this.onPod(pod);
+    // Re-list and watch again after any end of the watch, for as long as the API server is away.
+    const ended = (err: unknown): void => {
+      if (this.stopped) return;
+      if (err)
+        this.log(`watch ended: ${err instanceof Error ? err.message : JSON.stringify(err)}; re-listing`);
+      setTimeout(() => {
+        void this.core
+          .listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${this.opts.nodeName}` })
+          .then((l) => {
+            l.items.forEach((p) => this.onPod(p));
+            return begin(l.metadata?.resourceVersion);
+          })
+          .catch(ended);
+      }, 500);
+    };
     const begin = async (resourceVersion: string | undefined) => {
       if (this.stopped) return;
       this.watchAbort = await watch.watch(
@@ -235,23 +250,25 @@ export class HostRunner {
           if (type === 'BOOKMARK' || type === 'ERROR') return;
           if (type !== 'DELETED') this.onPod(pod);
         },
-        (err: unknown) => {
-          if (this.stopped) return;
-          if (err)
-            this.log(`watch ended: ${err instanceof Error ? err.message : JSON.stringify(err)}; re-listing`);
-          setTimeout(() => {
-            void this.core
-              .listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${this.opts.nodeName}` })
-              .then((l) => {
-                l.items.forEach((p) => this.onPod(p));
-                return begin(l.metadata?.resourceVersion);
-              })
-              .catch((e: unknown) => this.log(`re-list failed: ${String(e)}`));
-          }, 500);
-        },
+        ended,
       );
     };
     await begin(list.metadata?.resourceVersion);
+  }
+
+  /** Retries an API read while the API server cannot be reached, as a kubelet does for volume setup. */
+  private async retryWhileUnreachable<T>(fn: () => Promise<T>, timeoutMs = 120_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        return await fn();
+      } catch (err) {
+        const code = (err as { code?: number }).code;
+        const unreachable = /ECONNREFUSED|ECONNRESET|socket hang up|FetchError/.test(String(err));
+        if (!(unreachable || (code !== undefined && code >= 500)) || Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
   }
 
   private key(pod: V1Pod): string {
@@ -358,7 +375,7 @@ export class HostRunner {
       const script = launchScript(
         container,
         identity,
-        await this.hostMounts(pod, container),
+        await this.retryWhileUnreachable(() => this.hostMounts(pod, container)),
         this.envOf(pod, container),
         {
           scratchDir: cdir,
