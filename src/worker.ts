@@ -2,12 +2,12 @@
  * The runas-migrate worker: registers every workflow and activity on the task queue, and
  * makes sure the sweeper's Schedule exists.
  */
-import { fileURLToPath } from 'node:url';
 import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerInterceptors } from '@temporalio/worker';
 import { createActivities } from '../activities/index.js';
 import { Kube } from './kube.js';
 import { TaskQueue, WorkflowType } from './names.js';
+import { workflowBundlePath } from './workflow-bundle.js';
 
 /** Where the worker connects. */
 export interface WorkerOptions {
@@ -23,8 +23,8 @@ export interface WorkerOptions {
   sweepEvery?: string;
   log?: (message: string) => void;
   /**
-   * Path of a workflow bundle made beforehand with `bundleWorkflowCode` (starts in well under a
-   * second instead of bundling the workflows again). @default bundle at start
+   * Path of a workflow bundle made with `bundleWorkflowCode`. @default the cached bundle of
+   * the current sources ({@link workflowBundlePath}), built once in a child process
    */
   workflowBundlePath?: string;
   /**
@@ -52,11 +52,6 @@ export async function connectClient(opts: { address?: string; namespace?: string
   const target = temporalTarget(opts);
   const connection = await Connection.connect({ address: target.address });
   return new Client({ connection, namespace: target.namespace });
-}
-
-/** Path of the workflows' entry module, for `bundleWorkflowCode`. */
-export function workflowsPath(): string {
-  return fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 }
 
 /** Schedule ID of the sweeper for a task queue. */
@@ -109,9 +104,7 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
     connection,
     namespace: target.namespace,
     taskQueue,
-    ...(opts.workflowBundlePath
-      ? { workflowBundle: { codePath: opts.workflowBundlePath } }
-      : { workflowsPath: workflowsPath() }),
+    workflowBundle: { codePath: opts.workflowBundlePath ?? workflowBundlePath() },
     activities: createActivities({ kube, client, log }),
     ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
     ...(opts.stickyQueueScheduleToStartTimeout

@@ -9,11 +9,16 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { delimiter, dirname, join } from 'node:path';
+import { basename, delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** Directory of the test bed's sources (wrapper Go modules, the Maven pom). */
-export const testbedDir = dirname(fileURLToPath(import.meta.url));
+export const testbedDir = (() => {
+  // From testbed/ or from its compiled copy in dist/testbed/: the sources (go.mod, pom.xml, the
+  // host runner) are always those of the project folder.
+  const here = dirname(fileURLToPath(import.meta.url));
+  return basename(dirname(here)) === 'dist' ? join(dirname(dirname(here)), 'testbed') : here;
+})();
 
 /** Root of everything the project caches outside the repository. */
 export function cacheRoot(): string {

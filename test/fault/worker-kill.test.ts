@@ -6,17 +6,14 @@
  * the run goes on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatchV1Api, CoreV1Api, Watch } from '@kubernetes/client-node';
-import { bundleWorkflowCode, DefaultLogger } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInputRaw } from '../../src/input.js';
 import { RelaxationAnnotation } from '../../src/policy.js';
 import { queryStatus, startRun } from '../../src/runs.js';
-import { connectClient, sweeperScheduleId, workflowsPath } from '../../src/worker.js';
+import { connectClient, sweeperScheduleId } from '../../src/worker.js';
+import { workflowBundlePath } from '../../src/workflow-bundle.js';
 import { Gatekeeper, ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
@@ -35,7 +32,6 @@ const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url)
 const faultWorker = fileURLToPath(new URL('../support/fault-worker.ts', import.meta.url));
 const namespaces: string[] = [];
 const children: ChildProcess[] = [];
-const quiet = new DefaultLogger('WARN');
 let client: Awaited<ReturnType<typeof connectClient>>;
 
 /** A worker in its own process, as in production: `runas-migrate worker`. */
@@ -50,13 +46,12 @@ function workerProcess(taskQueue: string): ChildProcess {
 }
 
 /** A worker process that SIGKILLs itself at `at` (see test/support/fault-worker.ts). */
-function faultWorkerProcess(taskQueue: string, bundle: string, at?: KillPoint): ChildProcess {
+function faultWorkerProcess(taskQueue: string, at?: KillPoint): ChildProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', faultWorker, taskQueue, ...(at ? [at] : [])], {
     env: {
       ...process.env,
       KUBECONFIG: bed().kubeconfig,
       TEMPORAL_ADDRESS: bed().temporal.address,
-      WORKFLOW_BUNDLE: bundle,
     },
     stdio: 'ignore',
     detached: true,
@@ -222,12 +217,7 @@ describe('fault: the worker is killed at every phase boundary', () => {
       const taskQueue = uniqueName('fault-chain');
       const before = await namespaceSnapshot(kc, namespace, bed().pvRoot);
       const watched = await watchForDuplicates(namespace);
-      // Bundled once, so each new worker starts in about a second.
-      const bundle = join(mkdtempSync(join(tmpdir(), 'bundle-')), 'workflows.js');
-      writeFileSync(
-        bundle,
-        (await bundleWorkflowCode({ workflowsPath: workflowsPath(), logger: quiet })).code,
-      );
+      workflowBundlePath(); // built once here, so each new worker starts in about a second
       try {
         const { handle } = await startRun(
           client,
@@ -236,14 +226,14 @@ describe('fault: the worker is killed at every phase boundary', () => {
         );
         const deaths: string[] = [];
         for (const at of killPoints) {
-          const w = faultWorkerProcess(taskQueue, bundle, at);
+          const w = faultWorkerProcess(taskQueue, at);
           const signal = await new Promise<NodeJS.Signals | null>((resolve) =>
             w.once('exit', (_code, sig) => resolve(sig)),
           );
           deaths.push(`${at} ${signal}`);
         }
         expect(deaths).toEqual(killPoints.map((at) => `${at} SIGKILL`));
-        faultWorkerProcess(taskQueue, bundle);
+        faultWorkerProcess(taskQueue);
         const report = (await handle.result()) as MigrationReport;
 
         // nothing done twice: one window, each Job created once and run once, one entry per list

@@ -1,8 +1,7 @@
 /**
  * A `runas-migrate` worker process that SIGKILLs itself at a chosen step (fault matrix):
  * `node --import tsx test/support/fault-worker.ts <task queue> [before|after:<activity>]`,
- * with KUBECONFIG and TEMPORAL_ADDRESS of the test bed (and WORKFLOW_BUNDLE, a prebuilt
- * workflow bundle, so it starts fast).
+ * with KUBECONFIG and TEMPORAL_ADDRESS of the test bed.
  */
 import { createWorker } from '../../src/worker.js';
 import { killAt, type KillPoint } from './fault-interceptors.js';
@@ -15,7 +14,6 @@ const w = await createWorker({
   log: () => undefined,
   // A killed worker's sticky queue would hold the run's next task for the default 10 s.
   stickyQueueScheduleToStartTimeout: '1s',
-  ...(process.env.WORKFLOW_BUNDLE ? { workflowBundlePath: process.env.WORKFLOW_BUNDLE } : {}),
   ...(at ? { interceptors: killAt(at as KillPoint) } : {}),
 });
 await w.worker.run();

@@ -1,0 +1,278 @@
+/**
+ * Fleet load on one worker: a real `runas-migrate worker` process migrates one namespace, then
+ * NAMESPACES namespaces started at the same time (fixtures seeded beforehand, FILES files per
+ * data volume, `admission` mode, no approvals, Jobs on the host runner, which runs every Job as
+ * a host process). Reports the total time of each, per-run times and windows, and the worker's
+ * memory: VmHWM from /proc/<pid>/status at the end, and VmRSS sampled throughout.
+ *
+ * Bars: NAMESPACES at once in ≤ 3× the time of one; worker peak RSS ≤ 300 MB.
+ * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isDeepStrictEqual } from 'node:util';
+import { CoreV1Api } from '@kubernetes/client-node';
+import type { MigrationInputRaw } from '../src/input.js';
+import { startRun } from '../src/runs.js';
+import { connectClient, ensureSweeperSchedule, sweeperScheduleId } from '../src/worker.js';
+import { policyState, type PolicyState } from '../test/support/policy-state.js';
+import { kubeConfigOf, up } from '../testbed/bed.js';
+import { seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
+import { HostRunnerPlacement } from '../testbed/host-runner/runner.js';
+import { waitFor } from '../testbed/process.js';
+import type { MigrationReport } from '../workflows/messages.js';
+
+const fleetSize = Number(process.env.NAMESPACES ?? 20);
+const files = Number(process.env.FILES ?? 200);
+const rounds = Number(process.env.ROUNDS ?? 3);
+const timeRatioBar = 3;
+const rssBarMb = 300;
+const seedConcurrency = 4;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const mb = (kb: number) => kb / 1024;
+
+const bed = await up({ name: process.env.RUNAS_MIGRATE_TESTBED ?? 'default', log: () => undefined });
+const kc = kubeConfigOf(bed);
+const core = kc.makeApiClient(CoreV1Api);
+const cli = fileURLToPath(new URL('../bin/runas-migrate.js', import.meta.url));
+const client = await connectClient({ address: bed.temporal.address });
+const stamp = Date.now().toString(36);
+const taskQueue = `bench-fleet-${stamp}`;
+const namespaces: string[] = [];
+
+/** Reads one `Vm…:` line of /proc/<pid>/status, in kB. */
+function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Seeds fresh fixtures, a few at a time, and waits until each is Ready. */
+async function seed(prefix: string, count: number): Promise<string[]> {
+  const names = Array.from({ length: count }, (_, i) => `${prefix}-${i}-${stamp}`);
+  namespaces.push(...names);
+  for (let i = 0; i < names.length; i += seedConcurrency) {
+    await Promise.all(
+      names.slice(i, i + seedConcurrency).map(async (namespace) => {
+        await seedItrsFixture(kc, { namespace, pvRoot: bed.pvRoot, filesPerVolume: files });
+        await waitForFixtureReady(kc, namespace, 180_000);
+      }),
+    );
+  }
+  return names;
+}
+
+const input = (namespace: string): MigrationInputRaw => ({
+  namespace,
+  uid: 5000,
+  gid: 5000,
+  securityContext: { apply: 'patch' },
+  approvals: [],
+  window: { mode: 'admission' },
+  job: { ...HostRunnerPlacement },
+});
+
+interface Outcome {
+  namespace: string;
+  seconds: number;
+  report?: MigrationReport;
+  error?: string;
+}
+
+/** Starts a run per namespace at the same time; each outcome is timed from the common start. */
+async function migrate(names: string[]): Promise<{ total: number; outcomes: Outcome[] }> {
+  const t0 = performance.now();
+  const handles = await Promise.all(names.map((n) => startRun(client, input(n), { taskQueue })));
+  const outcomes = await Promise.all(
+    handles.map(({ input: i, handle }) =>
+      (handle.result() as Promise<MigrationReport>).then(
+        (report) => ({ namespace: i.namespace, seconds: (performance.now() - t0) / 1000, report }),
+        (err: unknown) => ({
+          namespace: i.namespace,
+          seconds: (performance.now() - t0) / 1000,
+          error: rootMessage(err),
+        }),
+      ),
+    ),
+  );
+  return { total: (performance.now() - t0) / 1000, outcomes };
+}
+
+/** The worker's CPU time (user + system), in seconds. */
+function cpuSeconds(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    // utime and stime are fields 14 and 15 of stat(5), in clock ticks of 1/100 s on Linux.
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Samples the worker's VmRSS; `lap` returns the highest sample since the previous lap. */
+function rssSampler(pid: number) {
+  let peak = 0;
+  const sample = () => (peak = Math.max(peak, procStatusKb(pid, 'VmRSS') ?? 0));
+  const timer = setInterval(sample, 200);
+  return {
+    lap: () => {
+      sample();
+      const p = peak;
+      peak = 0;
+      return p;
+    },
+    stop: () => clearInterval(timer),
+  };
+}
+
+/** The innermost message of a failure (a run's failure wraps its activity's, which wraps the cause). */
+function rootMessage(err: unknown): string {
+  let e = err as { message?: string; cause?: unknown } | undefined;
+  while (e?.cause) e = e.cause;
+  return e?.message ?? String(err);
+}
+
+/** Seconds before the first window opened, relaxed, and after the last one closed. */
+function phases(r: MigrationReport): { before: number; window: number; after: number } | undefined {
+  const first = r.windows[0];
+  const last = r.windows.at(-1);
+  if (!first?.openedAt || !last?.closedAt) return undefined;
+  const t = (iso: string) => Date.parse(iso) / 1000;
+  return {
+    before: t(first.openedAt) - t(r.startedAt),
+    window: r.windowSeconds,
+    after: t(r.finishedAt) - t(last.closedAt),
+  };
+}
+
+const loadBefore = loadavg()[0]!;
+const singles = await seed('bench-fleet-one', rounds);
+const fleet = await seed('bench-fleet-many', fleetSize);
+const namespacePolicy = (p: PolicyState) => ({ labels: p.labels, annotations: p.annotations });
+const policiesBefore = new Map<string, PolicyState>();
+for (const n of [...singles, ...fleet]) policiesBefore.set(n, await policyState(kc, n));
+
+// The worker keeps an existing Schedule; a minute-by-minute sweep would only add load here.
+await ensureSweeperSchedule(client, taskQueue, '1 hour');
+let worker: ChildProcess | undefined;
+let stderrTail = '';
+let sampler: ReturnType<typeof rssSampler> | undefined;
+const single: Outcome[] = [];
+let many: { total: number; outcomes: Outcome[] } | undefined;
+const rss = { startup: 0, single: 0, fleet: 0, hwm: 0, end: 0 };
+const cpu = { startup: 0, single: 0, fleet: 0 };
+let startupSeconds = 0;
+try {
+  const spawnedAt = performance.now();
+  worker = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
+    env: { ...process.env, KUBECONFIG: bed.kubeconfig, TEMPORAL_ADDRESS: bed.temporal.address },
+    stdio: ['ignore', 'ignore', 'pipe'],
+    detached: true,
+  });
+  worker.stderr!.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
+  const pid = worker.pid!;
+  sampler = rssSampler(pid);
+  await waitFor(
+    'worker polling',
+    () => {
+      if (worker!.exitCode !== null) throw new Error(`worker exited: ${stderrTail}`);
+      return stderrTail.includes('worker polling');
+    },
+    120_000,
+    100,
+  );
+  startupSeconds = (performance.now() - spawnedAt) / 1000;
+  await sleep(1000);
+  rss.startup = sampler.lap();
+  cpu.startup = cpuSeconds(pid);
+  for (const n of singles) single.push(...(await migrate([n])).outcomes);
+  rss.single = sampler.lap();
+  cpu.single = cpuSeconds(pid) - cpu.startup;
+  many = await migrate(fleet);
+  rss.fleet = sampler.lap();
+  cpu.fleet = cpuSeconds(pid) - cpu.startup - cpu.single;
+  rss.hwm = procStatusKb(pid, 'VmHWM') ?? 0;
+  rss.end = procStatusKb(pid, 'VmRSS') ?? 0;
+} finally {
+  sampler?.stop();
+  if (worker?.pid && worker.exitCode === null) {
+    const exited = new Promise((r) => worker!.once('exit', r));
+    process.kill(-worker.pid, 'SIGTERM');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000).unref())]);
+    try {
+      process.kill(-worker.pid, 'SIGKILL');
+    } catch {
+      // exited
+    }
+  }
+  await client.schedule
+    .getHandle(sweeperScheduleId(taskQueue))
+    .delete()
+    .catch(() => undefined);
+}
+const loadAfter = loadavg()[0]!;
+
+// Constraints are cluster-wide: compared once; each namespace's own labels and annotations apart.
+let namespacesExact = 0;
+let constraintsAfter: PolicyState['constraints'] = {};
+for (const [n, before] of policiesBefore) {
+  const after = await policyState(kc, n);
+  constraintsAfter = after.constraints;
+  if (isDeepStrictEqual(namespacePolicy(after), namespacePolicy(before))) namespacesExact++;
+}
+const constraintsBefore = policiesBefore.values().next().value!.constraints;
+const constraintDiffs = Object.keys({ ...constraintsBefore, ...constraintsAfter })
+  .filter((k) => !isDeepStrictEqual(constraintsBefore[k], constraintsAfter[k]))
+  .map(
+    (k) => `${k}: was ${JSON.stringify(constraintsBefore[k])}, now ${JSON.stringify(constraintsAfter[k])}`,
+  );
+await client.connection.close();
+for (const name of namespaces) {
+  await core.deleteNamespace({ name }).catch(() => undefined);
+  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
+  for (const pv of pvs.items)
+    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+  rmSync(join(bed.pvRoot, name), { recursive: true, force: true });
+}
+
+const failed = [...single, ...many.outcomes].filter((o) => o.error);
+const one = median(single.map((o) => o.seconds));
+const all = many.total;
+const ratio = all / one;
+const peakMb = mb(Math.max(rss.hwm, rss.fleet, rss.single, rss.startup));
+const stats = (xs: number[]) =>
+  xs.length
+    ? `min ${Math.min(...xs).toFixed(2)}, median ${median(xs).toFixed(2)}, max ${Math.max(...xs).toFixed(2)} s`
+    : 'none';
+const reportsOf = (os: Outcome[]) => os.flatMap((o) => (o.report ? [o.report] : []));
+const phaseLine = (os: Outcome[]) => {
+  const ps = reportsOf(os).flatMap((r) => phases(r) ?? []);
+  return ps.length
+    ? `before the window ${median(ps.map((p) => p.before)).toFixed(2)} s, window ${median(ps.map((p) => p.window)).toFixed(2)} s, after it ${median(ps.map((p) => p.after)).toFixed(2)} s (medians)`
+    : 'no completed run';
+};
+const jobSeconds = reportsOf(many.outcomes).flatMap((r) => r.jobs.map((j) => j.seconds ?? 0));
+const verdict = (value: number, bar: number, unit: string) =>
+  value <= bar ? 'PASS' : `MISS (by ${(value - bar).toFixed(unit === 'MB' ? 0 : 2)} ${unit})`;
+process.stdout.write(
+  [
+    `fleet load on one worker process (${fleetSize} ITRS-like namespaces at once vs 1; 3 Jobs and 9 volumes each, ~${files} files per data volume; admission mode; Jobs on the host runner)`,
+    `  1 namespace (median of ${rounds}): ${one.toFixed(2)} s (${single.map((o) => o.seconds.toFixed(2)).join(', ')}); ${phaseLine(single)}`,
+    `  ${fleetSize} namespaces at once: ${all.toFixed(2)} s in total; ratio ${ratio.toFixed(2)}× (bar ≤ ${timeRatioBar}×): ${verdict(ratio, timeRatioBar, '×')}`,
+    `    per run, from the common start: ${stats(many.outcomes.map((o) => o.seconds))}; ${phaseLine(many.outcomes)}`,
+    `    window per run: ${stats(reportsOf(many.outcomes).map((r) => r.windowSeconds))}`,
+    `    ownership Job time (${jobSeconds.length} Jobs on the host runner): ${stats(jobSeconds)}`,
+    `    worker CPU: ${cpu.fleet.toFixed(1)} s over the ${all.toFixed(1)} s of the fleet (${cpu.single.toFixed(1)} s over the single runs, ${cpu.startup.toFixed(1)} s to start in ${startupSeconds.toFixed(1)} s); machine load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`,
+    `  worker peak RSS ${peakMb.toFixed(0)} MB (bar ≤ ${rssBarMb} MB): ${verdict(peakMb, rssBarMb, 'MB')}`,
+    `    VmHWM ${mb(rss.hwm).toFixed(0)} MB; sampled VmRSS peaks: started and idle ${mb(rss.startup).toFixed(0)} MB, single runs ${mb(rss.single).toFixed(0)} MB, fleet ${mb(rss.fleet).toFixed(0)} MB; at the end ${mb(rss.end).toFixed(0)} MB`,
+    `  namespace labels and annotations exactly as before: ${namespacesExact}/${policiesBefore.size}; Gatekeeper constraints exactly as before: ${constraintDiffs.length ? `no — ${constraintDiffs.join('; ')}` : 'yes'}`,
+    `  runs failed: ${failed.length}/${single.length + many.outcomes.length}${failed.map((f) => `\n    ${f.namespace}: ${f.error}`).join('')}`,
+  ].join('\n') + '\n',
+);
