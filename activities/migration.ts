@@ -167,8 +167,17 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
           throw ApplicationFailure.nonRetryable(err.message, MigrationFailureType.PlanningFailed);
         throw err;
       }
+      // Constraints left alone (gatekeeper: false) still judge the restarted pods: read them anyway.
+      const enforced = inp.policies.gatekeeper
+        ? policies
+        : await policy.snapshotPolicies({
+            namespace: inp.namespace,
+            owner: input.owner,
+            podSecurity: inp.policies.podSecurity,
+            gatekeeper: true,
+          });
       const allowedUsers: { name: string; parameters: AllowedUsersParameters }[] = [];
-      for (const c of policies.snapshot.constraints) {
+      for (const c of enforced.snapshot.constraints) {
         if (
           c.ref.kind !== 'K8sPSPAllowedUsers' ||
           c.excludedBy !== null ||

@@ -557,6 +557,13 @@ describe('policies in unusual states', () => {
     expect(none(end.result?.plan.preflight)).toBe(true);
   });
 
+  it('Gatekeeper left out of the run still judges the restarted pods: IDs outside its ranges fail preflight', async () => {
+    const input = { ...valid, uid: 500, gid: 500, policies: { gatekeeper: false } };
+    const end = await unchanged(() => throughTemporal(input));
+    expect(end).toMatchObject({ status: 'FAILED', type: 'PreflightFailed' });
+    expect(end.messages[0]).toMatch(/K8sPSPAllowedUsers\/allowed-user-ranges: runAsUser 500 is outside/);
+  });
+
   it('no pod-security label: the plan sets baseline only for the window, and a dry run changes nothing', async () => {
     const input = { ...valid, namespace: unlabelled };
     const plan = await unchanged(() => runasMigrate(['plan', '--input', JSON.stringify(input)]), unlabelled);
