@@ -31,6 +31,10 @@ const rounds = Number(process.env.ROUNDS ?? 3);
 const timeRatioBar = 3;
 const rssBarMb = 300;
 const seedConcurrency = 4;
+/** The node flags of the command's `#!/usr/bin/env -S node …` line: the worker runs as installed. */
+function nodeFlagsOf(script: string): string[] {
+  return (readFileSync(script, 'utf8').split('\n')[0] ?? '').split(/\s+/).slice(3);
+}
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const mb = (kb: number) => kb / 1024;
@@ -171,7 +175,7 @@ const cpu = { startup: 0, single: 0, fleet: 0 };
 let startupSeconds = 0;
 try {
   const spawnedAt = performance.now();
-  worker = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
+  worker = spawn(process.execPath, [...nodeFlagsOf(cli), cli, 'worker', '--task-queue', taskQueue], {
     env: { ...process.env, KUBECONFIG: bed.kubeconfig, TEMPORAL_ADDRESS: bed.temporal.address },
     stdio: ['ignore', 'ignore', 'pipe'],
     detached: true,

@@ -1,4 +1,6 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1
+// A small young generation: the worker's peak RSS under 20 concurrent runs drops from about
+// 350 MB to 265 MB at no measurable cost in time (bench/fleet.ts starts it with these flags).
 // Runs the compiled CLI (npm run build) when it is at least as new as every source file, and
 // the TypeScript sources through tsx's loader otherwise: the compiled one starts faster and a
 // worker needs about 100 MB less memory.
