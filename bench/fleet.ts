@@ -9,19 +9,16 @@
  * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
-import { CoreV1Api } from '@kubernetes/client-node';
 import type { MigrationInputRaw } from '../src/input.js';
 import { startRun } from '../src/runs.js';
 import { connectClient, ensureSweeperSchedule, sweeperScheduleId } from '../src/worker.js';
 import { policyState, type PolicyState } from '../test/support/policy-state.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
-import { seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
-import { HostRunnerPlacement } from '../testbed/host-runner/runner.js';
+import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import { waitFor } from '../testbed/process.js';
 import type { MigrationReport } from '../workflows/messages.js';
 
@@ -41,7 +38,6 @@ const mb = (kb: number) => kb / 1024;
 
 const bed = await up({ name: process.env.RUNAS_MIGRATE_TESTBED ?? 'default', log: () => undefined });
 const kc = kubeConfigOf(bed);
-const core = kc.makeApiClient(CoreV1Api);
 const cli = fileURLToPath(new URL('../bin/runas-migrate.js', import.meta.url));
 const client = await connectClient({ address: bed.temporal.address });
 const stamp = Date.now().toString(36);
@@ -73,15 +69,7 @@ async function seed(prefix: string, count: number): Promise<string[]> {
   return names;
 }
 
-const input = (namespace: string): MigrationInputRaw => ({
-  namespace,
-  uid: 5000,
-  gid: 5000,
-  securityContext: { apply: 'patch' },
-  approvals: [],
-  window: { mode: 'admission' },
-  job: { ...HostRunnerPlacement },
-});
+const input = (namespace: string): MigrationInputRaw => hostRunnerRun(namespace, 'admission');
 
 interface Outcome {
   namespace: string;
@@ -239,11 +227,7 @@ const constraintDiffs = Object.keys({ ...constraintsBefore, ...constraintsAfter 
   );
 await client.connection.close();
 for (const name of namespaces) {
-  await core.deleteNamespace({ name }).catch(() => undefined);
-  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
-  for (const pv of pvs.items)
-    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
-  rmSync(join(bed.pvRoot, name), { recursive: true, force: true });
+  await removeFixture(kc, name, bed.pvRoot);
 }
 
 const failed = [...single, ...many.outcomes].filter((o) => o.error);

@@ -4,14 +4,11 @@
  * and the security window (relaxed → re-enforced, as the run records it).
  * `npm run bench -- migration` (FILES=… files per data volume; ROUNDS=…).
  */
-import { CoreV1Api } from '@kubernetes/client-node';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import type { MigrationInputRaw } from '../src/input.js';
 import { startRun } from '../src/runs.js';
 import { createWorker } from '../src/worker.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
-import { seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
-import { HostRunnerPlacement } from '../testbed/host-runner/runner.js';
+import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import type { MigrationReport } from '../workflows/messages.js';
 
 const files = Number(process.env.FILES ?? 1000);
@@ -20,7 +17,6 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 const bed = await up({ log: () => undefined });
 const kc = kubeConfigOf(bed);
-const core = kc.makeApiClient(CoreV1Api);
 const taskQueue = `bench-${Date.now().toString(36)}`;
 // The worker's runtime logs stay quiet in the figures.
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -44,15 +40,7 @@ try {
       namespaces.push(namespace);
       await seedItrsFixture(kc, { namespace, pvRoot: bed.pvRoot, filesPerVolume: files });
       await waitForFixtureReady(kc, namespace);
-      const input: MigrationInputRaw = {
-        namespace,
-        uid: 5000,
-        gid: 5000,
-        securityContext: { apply: 'patch' },
-        approvals: [],
-        window: { mode },
-        job: { ...HostRunnerPlacement },
-      };
+      const input = hostRunnerRun(namespace, mode);
       const t = performance.now();
       const { handle } = await startRun(w.client, input, { taskQueue });
       const report = (await handle.result()) as MigrationReport;
@@ -65,10 +53,7 @@ try {
   await running;
   await w.close();
   for (const name of namespaces) {
-    await core.deleteNamespace({ name }).catch(() => undefined);
-    const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
-    for (const pv of pvs.items)
-      await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+    await removeFixture(kc, name, bed.pvRoot);
   }
 }
 const adm = results.admission!;

@@ -15,9 +15,7 @@
  * `npm run bench -- recovery` (FILES=… files per data volume; ROUNDS=…).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { BatchV1Api, CoreV1Api, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
@@ -29,7 +27,7 @@ import { connectClient, ensureSweeperSchedule, sweeperScheduleId } from '../src/
 import { policyState } from '../test/support/policy-state.js';
 import { namespaceSnapshot, type NamespaceSnapshot } from '../test/support/snapshot.js';
 import { HostRunnerNodeName, kubeConfigOf, up } from '../testbed/bed.js';
-import { seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
+import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import { HostRunnerPlacement } from '../testbed/host-runner/runner.js';
 import { waitFor } from '../testbed/process.js';
 import { abortSignal, type MigrationReport } from '../workflows/messages.js';
@@ -176,15 +174,7 @@ interface Round {
   detail: string;
 }
 
-const input = (namespace: string): MigrationInputRaw => ({
-  namespace,
-  uid: 5000,
-  gid: 5000,
-  securityContext: { apply: 'patch' },
-  approvals: [],
-  window: { mode: 'job-duration' },
-  job: { ...HostRunnerPlacement },
-});
+const input = (namespace: string): MigrationInputRaw => hostRunnerRun(namespace, 'job-duration');
 
 async function jobsRunning(): Promise<Round> {
   const namespace = await fixture('bench-rec-jobs', files);
@@ -306,11 +296,7 @@ try {
       .catch(() => undefined);
   await client.connection.close();
   for (const name of namespaces) {
-    await core.deleteNamespace({ name }).catch(() => undefined);
-    const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
-    for (const pv of pvs.items)
-      await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
-    rmSync(join(bed.pvRoot, name), { recursive: true, force: true });
+    await removeFixture(kc, name, bed.pvRoot);
   }
 }
 

@@ -23,7 +23,7 @@ import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { CoreV1Api, Watch, type KubeConfig } from '@kubernetes/client-node';
+import { Watch, type KubeConfig } from '@kubernetes/client-node';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import type { MigrationInputRaw } from '../src/input.js';
 import { startRun } from '../src/runs.js';
@@ -36,8 +36,10 @@ import {
   pvDirectory,
   seedItrsFixture,
   waitForFixtureReady,
+  hostRunnerRun,
+  removeFixture,
 } from '../testbed/fixture.js';
-import { HostRunnerNode, HostRunnerPlacement } from '../testbed/host-runner/runner.js';
+import { HostRunnerNode } from '../testbed/host-runner/runner.js';
 import { toolPathDirs } from '../testbed/tools.js';
 import type { MigrationReport } from '../workflows/messages.js';
 
@@ -71,7 +73,6 @@ interface Measurement {
 
 const bed = await up({ name: process.env.RUNAS_MIGRATE_TESTBED ?? 'default', log: () => undefined });
 const kc = kubeConfigOf(bed);
-const core = kc.makeApiClient(CoreV1Api);
 const pool = join(bed.pvRoot, '.window-large-files');
 const dataClaims = ItrsDatabases.flatMap((db) =>
   db.claims
@@ -156,11 +157,7 @@ async function prepare(namespace: string, large: boolean): Promise<void> {
 /** Removes a fixture namespace, its PersistentVolumes and its host folders. */
 async function remove(namespace: string): Promise<void> {
   takeBackLargeFiles(namespace);
-  await core.deleteNamespace({ name: namespace }).catch(() => undefined);
-  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${namespace}` });
-  for (const pv of pvs.items)
-    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
-  rmSync(join(bed.pvRoot, namespace), { recursive: true, force: true });
+  await removeFixture(kc, namespace, bed.pvRoot);
 }
 
 /**
@@ -271,14 +268,7 @@ async function entriesNotOwned(namespace: string): Promise<number> {
 
 /** Migrates one namespace with runas-migrate; returns its window and end-to-end seconds. */
 async function runasMigrate(namespace: string): Promise<{ window: number; total: number }> {
-  const input: MigrationInputRaw = {
-    namespace,
-    ...target,
-    securityContext: { apply: 'patch' },
-    approvals: [],
-    window: { mode: 'admission' },
-    job: { ...HostRunnerPlacement },
-  };
+  const input: MigrationInputRaw = { ...hostRunnerRun(namespace), ...target };
   const t = performance.now();
   const { handle } = await startRun(w.client, input, { taskQueue });
   const report = (await handle.result()) as MigrationReport;

@@ -11,6 +11,7 @@ import {
   lstatSync,
   mkdirSync,
   readdirSync,
+  rmSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -29,6 +30,8 @@ import {
   type V1CustomResourceDefinition,
   type V1StatefulSet,
 } from '@kubernetes/client-node';
+import type { MigrationInputRaw } from '../src/input.js';
+import { HostRunnerPlacement } from './host-runner/runner.js';
 import { waitFor } from './process.js';
 
 /** Storage class of the fixture's static PersistentVolumes (no provisioner). */
@@ -519,4 +522,36 @@ export async function createFakeNodes(kc: KubeConfig, count: number): Promise<vo
     };
     await createIfMissing(() => objects.create(node));
   }
+}
+
+/**
+ * Deletes a fixture namespace and its PersistentVolumes, and with `pvRoot` also the volumes'
+ * host folders.
+ */
+export async function removeFixture(kc: KubeConfig, namespace: string, pvRoot?: string): Promise<void> {
+  const core = kc.makeApiClient(CoreV1Api);
+  await core.deleteNamespace({ name: namespace }).catch(() => undefined);
+  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${namespace}` });
+  for (const pv of pvs.items)
+    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+  if (pvRoot) rmSync(join(pvRoot, namespace), { recursive: true, force: true });
+}
+
+/**
+ * The input of a run that migrates a fixture namespace to 5000:5000 with no approvals, its Jobs
+ * on the host runner (so they change real files), in the given window mode.
+ */
+export function hostRunnerRun(
+  namespace: string,
+  mode: 'admission' | 'job-duration' = 'admission',
+): MigrationInputRaw {
+  return {
+    namespace,
+    uid: 5000,
+    gid: 5000,
+    securityContext: { apply: 'patch' },
+    approvals: [],
+    window: { mode },
+    job: { ...HostRunnerPlacement },
+  };
 }

@@ -6,12 +6,10 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MigrationInputRaw } from '../../src/input.js';
 import { OriginalReplicasAnnotation } from '../../src/plan.js';
 import { queryStatus, startRun } from '../../src/runs.js';
 import { restartApiserver } from '../../testbed/bed.js';
-import { pvDirectory } from '../../testbed/fixture.js';
-import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
+import { hostRunnerRun, pvDirectory } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import type { MigrationReport } from '../../workflows/messages.js';
 import { RunFailureType } from '../../workflows/migrate.js';
@@ -26,15 +24,7 @@ const namespaces: string[] = [];
 const immutable: string[] = [];
 let worker: TestWorker;
 
-const inputFor = (namespace: string, mode: 'admission' | 'job-duration'): MigrationInputRaw => ({
-  namespace,
-  uid: 5000,
-  gid: 5000,
-  securityContext: { apply: 'patch' },
-  approvals: [],
-  window: { mode },
-  job: { ...HostRunnerPlacement },
-});
+const inputFor = hostRunnerRun;
 
 async function fixture(files: number): Promise<string> {
   const namespace = uniqueName('fault');

@@ -7,26 +7,29 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { BatchV1Api, CoreV1Api, Watch } from '@kubernetes/client-node';
+import { BatchV1Api, Watch } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MigrationInputRaw } from '../../src/input.js';
 import { RelaxationAnnotation } from '../../src/policy.js';
 import { queryStatus, startRun } from '../../src/runs.js';
 import { connectClient, sweeperScheduleId } from '../../src/worker.js';
 import { workflowBundlePath } from '../../src/workflow-bundle.js';
-import { Gatekeeper, ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
-import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
+import {
+  Gatekeeper,
+  hostRunnerRun,
+  ItrsDatabases,
+  seedItrsFixture,
+  waitForFixtureReady,
+} from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { abortSignal, type MigrationReport } from '../../workflows/messages.js';
 import { restartTemporal } from '../../testbed/bed.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import type { KillPoint } from '../support/fault-interceptors.js';
 import { policyState } from '../support/policy-state.js';
-import { namespaceSnapshot } from '../support/snapshot.js';
+import { namespaceSnapshot, removeFixtures } from '../support/snapshot.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
-const core = kc.makeApiClient(CoreV1Api);
 const batch = kc.makeApiClient(BatchV1Api);
 const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
 const faultWorker = fileURLToPath(new URL('../support/fault-worker.ts', import.meta.url));
@@ -108,15 +111,7 @@ async function fixture(filesPerVolume: number): Promise<string> {
   return namespace;
 }
 
-const inputFor = (namespace: string, mode: 'admission' | 'job-duration'): MigrationInputRaw => ({
-  namespace,
-  uid: 5000,
-  gid: 5000,
-  securityContext: { apply: 'patch' },
-  approvals: [],
-  window: { mode },
-  job: { ...HostRunnerPlacement },
-});
+const inputFor = hostRunnerRun;
 
 /**
  * Starts a run whose Jobs' pods can never be scheduled, so the window stays open, and waits
@@ -144,12 +139,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
   await client.connection.close();
-  for (const name of namespaces) {
-    await core.deleteNamespace({ name }).catch(() => undefined);
-    const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
-    for (const pv of pvs.items)
-      await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
-  }
+  await removeFixtures(kc, namespaces);
 });
 
 describe('fault: the worker is killed', () => {

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMigrationActivities } from '../../activities/migration.js';
 import { parseMigrationInput, type MigrationInputRaw } from '../../src/input.js';
 import { Kube } from '../../src/kube.js';
-import { seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { removeFixture, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
@@ -35,10 +35,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await core.deleteNamespace({ name: namespace }).catch(() => undefined);
-  const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${namespace}` });
-  for (const pv of pvs.items)
-    await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
+  await removeFixture(kc, namespace);
 });
 
 describe('planMigration on the test bed', () => {

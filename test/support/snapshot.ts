@@ -6,7 +6,13 @@
 import { lstatSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { AppsV1Api, BatchV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
-import { ItrsDatabases, pvDirectory, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import {
+  ItrsDatabases,
+  pvDirectory,
+  removeFixture,
+  seedItrsFixture,
+  waitForFixtureReady,
+} from '../../testbed/fixture.js';
 import { policyState, type PolicyState } from './policy-state.js';
 
 /** What a run could change in a namespace, in comparable form. */
@@ -99,11 +105,5 @@ export async function readyFixture(
 
 /** Deletes fixture namespaces and their PersistentVolumes. */
 export async function removeFixtures(kc: KubeConfig, namespaces: readonly string[]): Promise<void> {
-  const core = kc.makeApiClient(CoreV1Api);
-  for (const name of namespaces) {
-    await core.deleteNamespace({ name }).catch(() => undefined);
-    const pvs = await core.listPersistentVolume({ labelSelector: `runas-migrate.dev/fixture=${name}` });
-    for (const pv of pvs.items)
-      await core.deletePersistentVolume({ name: pv.metadata!.name! }).catch(() => undefined);
-  }
+  for (const name of namespaces) await removeFixture(kc, name);
 }
