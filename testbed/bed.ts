@@ -333,29 +333,45 @@ export async function restartApiserver(state: BedState): Promise<number> {
   const pidFile = join(clusterDir, 'pids', 'kube-apiserver.pid');
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
   const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-  const old: RecordedProcess = {
-    pid,
-    marker: argv[0]!,
-    logFile: join(clusterDir, 'logs', 'kube-apiserver.log'),
-  };
+  const logFile = join(clusterDir, 'logs', 'kube-apiserver.log');
   const stoppedAt = Date.now();
   // Killed like a crashed process (a graceful stop drains watches for a minute); only this PID.
   process.kill(pid, 'SIGKILL');
-  await waitFor('kube-apiserver stopped', () => !isAlive(old), 30_000, 100);
-  const started = startDetached(argv[0]!, argv.slice(1), {
-    logFile: old.logFile,
-    cwd: clusterDir,
-    marker: argv[0]!,
-  });
-  writeFileSync(pidFile, String(started.pid));
+  // Gone or a zombie: only then are its sockets closed (its command line empties earlier).
+  await waitFor('kube-apiserver exited', () => ['gone', 'Z'].includes(processState(pid)), 30_000, 50);
   const core = kubeConfigOf(state).makeApiClient(CoreV1Api);
-  await waitFor(
-    'kube-apiserver serving again',
-    () => core.readNode({ name: HostRunnerNodeName }),
-    60_000,
-    100,
-  );
+  for (let attempt = 1; ; attempt++) {
+    const started = startDetached(argv[0]!, argv.slice(1), { logFile, cwd: clusterDir, marker: argv[0]! });
+    writeFileSync(pidFile, String(started.pid));
+    try {
+      await waitFor(
+        'kube-apiserver serving again',
+        async () => {
+          if (!isAlive(started)) throw new GiveUp(`kube-apiserver exited at start: see ${logFile}`);
+          return core.readNode({ name: HostRunnerNodeName });
+        },
+        60_000,
+        100,
+      );
+      break;
+    } catch (err) {
+      if (!(err instanceof GiveUp) || attempt >= 5) {
+        const tail = readFileSync(logFile, 'utf8').split('\n').slice(-15).join('\n');
+        throw new Error(`${(err as Error).message}\n${tail}`);
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
   return Date.now() - stoppedAt;
+}
+
+/** A process's state letter from /proc (`R`, `S`, `Z`, …), or `gone`. */
+function processState(pid: number): string {
+  try {
+    return /\) (\S) /.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1] ?? 'gone';
+  } catch {
+    return 'gone';
+  }
 }
 
 /** Restarts the host runner (after a kill). */
