@@ -6,11 +6,12 @@ import { createPolicyActivities, type RestoreReport } from '../activities/policy
 import { isKubeError, Kube } from './kube.js';
 import { parseRelaxationRecord, RelaxationAnnotation } from './policy.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
-import { ActivityFailure, ApplicationFailure, ChildWorkflowFailure } from '@temporalio/common';
+import { ApplicationFailure } from '@temporalio/common';
 import { DefaultLogger, Runtime, type LogLevel } from '@temporalio/worker';
 import { WorkflowFailedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { createMigrationActivities } from '../activities/migration.js';
 import { abortSignal, approveSignal } from '../workflows/messages.js';
+import { reasonOf } from './failure-reason.js';
 import { InvalidInputError, parseMigrationInput } from './input.js';
 import {
   followRun,
@@ -341,7 +342,7 @@ temporalOptions(
       process.stdout.write(renderReport(await followRun(c.workflow.getHandle(id), statusPrinter(id))) + '\n');
     } catch (err) {
       if (!(err instanceof WorkflowFailedError)) throw err;
-      process.stdout.write(`run ended: ${failureMessage(err)}\n`);
+      process.stdout.write(`run ended: ${reasonOf(err.cause ?? err)}\n`);
       process.exitCode = 1;
     }
   } else process.stdout.write(renderStatus(await queryStatus(c, flags.namespace), id) + '\n');
@@ -355,18 +356,10 @@ program
     await runDemo();
   });
 
-/** Why a run failed, as the operator needs it: an activity's failure only wraps the reason. */
-function failureMessage(err: WorkflowFailedError): string {
-  let cause: Error | undefined = err.cause;
-  while ((cause instanceof ActivityFailure || cause instanceof ChildWorkflowFailure) && cause.cause)
-    cause = cause.cause;
-  return cause?.message ?? err.message;
-}
-
 program.parseAsync().catch((err: unknown) => {
   const message =
     err instanceof WorkflowFailedError
-      ? `run failed: ${failureMessage(err)}`
+      ? `run failed: ${reasonOf(err.cause ?? err)}`
       : err instanceof Error
         ? err.message
         : String(err);

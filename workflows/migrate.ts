@@ -5,9 +5,7 @@
  */
 import * as wf from '@temporalio/workflow';
 import {
-  ActivityFailure,
   ApplicationFailure,
-  ChildWorkflowFailure,
   defineSearchAttributeKey,
   SearchAttributeType,
   type ActivityOptions,
@@ -21,6 +19,7 @@ import {
   type Gate,
   type MigrationInput,
 } from '../src/input.js';
+import { reasonOf } from '../src/failure-reason.js';
 import { SearchAttribute } from '../src/names.js';
 import type { MigrationPlan } from '../src/plan.js';
 import type { RelaxationRecord, RunRef } from '../src/policy.js';
@@ -68,13 +67,6 @@ function activitiesFor(heartbeatTimeout: string) {
       retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
     }),
   };
-}
-
-/** The operator-facing reason of a failure: the innermost cause, not "Activity task failed". */
-function reasonOf(err: unknown): string {
-  let e: unknown = err;
-  while ((e instanceof ActivityFailure || e instanceof ChildWorkflowFailure) && e.cause) e = e.cause;
-  return e instanceof Error ? e.message : String(e);
 }
 
 const nowIso = () => new Date(Date.now()).toISOString();

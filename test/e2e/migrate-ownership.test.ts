@@ -4,12 +4,9 @@
  * it with `workflow query`, and check the cluster and the files afterwards. Also: a second run
  * on the same namespace is refused, and a dry run changes nothing.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { AppsV1Api, BatchV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInputRaw } from '../../src/input.js';
@@ -21,9 +18,9 @@ import { waitFor } from '../../testbed/process.js';
 import type { MigrationReport, MigrationStatus } from '../../workflows/messages.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { namespaceSnapshot, removeFixtures } from '../support/snapshot.js';
-import { temporalCli } from '../support/temporal.js';
+import { runasMigrate } from '../support/cli.js';
+import { approveWithCli, startMigrationWithCli, temporalCli } from '../support/temporal.js';
 
-const exec = promisify(execFile);
 const kc = kubeConfig();
 const apps = kc.makeApiClient(AppsV1Api);
 const batch = kc.makeApiClient(BatchV1Api);
@@ -31,7 +28,6 @@ const custom = kc.makeApiClient(CustomObjectsApi);
 const namespace = uniqueName('itrs-e2e');
 const workflowId = `runas-migrate-${namespace}`;
 const taskQueue = uniqueName('e2e');
-const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
 let worker: TestWorker;
 
 const input: MigrationInputRaw = {
@@ -43,16 +39,6 @@ const input: MigrationInputRaw = {
   approvals: ['plan', 'relax'],
   job: { ...HostRunnerPlacement },
 };
-
-function runasMigrate(args: string[]) {
-  return exec(process.execPath, [cli, ...args], {
-    env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
-    timeout: 120_000,
-  }).then(
-    (r) => ({ code: 0, ...r }),
-    (e: { code: number; stdout: string; stderr: string }) => e,
-  );
-}
 
 const snapshot = () => namespaceSnapshot(kc, namespace, bed().pvRoot);
 
@@ -107,18 +93,7 @@ describe('migrateOwnership end to end', () => {
     const dir = mkdtempSync(join(tmpdir(), 'run-'));
     writeFileSync(join(dir, 'run.json'), JSON.stringify(input));
 
-    await temporalCli([
-      'workflow',
-      'start',
-      '--type',
-      'migrateOwnership',
-      '--task-queue',
-      taskQueue,
-      '--workflow-id',
-      workflowId,
-      '--input-file',
-      join(dir, 'run.json'),
-    ]);
+    await startMigrationWithCli(taskQueue, workflowId, { inputFile: join(dir, 'run.json') });
     await waitingAt('plan');
 
     const second = await runasMigrate(['start', '--input', JSON.stringify(input), '--task-queue', taskQueue]);
@@ -127,30 +102,12 @@ describe('migrateOwnership end to end', () => {
       `a run is already in progress for namespace ${namespace} (workflow ${workflowId})`,
     );
 
-    await temporalCli([
-      'workflow',
-      'signal',
-      '-w',
-      workflowId,
-      '--name',
-      'approve',
-      '--input',
-      '{"gate":"plan","by":"alice"}',
-    ]);
+    await approveWithCli(workflowId, { gate: 'plan', by: 'alice' });
     await waitingAt('relax');
     const beforeRelax = await status();
     expect(beforeRelax.phase).toBe('scaling-down');
     expect((await apps.readNamespacedStatefulSet({ name: 'timescale', namespace })).spec?.replicas).toBe(0);
-    await temporalCli([
-      'workflow',
-      'signal',
-      '-w',
-      workflowId,
-      '--name',
-      'approve',
-      '--input',
-      '{"gate":"relax","by":"bob"}',
-    ]);
+    await approveWithCli(workflowId, { gate: 'relax', by: 'bob' });
 
     const result = JSON.parse(await temporalCli(['workflow', 'result', '-w', workflowId, '-o', 'json'])) as {
       status: string;

@@ -3,9 +3,6 @@
  * namespace alone is enough: `runas-migrate restore` and the sweeper Schedule put the policies
  * back, and neither touches a relaxation whose run is still alive.
  */
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPolicyActivities } from '../../activities/policy.js';
 import { Kube } from '../../src/kube.js';
@@ -13,13 +10,12 @@ import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/p
 import { sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 import { waitFor } from '../../testbed/process.js';
-import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { runasMigrate } from '../support/cli.js';
 import { policyState } from '../support/policy-state.js';
 
-const exec = promisify(execFile);
 const kc = kubeConfig();
 const guard = createPolicyActivities({ kube: new Kube(kc) });
-const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
 const cleanups: (() => Promise<void>)[] = [];
 const gone: RunRef = {
   workflowId: 'runas-migrate-terminated-long-ago',
@@ -42,16 +38,6 @@ async function relaxedNamespace(
   const before = await policyState(kc, ns);
   await guard.relaxPolicies({ namespace: ns, owner });
   return { ns, before };
-}
-
-function runCli(args: string[]) {
-  return exec(process.execPath, [cli, ...args], {
-    env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
-    timeout: 60_000,
-  }).then(
-    (r) => ({ code: 0, ...r }),
-    (e: { code: number; stdout: string; stderr: string }) => e,
-  );
 }
 
 beforeAll(async () => {
@@ -77,29 +63,29 @@ afterAll(async () => {
 describe('runas-migrate restore', () => {
   it('restores from the annotation alone when the run is gone', async () => {
     const { ns, before } = await relaxedNamespace(gone);
-    const r = await runCli(['restore', '--namespace', ns]);
+    const r = await runasMigrate(['restore', '--namespace', ns]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(
       `${ns}: policies restored and verified (recorded by run ${gone.workflowId}/${gone.runId})`,
     );
     expect(r.stdout).toMatch(/K8sPSPCapabilities\/drop-all: entry-removed/);
     expect(await policyState(kc, ns)).toEqual(before);
-    expect((await runCli(['restore', '--namespace', ns])).stdout).toContain('no relaxation recorded');
+    expect((await runasMigrate(['restore', '--namespace', ns])).stdout).toContain('no relaxation recorded');
   });
 
   it('refuses while the run is alive, unless forced', async () => {
     const { ns, before } = await relaxedNamespace(alive);
-    const refused = await runCli(['restore', '--namespace', ns]);
+    const refused = await runasMigrate(['restore', '--namespace', ns]);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain(`run ${alive.workflowId}/${alive.runId} is still running`);
     expect((await policyState(kc, ns)).annotations[RelaxationAnnotation]).toBeDefined();
 
-    expect((await runCli(['restore', '--namespace', ns, '--force'])).code).toBe(0);
+    expect((await runasMigrate(['restore', '--namespace', ns, '--force'])).code).toBe(0);
     expect(await policyState(kc, ns)).toEqual(before);
   });
 
   it('names an unknown namespace and changes nothing', async () => {
-    const r = await runCli(['restore', '--namespace', 'no-such-namespace']);
+    const r = await runasMigrate(['restore', '--namespace', 'no-such-namespace']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('namespace "no-such-namespace" not found');
   });

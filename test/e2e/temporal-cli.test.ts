@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bed, uniqueName } from '../support/bed.js';
-import { temporalCli } from '../support/temporal.js';
+import { approveWithCli, temporalCli } from '../support/temporal.js';
 
 const taskQueue = uniqueName('probe');
 let worker: Worker;
@@ -55,16 +55,7 @@ describe('temporal CLI against the dev server', () => {
     // The CLI prints an empty list as null (Go's encoding).
     expect(status.queryResult[0].approvals ?? []).toEqual([]);
 
-    await temporalCli([
-      'workflow',
-      'signal',
-      '-w',
-      workflowId,
-      '--name',
-      'approve',
-      '--input',
-      '{"gate":"relax","by":"alice"}',
-    ]);
+    await approveWithCli(workflowId, { gate: 'relax', by: 'alice' });
     const result = await temporalCli(['workflow', 'result', '-w', workflowId, '-o', 'json']);
     expect(JSON.parse(result)).toMatchObject({ status: 'COMPLETED', result: 'approved relax by alice' });
 

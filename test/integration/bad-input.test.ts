@@ -5,12 +5,9 @@
  * names the field or object and the fix, and leave the namespace exactly as it was (labels,
  * annotations, constraints, StatefulSets, claims, Jobs and the owner of every file).
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import {
   AppsV1Api,
   CoreV1Api,
@@ -30,15 +27,14 @@ import { waitFor } from '../../testbed/process.js';
 import type { MigrationReport, MigrationStatus } from '../../workflows/messages.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
-import { temporalCli } from '../support/temporal.js';
+import { outcome, runasMigrate as runasMigrateAt, type Outcome } from '../support/cli.js';
+import { approveWithCli, startMigrationWithCli, temporalCli } from '../support/temporal.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 
-const exec = promisify(execFile);
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const apps = kc.makeApiClient(AppsV1Api);
 const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
-const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
 
 /** Shared by every case that cannot change anything. */
 const namespace = uniqueName('badin');
@@ -57,32 +53,9 @@ let worker: TestWorker;
 /** Changes nothing even when a case is wrongly accepted: a dry run with no gate to wait at. */
 const valid: MigrationInputRaw = { namespace, uid: 5000, gid: 5000, approvals: [], dryRun: true };
 
-interface Outcome {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-const outcome = (p: Promise<{ stdout: string; stderr: string }>): Promise<Outcome> =>
-  p.then(
-    (r) => ({ code: 0, ...r }),
-    (e: Outcome) => ({ code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }),
-  );
-
 /** `runas-migrate …` as the operator types it, against the test bed. */
-function runasMigrate(args: string[], kubeconfig = bed().kubeconfig): Promise<Outcome> {
-  return outcome(
-    exec(process.execPath, [cli, ...args], {
-      env: {
-        ...process.env,
-        KUBECONFIG: kubeconfig,
-        TEMPORAL_ADDRESS: bed().temporal.address,
-        TEMPORAL_UI: '',
-      },
-      timeout: 120_000,
-    }),
-  );
-}
+const runasMigrate = (args: string[], kubeconfig = bed().kubeconfig): Promise<Outcome> =>
+  runasMigrateAt(args, { KUBECONFIG: kubeconfig, TEMPORAL_UI: '' });
 
 /** `temporal …` against the test bed, without throwing on a non-zero exit. */
 const temporal = (args: string[]): Promise<Outcome> =>
@@ -126,17 +99,7 @@ async function runEnd(workflowId: string): Promise<RunEnd> {
 /** Starts `migrateOwnership` straight through the `temporal` CLI (no input when undefined) and waits for its end. */
 async function throughTemporal(input: unknown): Promise<RunEnd> {
   const workflowId = uniqueName('badinput-run');
-  await temporalCli([
-    'workflow',
-    'start',
-    '--type',
-    'migrateOwnership',
-    '--task-queue',
-    taskQueue,
-    '--workflow-id',
-    workflowId,
-    ...(input === undefined ? [] : ['--input', JSON.stringify(input)]),
-  ]);
+  await startMigrationWithCli(taskQueue, workflowId, input === undefined ? {} : { input });
   return runEnd(workflowId);
 }
 
@@ -590,18 +553,7 @@ describe('policies in unusual states', () => {
       job: { ...HostRunnerPlacement },
     };
     const workflowId = `runas-migrate-${unlabelled}`;
-    await temporalCli([
-      'workflow',
-      'start',
-      '--type',
-      'migrateOwnership',
-      '--task-queue',
-      taskQueue,
-      '--workflow-id',
-      workflowId,
-      '--input',
-      JSON.stringify(input),
-    ]);
+    await startMigrationWithCli(taskQueue, workflowId, { input });
     const end = await runEnd(workflowId);
     expect(end).toMatchObject({ status: 'COMPLETED', messages: [] });
     expect((await status(unlabelled)).policies.lastRestore?.podSecurity).toBeDefined();
@@ -684,18 +636,7 @@ describe('steering a run the wrong way', () => {
     expect(r.stderr).toContain(
       `the run of ${namespace} has no gate "relax": its gates are plan: approve one of those`,
     );
-    await unchanged(() =>
-      temporalCli([
-        'workflow',
-        'signal',
-        '-w',
-        workflowId,
-        '--name',
-        'approve',
-        '--input',
-        '{"gate":"deploy","by":"alice"}',
-      ]),
-    );
+    await unchanged(() => approveWithCli(workflowId, { gate: 'deploy', by: 'alice' }));
     await waitFor(
       'refusal recorded',
       async () => (await status()).rejectedSignals.some((s) => s.includes('"deploy"')),
@@ -720,18 +661,7 @@ describe('steering a run the wrong way', () => {
     expect(again.stderr).toMatch(
       new RegExp(`gate "plan" of ${namespace} was already approved by alice at \\d{4}-`),
     );
-    await unchanged(() =>
-      temporalCli([
-        'workflow',
-        'signal',
-        '-w',
-        workflowId,
-        '--name',
-        'approve',
-        '--input',
-        '{"gate":"plan","by":"bob"}',
-      ]),
-    );
+    await unchanged(() => approveWithCli(workflowId, { gate: 'plan', by: 'bob' }));
     await waitFor(
       'second approval refused',
       async () => (await status()).rejectedSignals.includes('approve for gate "plan": already approved'),

@@ -16,3 +16,40 @@ export async function temporalCli(args: readonly string[]): Promise<string> {
   });
   return stdout;
 }
+
+/**
+ * `temporal workflow start --type migrateOwnership`, the input given inline (`input`), from a
+ * file (`inputFile`), or not at all.
+ */
+export function startMigrationWithCli(
+  taskQueue: string,
+  workflowId: string,
+  input: { input?: unknown; inputFile?: string } = {},
+): Promise<string> {
+  return temporalCli([
+    'workflow',
+    'start',
+    '--type',
+    'migrateOwnership',
+    '--task-queue',
+    taskQueue,
+    '--workflow-id',
+    workflowId,
+    ...('input' in input ? ['--input', JSON.stringify(input.input)] : []),
+    ...(input.inputFile ? ['--input-file', input.inputFile] : []),
+  ]);
+}
+
+/** `temporal workflow signal --name approve` with the given payload. */
+export function approveWithCli(workflowId: string, approval: { gate: string; by?: string }): Promise<string> {
+  return temporalCli([
+    'workflow',
+    'signal',
+    '-w',
+    workflowId,
+    '--name',
+    'approve',
+    '--input',
+    JSON.stringify(approval),
+  ]);
+}
