@@ -12,11 +12,13 @@ import {
   type V1PodSecurityContext,
   type V1StatefulSet,
 } from '@kubernetes/client-node';
-import { isKubeError, KubeFailureType, type Kube } from '../src/kube.js';
+import { isKubeError, KubeFailureType, type Kube, type KubeError } from '../src/kube.js';
 import type { MigrationInput } from '../src/input.js';
 import {
   buildOwnershipJob,
+  jobOwnership,
   JobLabel,
+  judgeJob,
   ManagedBy,
   parseJobSummary,
   type JobSummary,
@@ -34,7 +36,15 @@ import {
 } from '../src/plan.js';
 import { GatekeeperConstraintGroup, type RunRef } from '../src/policy.js';
 import { profileOf } from '../src/profiles.js';
-import { heartbeat, typed } from './failures.js';
+import {
+  deadlineOf,
+  heartbeat,
+  pause,
+  throwIfCancelled,
+  typed,
+  unlessCancelled,
+  type WaitLimit,
+} from './failures.js';
 import { createPolicyActivities, type JobRef } from './policy.js';
 
 /** Failure types raised by the migration activities. */
@@ -43,6 +53,10 @@ export const MigrationFailureType = {
   SecurityContextNotApplied: 'SecurityContextNotApplied',
   HelmFailed: 'HelmFailed',
   Timeout: 'WaitTimedOut',
+  /** A Job of the same name belongs to runas-migrate but to another run or other IDs, and still runs. */
+  JobOfAnotherRun: 'JobOfAnotherRun',
+  /** A Job of the same name that runas-migrate did not create. */
+  JobNameTaken: 'JobNameTaken',
 } as const;
 
 /** Dependencies of the migration activities. */
@@ -79,8 +93,53 @@ export interface JobOutcome {
   message: string;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
+
+/** How long deleting Jobs may take when the caller gives no limit (compensations). */
+const DefaultJobDeletionSeconds = 600;
+
+/** The template patch that sets (or, with null, removes) the pod-level IDs. */
+const podIdsPatch = (ids: PodIds) => ({ spec: { template: { spec: { securityContext: { ...ids } } } } });
+
+/** Where in the input a field of a refused ownership Job comes from. */
+const JobInputFields: [RegExp, string][] = [
+  [/(^|\.)labels(\[|\.|$)/, 'job.podLabels'],
+  [/(^|\.)annotations(\[|\.|$)/, 'job.podAnnotations'],
+  [/\.nodeSelector(\[|\.|$)/, 'job.nodeSelector'],
+  [/\.tolerations(\[|\.|$)/, 'job.tolerations'],
+  [/\.resources(\[|\.|$)/, 'job.resources'],
+  [/\.containers\[0\]\.image$/, 'job.image'],
+  [/activeDeadlineSeconds$/, 'job.timeout'],
+];
+
+/** One line per field of a refused dry run: the input field when known, else the object's. */
+function refusals(err: KubeError, fallback: string): string[] {
+  const causes = err.causes.length ? err.causes : [{ field: undefined, message: err.reason }];
+  return causes.map((c) => {
+    const input =
+      (c.field && JobInputFields.find(([re]) => re.test(c.field!))?.[1]) ??
+      (/quantit/i.test(c.message) ? 'job.resources' : undefined);
+    return input ? `${input}: ${c.message}` : `${fallback}: ${c.field ? `${c.field}: ` : ''}${c.message}`;
+  });
+}
+
+const isRefusal = (err: unknown): err is KubeError =>
+  isKubeError(err, KubeFailureType.Invalid) || isKubeError(err, KubeFailureType.BadRequest);
+
+/** The Complete or Failed condition of a finished Job. */
+const finishedCondition = (job: V1Job) =>
+  job.status?.conditions?.find((c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True');
+
+/** Selector of a Job's pods: its own selector (the controller's uid label), else its name. */
+const podSelectorOf = (job: V1Job) =>
+  Object.entries(job.spec?.selector?.matchLabels ?? {})
+    .map(([k, v]) => `${k}=${v}`)
+    .join(',') || `job-name=${job.metadata?.name}`;
+
+const describeOwner = (job: V1Job) => {
+  const o = jobOwnership(job);
+  return `run ${o.runId ?? 'unknown'} (workflow ${o.workflowId ?? 'unknown'}) to ${o.uid ?? '?'}:${o.gid ?? '?'}`;
+};
 
 function getPath(obj: unknown, path: string): unknown {
   return path
@@ -104,20 +163,99 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
   const pollMs = deps.pollMs ?? 500;
   const policy = createPolicyActivities({ kube, log });
 
-  async function poll<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
+  /**
+   * Polls `check` until it answers or `limit` passes, heartbeating. A cancellation (delivered by
+   * a heartbeat) ends the wait at once with the activity's `CancelledFailure`, mid-sleep or
+   * mid-call. Past an absolute deadline a retry cannot help: that timeout is non-retryable.
+   */
+  async function poll<T>(
+    what: string,
+    limit: Partial<WaitLimit>,
+    check: () => Promise<T | undefined>,
+    defaultSeconds?: number,
+  ): Promise<T> {
+    const until = deadlineOf(limit, defaultSeconds);
     for (;;) {
-      const v = await check();
+      throwIfCancelled();
+      const v = await unlessCancelled(check());
       if (v !== undefined) return v;
-      if (Date.now() > deadline)
-        throw ApplicationFailure.retryable(`timed out waiting for ${what}`, MigrationFailureType.Timeout);
+      if (Date.now() >= until) {
+        throw ApplicationFailure.create({
+          type: MigrationFailureType.Timeout,
+          message: `timed out waiting for ${what}${limit.deadline !== undefined ? ` (deadline ${limit.deadline})` : ''}`,
+          nonRetryable: limit.deadline !== undefined,
+        });
+      }
       heartbeat({ waitingFor: what });
-      await sleep(pollMs);
+      await pause(Math.max(1, Math.min(pollMs, until - Date.now())));
     }
   }
 
   /**
-   * Discovers what the input names and plans the run; changes nothing.
+   * Validates the run's writes with the API server itself, before anything changes: a server-side
+   * dry run of the template patch (apply "patch") and of every ownership Job exactly as
+   * {@link createOwnershipJobs} will create it. A refused field becomes a preflight problem.
+   */
+  async function dryRunWrites(
+    inp: MigrationInput,
+    owner: RunRef,
+    databases: DatabasePlan[],
+  ): Promise<string[]> {
+    const problems = new Set<string>();
+    if (inp.securityContext.apply === 'patch') {
+      const ids = {
+        runAsUser: inp.uid,
+        runAsGroup: inp.gid,
+        fsGroup: inp.gid,
+        supplementalGroups: inp.supplementalGroups,
+      };
+      for (const db of databases) {
+        const patch = podIdsPatch(ids);
+        try {
+          await kube.patchStatefulSet(inp.namespace, db.statefulSet, patch, PatchStrategy.MergePatch, {
+            dryRun: true,
+          });
+        } catch (err) {
+          if (!isRefusal(err)) throw err;
+          const causes = err.causes.length ? err.causes : [{ field: undefined, message: err.reason }];
+          for (const c of causes)
+            problems.add(
+              `securityContext: StatefulSet ${db.statefulSet} would be refused with the target IDs: ${c.field ? `${c.field}: ` : ''}${c.message}: choose IDs the cluster admits, or use securityContext.apply "external"`,
+            );
+        }
+      }
+    }
+    for (const db of databases) {
+      for (const target of db.jobs) {
+        const job = buildOwnershipJob(inp, target, owner);
+        const name = job.metadata!.name!;
+        try {
+          try {
+            await kube.createJob(inp.namespace, job, { dryRun: true });
+          } catch (err) {
+            if (!isKubeError(err, KubeFailureType.Conflict)) throw err;
+            // A Job of that name exists (createOwnershipJobs deals with it): validate under another name.
+            const { name: _taken, ...metadata } = job.metadata!;
+            await kube.createJob(
+              inp.namespace,
+              { ...job, metadata: { ...metadata, generateName: `${name}-` } },
+              { dryRun: true },
+            );
+          }
+        } catch (err) {
+          if (!isRefusal(err)) throw err;
+          for (const r of refusals(err, `ownership Job ${name}`)) problems.add(`${r}: fix the input`);
+        }
+      }
+    }
+    return [...problems];
+  }
+
+  /**
+   * Discovers what the input names and plans the run; changes nothing. Everything that can be
+   * checked before the window is: the target IDs against the policies, and the run's writes
+   * (template patch, ownership Jobs) by a server-side dry run, so a bad `job.*` field stops the
+   * run before any change rather than after the scale-down.
    *
    * @throws `PlanningFailed` (non-retryable) when the cluster does not hold what the input names.
    */
@@ -203,6 +341,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
         }
         platform = { ...p, status };
       }
+      const refused = await dryRunWrites(inp, input.owner, databases);
       return {
         namespace: inp.namespace,
         uid: inp.uid,
@@ -211,7 +350,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
         databases,
         platform,
         policies,
-        preflight: preflight(inp, policies, allowedUsers, databases, runAsNonRoot),
+        preflight: [...preflight(inp, policies, allowedUsers, databases, runAsNonRoot), ...refused],
       };
     });
   }
@@ -237,7 +376,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
       await kube.patchStatefulSet(
         input.namespace,
         input.statefulSet,
-        { spec: { template: { spec: { securityContext: { ...input.ids } } } } },
+        podIdsPatch(input.ids),
         PatchStrategy.MergePatch,
       );
       log(`StatefulSet ${input.statefulSet}: securityContext set to ${JSON.stringify(input.ids)}`);
@@ -303,12 +442,9 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
   }
 
   /** Scales a StatefulSet to 0 (recording its replicas on it) and waits until its pods are gone. */
-  async function scaleDown(input: {
-    namespace: string;
-    statefulSet: string;
-    replicas: number;
-    timeoutSeconds: number;
-  }): Promise<void> {
+  async function scaleDown(
+    input: { namespace: string; statefulSet: string; replicas: number } & WaitLimit,
+  ): Promise<void> {
     return typed(async () => {
       const sts = await kube.patchStatefulSet(
         input.namespace,
@@ -320,7 +456,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
         PatchStrategy.MergePatch,
       );
       const selector = selectorOf(sts);
-      await poll(`pods of ${input.statefulSet} gone`, input.timeoutSeconds * 1000, async () =>
+      await poll(`pods of ${input.statefulSet} gone`, input, async () =>
         (await kube.listPods(input.namespace, selector)).length === 0 ? true : undefined,
       );
       log(`StatefulSet ${input.statefulSet} scaled to 0; its pods are gone`);
@@ -328,12 +464,9 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
   }
 
   /** Scales a StatefulSet back and waits until every replica is Ready. */
-  async function scaleUp(input: {
-    namespace: string;
-    statefulSet: string;
-    replicas: number;
-    timeoutSeconds: number;
-  }): Promise<void> {
+  async function scaleUp(
+    input: { namespace: string; statefulSet: string; replicas: number } & WaitLimit,
+  ): Promise<void> {
     return typed(async () => {
       await kube.patchStatefulSet(
         input.namespace,
@@ -344,30 +477,24 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
         },
         PatchStrategy.MergePatch,
       );
-      await poll(
-        `${input.replicas} ready replicas of ${input.statefulSet}`,
-        input.timeoutSeconds * 1000,
-        async () => {
-          const s = await kube.readStatefulSet(input.namespace, input.statefulSet);
-          const ready = s.status?.readyReplicas ?? 0;
-          const current = s.status?.updatedReplicas ?? ready;
-          return ready === input.replicas && current === input.replicas ? true : undefined;
-        },
-      );
+      await poll(`${input.replicas} ready replicas of ${input.statefulSet}`, input, async () => {
+        const s = await kube.readStatefulSet(input.namespace, input.statefulSet);
+        const ready = s.status?.readyReplicas ?? 0;
+        const current = s.status?.updatedReplicas ?? ready;
+        return ready === input.replicas && current === input.replicas ? true : undefined;
+      });
       log(`StatefulSet ${input.statefulSet} back at ${input.replicas} ready replicas`);
     });
   }
 
   /** Waits for the platform resource's status to say ready. */
-  async function waitForPlatform(input: {
-    namespace: string;
-    platform: PlatformPlan;
-    timeoutSeconds: number;
-  }): Promise<string> {
+  async function waitForPlatform(
+    input: { namespace: string; platform: PlatformPlan } & WaitLimit,
+  ): Promise<string> {
     return typed(() =>
       poll(
         `${input.platform.plural}/${input.platform.name} ${input.platform.statusPath}=${input.platform.ready}`,
-        input.timeoutSeconds * 1000,
+        input,
         async () => {
           const obj = await kube.readNamespacedObject<unknown>(
             input.platform,
@@ -381,49 +508,89 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
     );
   }
 
+  /** Whether a Job (by uid) and every pod it started are gone. */
+  async function jobAndPodsGone(namespace: string, job: V1Job): Promise<boolean> {
+    const name = job.metadata!.name!;
+    try {
+      if ((await kube.readJob(namespace, name)).metadata?.uid === job.metadata!.uid) return false;
+    } catch (err) {
+      if (!isKubeError(err, KubeFailureType.NotFound)) throw err;
+    }
+    return (await kube.listPods(namespace, podSelectorOf(job))).length === 0;
+  }
+
+  /** Deletes a Job in the foreground (only that one, by uid), unless it is already being deleted. */
+  async function deleteInForeground(namespace: string, job: V1Job): Promise<void> {
+    if (job.metadata?.deletionTimestamp) return;
+    try {
+      await kube.deleteJob(namespace, job.metadata!.name!, { uid: job.metadata!.uid! });
+    } catch (err) {
+      // Gone already, or replaced by a newer Job of the same name: this one is gone either way.
+      if (!isKubeError(err, KubeFailureType.NotFound) && !isKubeError(err, KubeFailureType.Conflict))
+        throw err;
+    }
+  }
+
   /**
-   * Creates the ownership Jobs. Idempotent: a Job of the same name that runas-migrate created and
-   * that has not failed is adopted; a failed one is deleted and created again.
+   * Creates the ownership Jobs for `owner`. Idempotent for the same run: its own Job for the same
+   * IDs is adopted (a retried step), unless it failed (the run's next attempt), which is deleted
+   * and created again. A finished Job of another run, or for other IDs, is deleted (its pods
+   * gone first) and never counted as this run's work.
+   *
+   * @throws `JobOfAnotherRun` (non-retryable) when such a Job still runs, naming it, its run and
+   * IDs; `JobNameTaken` (non-retryable) when a Job of that name is not runas-migrate's.
    */
-  async function createOwnershipJobs(input: {
-    run: Pick<MigrationInput, 'namespace' | 'uid' | 'gid' | 'job'>;
-    targets: JobTarget[];
-  }): Promise<JobRef[]> {
+  async function createOwnershipJobs(
+    input: {
+      run: Pick<MigrationInput, 'namespace' | 'uid' | 'gid' | 'job'>;
+      targets: JobTarget[];
+      owner: RunRef;
+    } & Partial<WaitLimit>,
+  ): Promise<JobRef[]> {
     return typed(async () => {
+      const { namespace } = input.run;
       const refs: JobRef[] = [];
       for (const target of input.targets) {
-        const job = buildOwnershipJob(input.run, target);
+        const job = buildOwnershipJob(input.run, target, input.owner);
         const name = job.metadata!.name!;
         let existing: V1Job | undefined;
         try {
-          existing = await kube.readJob(input.run.namespace, name);
+          existing = await kube.readJob(namespace, name);
         } catch (err) {
           if (!isKubeError(err, KubeFailureType.NotFound)) throw err;
         }
-        if (existing && existing.metadata?.labels?.[JobLabel.ManagedBy] !== ManagedBy) {
-          throw ApplicationFailure.nonRetryable(
-            `Job ${name} exists and was not created by runas-migrate: delete or rename it`,
-            'JobNameTaken',
-          );
-        }
-        const failed = existing?.status?.conditions?.some((c) => c.type === 'Failed' && c.status === 'True');
-        if (existing && !failed && !existing.metadata?.deletionTimestamp) {
-          refs.push({ name, uid: existing.metadata!.uid! });
-          continue;
-        }
         if (existing) {
-          await kube.deleteJob(input.run.namespace, name);
-          await poll(`old Job ${name} deleted`, 60_000, async () => {
-            try {
-              await kube.readJob(input.run.namespace, name);
-              return undefined;
-            } catch (err) {
-              if (isKubeError(err, KubeFailureType.NotFound)) return true;
-              throw err;
-            }
-          });
+          if (existing.metadata?.labels?.[JobLabel.ManagedBy] !== ManagedBy) {
+            throw ApplicationFailure.nonRetryable(
+              `Job ${name} exists and was not created by runas-migrate: delete or rename it`,
+              MigrationFailureType.JobNameTaken,
+            );
+          }
+          const o = jobOwnership(existing);
+          const ours = o.runId === input.owner.runId && o.uid === input.run.uid && o.gid === input.run.gid;
+          const finished = finishedCondition(existing);
+          const deleting = existing.metadata?.deletionTimestamp !== undefined;
+          if (ours && finished?.type !== 'Failed' && !deleting) {
+            refs.push({ name, uid: existing.metadata.uid! });
+            log(`adopted this run's Job ${name}`);
+            continue;
+          }
+          if (!ours && !finished && !deleting) {
+            throw ApplicationFailure.nonRetryable(
+              `Job ${namespace}/${name} of ${describeOwner(existing)} is still running: wait for it to finish or delete it (kubectl delete job -n ${namespace} ${name} --cascade=foreground), then run again`,
+              MigrationFailureType.JobOfAnotherRun,
+            );
+          }
+          await deleteInForeground(namespace, existing);
+          await poll(
+            `Job ${name} of ${describeOwner(existing)} and its pods gone`,
+            input,
+            async () => ((await jobAndPodsGone(namespace, existing)) ? true : undefined),
+            DefaultJobDeletionSeconds,
+          );
+          log(`deleted the ${finished ? 'finished ' : ''}Job ${name} of ${describeOwner(existing)}`);
         }
-        const created = await kube.createJob(input.run.namespace, job);
+        const created = await kube.createJob(namespace, job);
         refs.push({ name, uid: created.metadata!.uid! });
         log(`created Job ${name}`);
       }
@@ -431,37 +598,43 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
     });
   }
 
-  /** Waits until every Job completed or failed; returns each outcome with the Job's summary. */
-  async function waitForJobs(input: {
-    namespace: string;
-    jobs: JobRef[];
-    timeoutSeconds: number;
-  }): Promise<JobOutcome[]> {
+  /**
+   * Waits until every Job completed or failed; returns each outcome with the Job's summary. A Job
+   * succeeded only when it completed and its summary proves uid:gid (no summary, no success).
+   */
+  async function waitForJobs(
+    input: { namespace: string; jobs: JobRef[]; uid: number; gid: number } & WaitLimit,
+  ): Promise<JobOutcome[]> {
     return typed(async () => {
       const outcomes = new Map<string, JobOutcome>();
-      await poll('ownership Jobs to finish', input.timeoutSeconds * 1000, async () => {
+      await poll('ownership Jobs to finish', input, async () => {
         for (const ref of input.jobs) {
           if (outcomes.has(ref.name)) continue;
-          const job = await kube.readJob(input.namespace, ref.name);
-          const done = job.status?.conditions?.find(
-            (c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True',
-          );
+          let job: V1Job | undefined;
+          try {
+            job = await kube.readJob(input.namespace, ref.name);
+          } catch (err) {
+            if (!isKubeError(err, KubeFailureType.NotFound)) throw err;
+          }
+          if (job?.metadata?.uid !== ref.uid) {
+            outcomes.set(ref.name, {
+              name: ref.name,
+              succeeded: false,
+              summary: null,
+              message: job ? 'replaced by another Job of the same name' : 'deleted before it finished',
+            });
+            continue;
+          }
+          const done = finishedCondition(job);
           if (!done) continue;
           const pods = await kube.listPods(input.namespace, `job-name=${ref.name}`);
           const terminated = pods
             .filter((p) => p.metadata?.ownerReferences?.some((o) => o.uid === ref.uid))
             .map((p) => p.status?.containerStatuses?.[0]?.state?.terminated)
             .find((t) => t !== undefined);
-          const summary = parseJobSummary(terminated?.message) ?? null;
-          outcomes.set(ref.name, {
-            name: ref.name,
-            succeeded: done.type === 'Complete' && (summary?.ok ?? true),
-            summary,
-            message:
-              done.type === 'Complete'
-                ? 'completed'
-                : `${done.reason ?? 'failed'}: ${done.message ?? ''} ${terminated ? `(exit ${terminated.exitCode})` : ''}`.trim(),
-          });
+          const summary = parseJobSummary(terminated?.message);
+          const verdict = judgeJob(done, summary, terminated?.exitCode, input);
+          outcomes.set(ref.name, { name: ref.name, summary: summary ?? null, ...verdict });
         }
         heartbeat({ finished: outcomes.size, of: input.jobs.length });
         return outcomes.size === input.jobs.length ? true : undefined;
@@ -470,22 +643,38 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
     });
   }
 
-  /** Deletes the ownership Jobs of the namespace (all runas-migrate Jobs, or the named ones). */
-  async function deleteOwnershipJobs(input: { namespace: string; names?: string[] }): Promise<string[]> {
+  /**
+   * Deletes ownership Jobs in the foreground and waits until each Job and every pod it started
+   * are gone, so no chown runs on when this returns. All runas-migrate Jobs of the namespace by
+   * default (the compensations); only `owner`'s, or only the named ones, when given.
+   *
+   * @returns the names of the Jobs deleted.
+   */
+  async function deleteOwnershipJobs(
+    input: { namespace: string; owner?: RunRef; names?: string[] } & Partial<WaitLimit>,
+  ): Promise<string[]> {
     return typed(async () => {
-      const jobs = await kube.listJobs(input.namespace, `${JobLabel.ManagedBy}=${ManagedBy}`);
-      const doomed = jobs
-        .map((j) => j.metadata!.name!)
-        .filter((n) => !input.names || input.names.includes(n));
-      for (const name of doomed) {
-        try {
-          await kube.deleteJob(input.namespace, name);
-        } catch (err) {
-          if (!isKubeError(err, KubeFailureType.NotFound)) throw err;
-        }
+      const selector = `${JobLabel.ManagedBy}=${ManagedBy}${input.owner ? `,${JobLabel.Run}=${input.owner.runId}` : ''}`;
+      const doomed = (await kube.listJobs(input.namespace, selector)).filter(
+        (j) => !input.names || input.names.includes(j.metadata!.name!),
+      );
+      for (const job of doomed) await deleteInForeground(input.namespace, job);
+      const left = new Set(doomed);
+      if (left.size) {
+        await poll(
+          `${left.size} ownership Jobs and their pods gone`,
+          input,
+          async () => {
+            for (const job of [...left]) if (await jobAndPodsGone(input.namespace, job)) left.delete(job);
+            heartbeat({ deleting: [...left].map((j) => j.metadata!.name!) });
+            return left.size === 0 ? true : undefined;
+          },
+          DefaultJobDeletionSeconds,
+        );
       }
-      if (doomed.length) log(`deleted Jobs ${doomed.join(', ')}`);
-      return doomed;
+      const names = doomed.map((j) => j.metadata!.name!);
+      if (names.length) log(`deleted Jobs ${names.join(', ')}; their pods are gone`);
+      return names;
     });
   }
 

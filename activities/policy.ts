@@ -2,10 +2,17 @@
  * The policy guard's activities: snapshot, relax, restore (exact, idempotent, never removing
  * what others added), the admission-window wait, and the sweeper's search for relaxations.
  * Every side effect goes through the injected {@link Kube}.
+ *
+ * A relaxation is recorded with authority in a ConfigMap of the worker's own namespace before
+ * it is applied (src/records.ts); a restore follows the run's own copy or that record, never
+ * the namespace annotation, which anyone allowed to patch the namespace can write. An
+ * annotation that is missing, changed or unbacked is an alarm: in the report and as a Warning
+ * Event on the Namespace.
  */
+import { createHash } from 'node:crypto';
 import { ApplicationFailure } from '@temporalio/common';
-import { PatchStrategy, type V1Namespace } from '@kubernetes/client-node';
-import { isKubeError, KubeFailureType, type Kube } from '../src/kube.js';
+import { PatchStrategy, type V1ConfigMap, type V1Namespace } from '@kubernetes/client-node';
+import { isKubeError, KubeFailureType, type CustomResourceKind, type Kube } from '../src/kube.js';
 import {
   assessConstraint,
   constraintView,
@@ -16,12 +23,16 @@ import {
   includeNamespaceOps,
   parseConstraint,
   parseRelaxationRecord,
+  parseRunCopy,
   planRelaxation,
   PodSecurityLabel,
   podSecurityLabelsOf,
   RelaxationAnnotation,
+  RelaxationRecordError,
+  RelaxationRecordVersion,
   relaxNamespacePatch,
   restorePodSecurityPatch,
+  sameRecord,
   type ConstraintRef,
   type JsonPatchOp,
   type PolicySnapshot,
@@ -29,7 +40,29 @@ import {
   type RelaxedPodSecurityLevel,
   type RunRef,
 } from '../src/policy.js';
-import { heartbeat, PolicyFailureType, typed } from './failures.js';
+import {
+  parseRecordConfigMap,
+  RecordAlarm,
+  recordConfigMap,
+  recordConfigMapName,
+  RecordLabel,
+  RecordSelector,
+  RecordsNamespaceEnv,
+  recordsNamespaceOf,
+  targetOfConfigMap,
+  type ProtectedRecord,
+} from '../src/records.js';
+import {
+  activityContext,
+  deadlineOf,
+  heartbeat,
+  pause,
+  PolicyFailureType,
+  throwIfCancelled,
+  typed,
+  unlessCancelled,
+  type WaitLimit,
+} from './failures.js';
 
 /** Dependencies of the policy activities. */
 export interface PolicyActivityDeps {
@@ -40,6 +73,16 @@ export interface PolicyActivityDeps {
   constraintGroup?: string;
   /** Pause between polls while waiting for pods. @default 200 */
   pollMs?: number;
+  /**
+   * Namespace of the protected records: the worker's own, which tenants cannot write.
+   * @default $RUNAS_MIGRATE_RECORDS_NAMESPACE, else "runas-migrate"
+   */
+  recordsNamespace?: string;
+  /**
+   * Temporal namespace written into records when called outside an activity (an activity
+   * knows its own). @default $TEMPORAL_NAMESPACE, else "default"
+   */
+  temporalNamespace?: string;
 }
 
 /** Input of {@link snapshotPolicies} and {@link relaxPolicies}. */
@@ -68,23 +111,42 @@ export interface RestoreInput {
   namespace: string;
   /** Restore only a relaxation recorded by this run. */
   owner?: RunRef;
-  /** The run's own copy of the record, used when the namespace itself is gone. */
+  /**
+   * The run's own copy of the record: whenever given, the authority (the protected record
+   * replaces it only when it records a later relaxation of the same run).
+   */
   record?: RelaxationRecord;
 }
 
 /** What happened to one constraint on restore. */
-export type ConstraintRestore = 'entry-removed' | 'list-removed' | 'already-restored' | 'constraint-deleted';
+export type ConstraintRestore =
+  | 'entry-removed'
+  | 'list-removed'
+  | 'already-restored'
+  | 'constraint-deleted'
+  /** Its kind is no longer served by the constraint group (its template was removed). */
+  | 'kind-not-served';
 
 /** What {@link restorePolicies} did. */
 export interface RestoreReport {
   namespace: string;
-  /** False when no relaxation was recorded (nothing to do, or already restored). */
+  /** False when there was nothing to restore (none recorded, already restored, or refused). */
   restored: boolean;
   owner: RunRef | null;
+  /** The record the restore followed. */
+  source: 'run-copy' | 'protected-record' | null;
   podSecurity: 'restored' | 'unchanged' | 'already-restored' | 'kept-foreign-change';
   constraints: { constraint: string; result: ConstraintRestore }[];
   /** Changes made by others during the window, kept as they are. */
   keptForeignChanges: string[];
+  /**
+   * Tampering found: the annotation missing, changed or not backed by a protected record, the
+   * protected record missing, corrupt or different from the run's copy. Each restore that
+   * finds any also raises a Warning Event `RelaxationRecordTampered` on the Namespace.
+   */
+  alarms: string[];
+  /** Why nothing was restored although the namespace shows a relaxation; null otherwise. */
+  refused: string | null;
   restoredAt: string;
   apiCalls: number;
 }
@@ -97,25 +159,35 @@ export interface JobRef {
 
 /** Evidence that the Jobs' pods passed admission (or were refused). */
 export interface AdmissionEvidence {
-  admitted: { job: string; pod: string; createdAt: string }[];
+  /**
+   * Each Job's pod, and the node it is bound to (null while unscheduled: such a pod has not run
+   * and, deleted now, never will).
+   */
+  admitted: { job: string; pod: string; createdAt: string; node?: string | null }[];
   refused: { job: string; message: string }[];
   timedOut: boolean;
 }
 
-/** A namespace that carries a relaxation record. */
+/** A namespace with a relaxation recorded (protected record) or shown (annotation). */
 export interface RecordedRelaxation {
   namespace: string;
+  /** The owner run from the protected record; null when there is none that can be used. */
   owner: RunRef | null;
-  /** Why the record could not be read, when it could not. */
-  error?: string;
+  /** Temporal namespace of the owner run; null with `owner`. */
+  temporalNamespace: string | null;
+  /** Why nothing may be done from what was found (then `owner` is null). */
+  refused?: string;
 }
 
-const refName = (r: ConstraintRef) => `${r.kind}/${r.name}`;
+const refName = (r: Pick<ConstraintRef, 'kind' | 'name'>) => `${r.kind}/${r.name}`;
 const sameRun = (a: RunRef, b: RunRef) => a.workflowId === b.workflowId && a.runId === b.runId;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Guarded patches of one constraint in one activity attempt before backing off to Temporal's retry. */
 const ConstraintPatchAttempts = 20;
 const labelsOf = (ns: V1Namespace) => ns.metadata?.labels ?? {};
+const runName = (r: RunRef) => `${r.workflowId}/${r.runId}`;
+/** How much of a tampered annotation an alarm quotes. */
+const QuotedAnnotationChars = 200;
 
 interface ConstraintLike {
   metadata: { resourceVersion: string; annotations?: Record<string, string> };
@@ -128,6 +200,17 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
   const log = deps.log ?? (() => undefined);
   const group = deps.constraintGroup ?? GatekeeperConstraintGroup;
   const pollMs = deps.pollMs ?? 200;
+  const recordsNamespace = recordsNamespaceOf(deps.recordsNamespace);
+  const temporalNamespace = () =>
+    activityContext()?.info.namespace ??
+    deps.temporalNamespace ??
+    process.env.TEMPORAL_NAMESPACE ??
+    'default';
+  const expectation = (namespace: string) => ({ namespace, constraintGroup: group });
+  const protectedName = (namespace: string) => `${recordsNamespace}/${recordConfigMapName(namespace)}`;
+  const unbacked = (namespace: string) =>
+    `namespace ${namespace} carries the ${RelaxationAnnotation} annotation but no protected record ` +
+    `(ConfigMap ${protectedName(namespace)}) backs it: not acted upon, and the annotation is left as evidence`;
 
   async function takeSnapshot(input: RelaxInput, read?: V1Namespace): Promise<RelaxationRecord> {
     const ns = read ?? (await kube.readNamespace(input.namespace));
@@ -151,11 +234,119 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
       }
     }
     return {
-      version: 1,
+      version: RelaxationRecordVersion,
+      temporalNamespace: temporalNamespace(),
       owner: input.owner,
       snapshot,
       plan: planRelaxation(snapshot, input.podSecurity ?? 'baseline'),
     };
+  }
+
+  /** The protected record of a namespace: found, absent (both null), or why it cannot be used. */
+  async function readProtected(
+    namespace: string,
+  ): Promise<{ found: ProtectedRecord | null; problem: string | null }> {
+    let cm: V1ConfigMap;
+    try {
+      cm = await kube.readConfigMap(recordsNamespace, recordConfigMapName(namespace));
+    } catch (err) {
+      if (isKubeError(err, KubeFailureType.NotFound)) return { found: null, problem: null };
+      throw err;
+    }
+    try {
+      return { found: parseRecordConfigMap(cm, expectation(namespace)), problem: null };
+    } catch (err) {
+      if (err instanceof RelaxationRecordError) return { found: null, problem: err.message };
+      throw err;
+    }
+  }
+
+  /** Writes the protected record: creates it, or replaces the one this call wrote before. */
+  async function writeProtected(record: RelaxationRecord, previous?: V1ConfigMap): Promise<V1ConfigMap> {
+    try {
+      return previous
+        ? await kube.replaceConfigMap(
+            recordsNamespace,
+            previous.metadata!.name!,
+            recordConfigMap(record, recordsNamespace, previous.metadata!.resourceVersion),
+          )
+        : await kube.createConfigMap(recordsNamespace, recordConfigMap(record, recordsNamespace));
+    } catch (err) {
+      if (isKubeError(err, KubeFailureType.NotFound)) {
+        throw ApplicationFailure.nonRetryable(
+          `the records namespace ${recordsNamespace} does not exist, so the relaxation cannot be recorded: ` +
+            `create it (deploy/worker.yaml does), or point ${RecordsNamespaceEnv} / --records-namespace at the worker's namespace`,
+          PolicyFailureType.RecordsNamespaceMissing,
+        );
+      }
+      throw err;
+    }
+  }
+
+  /** Deletes a protected record once its relaxation is restored and verified; only that very object. */
+  async function deleteProtected(p: ProtectedRecord): Promise<void> {
+    try {
+      await kube.deleteConfigMap(recordsNamespace, p.configMap.name, {
+        uid: p.configMap.uid,
+        resourceVersion: p.configMap.resourceVersion,
+      });
+    } catch (err) {
+      if (!isKubeError(err, KubeFailureType.NotFound)) throw err;
+    }
+  }
+
+  /**
+   * Raises alarms as one Warning Event on the Namespace (in `default`, where Events about
+   * cluster-scoped objects live, out of the tenant's reach). The same alarms again count up
+   * the same Event rather than adding one per sweep. Returns why the Event could not be
+   * recorded, if it could not: an alarm is never lost for that, it stays in the report.
+   */
+  async function raiseAlarm(
+    namespace: string,
+    alarms: readonly string[],
+    uid?: string,
+  ): Promise<string | null> {
+    if (alarms.length === 0) return null;
+    for (const a of alarms) log(`ALARM ${namespace}: ${a}`);
+    const message = alarms.join(' | ').slice(0, 1024);
+    const digest = createHash('sha256').update(`${namespace}\n${message}`).digest('hex').slice(0, 16);
+    const name = `runas-migrate.${namespace}.${digest}`;
+    const where = RecordAlarm.EventNamespace;
+    const now = new Date();
+    try {
+      await kube.createEvent(where, {
+        metadata: { name, namespace: where, labels: { [RecordLabel.ManagedBy]: 'runas-migrate' } },
+        involvedObject: { apiVersion: 'v1', kind: 'Namespace', name: namespace, ...(uid ? { uid } : {}) },
+        type: 'Warning',
+        reason: RecordAlarm.Reason,
+        message,
+        source: { component: 'runas-migrate' },
+        firstTimestamp: now,
+        lastTimestamp: now,
+        count: 1,
+      });
+      return null;
+    } catch (err) {
+      try {
+        if (!isKubeError(err, KubeFailureType.Conflict)) throw err;
+        const [existing] = await kube.listEvents(where, `metadata.name=${name}`);
+        await kube.patchEvent(where, name, {
+          count: (existing?.count ?? 1) + 1,
+          lastTimestamp: now.toISOString(),
+        });
+        return null;
+      } catch (e) {
+        const why = `the Warning Event about ${namespace} could not be recorded: ${(e as Error).message}`;
+        log(why);
+        return why;
+      }
+    }
+  }
+
+  /** The served kind of a recorded constraint reference; null when its kind is no longer served. */
+  function servedRef(ref: ConstraintRef, served: readonly CustomResourceKind[]): ConstraintRef | null {
+    const kind = served.find((k) => k.group === ref.group && k.kind === ref.kind && k.plural === ref.plural);
+    return kind ? { ...kind, name: ref.name } : null;
   }
 
   /** Applies a constraint JSON Patch computed from a fresh read; recomputes when the object moved meanwhile. */
@@ -205,41 +396,98 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
     return typed(() => takeSnapshot(input));
   }
 
+  /** Shows a resumed relaxation on the namespace again: the annotation and the `enforce` label. */
+  async function showRelaxation(ns: V1Namespace, record: RelaxationRecord): Promise<void> {
+    const namespace = record.snapshot.namespace;
+    const shown = JSON.stringify(record);
+    const annotation = ns.metadata?.annotations?.[RelaxationAnnotation];
+    const enforce = record.plan.podSecurityEnforce;
+    if (annotation === shown && (!enforce || ns.metadata?.labels?.[PodSecurityLabel.Enforce] === enforce))
+      return;
+    if (annotation !== undefined && annotation !== shown) {
+      await raiseAlarm(
+        namespace,
+        [
+          `the ${RelaxationAnnotation} annotation was changed during the window; it is written again from the protected record`,
+        ],
+        ns.metadata?.uid,
+      );
+    }
+    await kube.patchNamespace(
+      namespace,
+      {
+        metadata: {
+          annotations: { [RelaxationAnnotation]: shown },
+          ...(enforce ? { labels: { [PodSecurityLabel.Enforce]: enforce } } : {}),
+        },
+      },
+      PatchStrategy.MergePatch,
+    );
+  }
+
   /**
-   * Records the snapshot on the namespace and relaxes PSA in one write (only if the namespace
-   * did not change since the snapshot), then excludes the namespace from each blocking
-   * constraint. Idempotent: a retry of the same run resumes from its record.
+   * Records the relaxation in the protected ConfigMap, then records it on the namespace and
+   * relaxes PSA in one write (only if the namespace did not change since the snapshot), then
+   * excludes the namespace from each blocking constraint. Idempotent: a retry of the same run
+   * resumes from its protected record.
+   *
+   * @throws `RelaxedByAnotherRun` when another run's record is there; `UnverifiedRelaxationRecord`
+   * when the namespace shows a relaxation no protected record backs; `MalformedRelaxationRecord`
+   * when the protected record cannot be used; `RecordsNamespaceMissing`. Nothing is changed then.
    */
   async function relaxPolicies(input: RelaxInput): Promise<RelaxResult> {
     return typed(async () => {
       const before = kube.counts.reads + kube.counts.writes;
       let record: RelaxationRecord | undefined;
       let resumed = false;
+      // The protected record this call wrote and has not yet applied: replaced, not resumed.
+      let written: V1ConfigMap | undefined;
       for (let attempt = 0; !record; attempt++) {
         const ns = await kube.readNamespace(input.namespace);
-        const existing = ns.metadata?.annotations?.[RelaxationAnnotation];
-        if (existing) {
-          const found = parseRelaxationRecord(existing);
-          if (!sameRun(found.owner, input.owner)) {
+        if (!written) {
+          const { found, problem } = await readProtected(input.namespace);
+          if (problem) {
+            await raiseAlarm(input.namespace, [problem], ns.metadata?.uid);
             throw ApplicationFailure.nonRetryable(
-              `namespace ${input.namespace} is already relaxed by run ${found.owner.workflowId}/${found.owner.runId}: ` +
+              `${problem}: nothing was changed. Check it (kubectl get configmap -n ${recordsNamespace} ` +
+                `${recordConfigMapName(input.namespace)} -o yaml), restore what it shows if that relaxation is real, then delete it`,
+              PolicyFailureType.MalformedRecord,
+            );
+          }
+          if (found && !sameRun(found.record.owner, input.owner)) {
+            throw ApplicationFailure.nonRetryable(
+              `namespace ${input.namespace} is already relaxed by run ${runName(found.record.owner)}: ` +
                 `wait for it, or run "runas-migrate restore --namespace ${input.namespace}" if that run is gone`,
               PolicyFailureType.RelaxedByAnotherRun,
             );
           }
-          record = found;
-          resumed = true;
-          const enforce = record.plan.podSecurityEnforce;
-          if (enforce && ns.metadata?.labels?.[PodSecurityLabel.Enforce] !== enforce) {
-            await kube.patchNamespace(
-              input.namespace,
-              { metadata: { labels: { [PodSecurityLabel.Enforce]: enforce } } },
-              PatchStrategy.MergePatch,
+          if (found) {
+            record = found.record;
+            resumed = true;
+            await showRelaxation(ns, record);
+            break;
+          }
+          if (ns.metadata?.annotations?.[RelaxationAnnotation] !== undefined) {
+            const why = unbacked(input.namespace);
+            await raiseAlarm(input.namespace, [why], ns.metadata?.uid);
+            throw ApplicationFailure.nonRetryable(
+              `${why}. It may be forged, or left by a version that kept records only there: check it, ` +
+                `put back by hand what it shows if it is real, remove the annotation, then start again`,
+              PolicyFailureType.UnverifiedRecord,
             );
           }
-          break;
         }
         const candidate = await takeSnapshot(input, ns);
+        // Refuse before any change rather than record what could not be read back.
+        parseRelaxationRecord(JSON.stringify(candidate), expectation(input.namespace));
+        try {
+          written = await writeProtected(candidate, written);
+        } catch (err) {
+          // Someone created or changed the protected record meanwhile: look at it again.
+          if (!isKubeError(err, KubeFailureType.Conflict) || attempt >= 5) throw err;
+          written = undefined;
+          continue;
+        }
         try {
           await kube.patchNamespace(
             input.namespace,
@@ -248,12 +496,19 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
           );
           record = candidate;
         } catch (err) {
-          // The namespace changed between snapshot and write: snapshot again.
-          if (!isKubeError(err, KubeFailureType.Conflict) || attempt >= 5) throw err;
+          // The namespace changed between snapshot and write: snapshot again, replace the record.
+          if (isKubeError(err, KubeFailureType.Conflict) && attempt < 5) continue;
+          if (isKubeError(err) && err.status !== undefined && !err.retryable) {
+            // Refused for good, so nothing was applied: the record must not outlive the attempt.
+            await kube
+              .deleteConfigMap(recordsNamespace, written.metadata!.name!, { uid: written.metadata!.uid! })
+              .catch(() => undefined);
+          }
+          throw err;
         }
       }
       log(
-        `recorded relaxation of ${input.namespace} and set enforce=${record.plan.podSecurityEnforce ?? '(unchanged)'}`,
+        `recorded relaxation of ${input.namespace} in ${protectedName(input.namespace)} and set enforce=${record.plan.podSecurityEnforce ?? '(unchanged)'}`,
       );
       const deletedConstraints: string[] = [];
       for (const { ref } of record.plan.constraints) {
@@ -274,10 +529,36 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
     });
   }
 
+  /** Why the annotation differs from the authoritative record; null when it shows the same. */
+  function annotationDiffers(annotation: string, authority: RelaxationRecord): string | null {
+    if (annotation === JSON.stringify(authority)) return null;
+    let why: string;
+    try {
+      const shown = parseRelaxationRecord(annotation, {
+        ...expectation(authority.snapshot.namespace),
+        source: 'the annotation',
+      });
+      if (sameRecord(shown, authority)) return null;
+      why = `it describes another relaxation (run ${runName(shown.owner)}, taken ${shown.snapshot.takenAt})`;
+    } catch (err) {
+      if (!(err instanceof RelaxationRecordError)) throw err;
+      why = err.message;
+    }
+    const quoted =
+      annotation.length > QuotedAnnotationChars
+        ? `${annotation.slice(0, QuotedAnnotationChars)}…`
+        : annotation;
+    return `the ${RelaxationAnnotation} annotation was changed during the window (${why}); it read: ${quoted}`;
+  }
+
   /**
-   * Puts the namespace's policies back exactly as recorded in its annotation, keeping what
-   * others changed meanwhile, verifies the result, and drops the annotation. A no-op when no
-   * relaxation is recorded (or it belongs to another run than `owner`, when given).
+   * Puts the namespace's policies back exactly as recorded, keeping what others changed
+   * meanwhile, verifies the result, then drops the annotation and the protected record.
+   *
+   * The record followed is the run's copy when given, else the protected record (only a
+   * relaxation recorded by `owner`, when given); never the annotation. A missing, changed or
+   * corrupt record is an alarm (report and Warning Event), not a reason to do nothing; an
+   * annotation no protected record backs is refused and left in place as evidence.
    */
   async function restorePolicies(input: RestoreInput): Promise<RestoreReport> {
     return typed(async () => {
@@ -286,42 +567,93 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
         namespace: input.namespace,
         restored: false,
         owner: null,
+        source: null,
         podSecurity: 'unchanged',
         constraints: [],
         keptForeignChanges: [],
+        alarms: [],
+        refused: null,
         restoredAt: new Date().toISOString(),
         apiCalls: 0,
       };
-      const done = () => ({ ...report, apiCalls: kube.counts.reads + kube.counts.writes - before });
-      let ns: V1Namespace;
+      const done = async (uid?: string): Promise<RestoreReport> => {
+        const notRecorded = await raiseAlarm(input.namespace, report.alarms, uid);
+        if (notRecorded) report.alarms.push(notRecorded);
+        return { ...report, apiCalls: kube.counts.reads + kube.counts.writes - before };
+      };
+
+      const copy = input.record
+        ? parseRunCopy(input.record, expectation(input.namespace), temporalNamespace())
+        : null;
+      if (copy && input.owner && !sameRun(copy.owner, input.owner)) {
+        throw ApplicationFailure.nonRetryable(
+          `the run's copy of its record names run ${runName(copy.owner)}, not ${runName(input.owner)}`,
+          PolicyFailureType.MalformedRecord,
+        );
+      }
+      const owner = input.owner ?? copy?.owner;
+      const prot = await readProtected(input.namespace);
+      if (prot.problem) report.alarms.push(prot.problem);
+      let ns: V1Namespace | undefined;
       try {
         ns = await kube.readNamespace(input.namespace);
       } catch (err) {
         if (!isKubeError(err, KubeFailureType.NotFound)) throw err;
-        // The namespace (and its annotation) went away during the window: the run's own copy of
-        // the record still says which exclusions to take back, so a namesake is not left exempt.
-        if (input.record) {
-          report.owner = input.record.owner;
-          await restoreConstraints(input.record, report);
-          report.restored = true;
+      }
+      const annotation = ns?.metadata?.annotations?.[RelaxationAnnotation];
+      const uid = ns?.metadata?.uid;
+
+      if (prot.found && owner && !sameRun(prot.found.record.owner, owner)) {
+        // Another run holds the namespace now: this run's relaxation was restored before.
+        report.owner = prot.found.record.owner;
+        return done(uid);
+      }
+      let authority: RelaxationRecord | null = null;
+      if (copy) {
+        authority = copy;
+        report.source = 'run-copy';
+        const found = prot.found?.record;
+        if (found && Date.parse(found.snapshot.takenAt) > Date.parse(copy.snapshot.takenAt)) {
+          // The run relaxed again and its copy of that relaxation has not reached it yet.
+          authority = found;
+          report.source = 'protected-record';
+        } else if (found && !sameRecord(found, copy)) {
+          report.alarms.push(
+            `the protected record ${protectedName(input.namespace)} differs from the run's copy: restored from the run's copy`,
+          );
         }
+      } else if (prot.found) {
+        authority = prot.found.record;
+        report.source = 'protected-record';
+      }
+      if (!authority) {
+        if (prot.problem) report.refused = `${prot.problem}: nothing restored`;
+        else if (annotation !== undefined) {
+          report.refused = unbacked(input.namespace);
+          report.alarms.push(report.refused);
+        }
+        return done(uid);
+      }
+      report.owner = authority.owner;
+      const served = await kube.kindsOfGroup(group);
+
+      if (!ns) {
+        // The namespace went away during the window: the record still says which exclusions
+        // to take back, so a namesake is not born exempt.
+        await restoreConstraints(authority, report, served);
+        if (prot.found) await deleteProtected(prot.found);
+        report.restored = true;
+        report.restoredAt = new Date().toISOString();
         return done();
       }
-      const annotation = ns.metadata?.annotations?.[RelaxationAnnotation];
-      if (!annotation) return done();
-      let record: RelaxationRecord;
-      try {
-        record = parseRelaxationRecord(annotation);
-      } catch (err) {
-        throw ApplicationFailure.nonRetryable((err as Error).message, PolicyFailureType.MalformedRecord);
-      }
-      report.owner = record.owner;
-      if (input.owner && !sameRun(record.owner, input.owner)) return done();
 
-      const ours = record.plan.podSecurityEnforce;
-      const original = record.snapshot.podSecurity[PodSecurityLabel.Enforce];
+      const changed = annotation === undefined ? null : annotationDiffers(annotation, authority);
+      if (changed) report.alarms.push(changed);
+
+      const ours = authority.plan.podSecurityEnforce;
+      const original = authority.snapshot.podSecurity[PodSecurityLabel.Enforce];
       const live = ns.metadata?.labels?.[PodSecurityLabel.Enforce] ?? null;
-      const psaPatch = restorePodSecurityPatch(record);
+      const psaPatch = restorePodSecurityPatch(authority);
       if (psaPatch && live === ours) {
         await kube.patchNamespace(input.namespace, psaPatch, PatchStrategy.MergePatch);
         report.podSecurity = 'restored';
@@ -334,27 +666,55 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
         );
       }
 
-      await restoreConstraints(record, report);
+      await restoreConstraints(authority, report, served);
 
-      await verifyRestored(record, report);
-
-      try {
-        await kube.patchNamespace(input.namespace, dropRecordOps(annotation), PatchStrategy.JsonPatch);
-      } catch (err) {
-        // Already dropped by a concurrent restore of the same record.
-        if (!isKubeError(err, KubeFailureType.Invalid)) throw err;
+      const undid =
+        report.podSecurity === 'restored' ||
+        report.constraints.some((c) => c.result === 'entry-removed' || c.result === 'list-removed');
+      const source = report.source === 'run-copy' ? "the run's copy" : 'the protected record';
+      if (annotation === undefined && undid) {
+        report.alarms.push(
+          `the ${RelaxationAnnotation} annotation was removed while the policies were relaxed: restored from ${source}`,
+        );
       }
-      report.restored = true;
+      if (copy && !prot.found && !prot.problem && (undid || annotation !== undefined)) {
+        report.alarms.push(
+          `the protected record ${protectedName(input.namespace)} was removed while the policies were relaxed: restored from the run's copy`,
+        );
+      }
+
+      await verifyRestored(authority, report, served);
+
+      if (annotation !== undefined) {
+        try {
+          await kube.patchNamespace(input.namespace, dropRecordOps(annotation), PatchStrategy.JsonPatch);
+        } catch (err) {
+          // Already dropped (or changed again) by someone else: the next sweep looks again.
+          if (!isKubeError(err, KubeFailureType.Invalid)) throw err;
+        }
+      }
+      if (prot.found) await deleteProtected(prot.found);
+      report.restored = undid || annotation !== undefined || prot.found !== null;
       report.restoredAt = new Date().toISOString();
-      log(`policies of ${input.namespace} restored and verified`);
-      return done();
+      if (report.restored) log(`policies of ${input.namespace} restored and verified`);
+      return done(uid);
     });
   }
 
   /** Removes from each constraint what the relaxation added. */
-  async function restoreConstraints(record: RelaxationRecord, report: RestoreReport): Promise<void> {
+  async function restoreConstraints(
+    record: RelaxationRecord,
+    report: RestoreReport,
+    served: readonly CustomResourceKind[],
+  ): Promise<void> {
     const { namespace } = record.snapshot;
-    for (const { ref } of record.plan.constraints) {
+    for (const planned of record.plan.constraints) {
+      const ref = servedRef(planned.ref, served);
+      if (!ref) {
+        report.constraints.push({ constraint: refName(planned.ref), result: 'kind-not-served' });
+        log(`${refName(planned.ref)}: its kind is no longer served; nothing to restore there`);
+        continue;
+      }
       let listRemoved = false;
       const result = await patchConstraint(ref, (c) => {
         const ops = includeNamespaceOps(namespace, constraintView(c));
@@ -378,7 +738,11 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
   }
 
   /** Compares the live state with the snapshot; what differs and is not ours is kept and reported. */
-  async function verifyRestored(record: RelaxationRecord, report: RestoreReport): Promise<void> {
+  async function verifyRestored(
+    record: RelaxationRecord,
+    report: RestoreReport,
+    served: readonly CustomResourceKind[],
+  ): Promise<void> {
     const { namespace } = record.snapshot;
     const ns = await kube.readNamespace(namespace);
     const live = ns.metadata?.labels?.[PodSecurityLabel.Enforce] ?? null;
@@ -399,9 +763,11 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
         report.keptForeignChanges.push(`${key} changed to ${now ?? '(removed)'} by someone else`);
     }
     for (const c of record.snapshot.constraints) {
+      const ref = servedRef(c.ref, served);
+      if (!ref) continue;
       let liveList: string[] | null;
       try {
-        const obj = await kube.readClusterObject<ConstraintLike>(c.ref, c.ref.name);
+        const obj = await kube.readClusterObject<ConstraintLike>(ref, ref.name);
         liveList = obj.spec?.match?.excludedNamespaces ?? null;
       } catch (err) {
         if (isKubeError(err, KubeFailureType.NotFound)) continue;
@@ -435,16 +801,17 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
    * Waits until every Job has a pod (admitted by PSA and the API server) or a creation was
    * refused; the workflow can then re-enforce the policies while the Jobs run.
    */
-  async function waitForPodsAdmitted(input: {
-    namespace: string;
-    jobs: JobRef[];
-    timeoutSeconds: number;
-  }): Promise<AdmissionEvidence> {
+  async function waitForPodsAdmitted(
+    input: { namespace: string; jobs: JobRef[] } & WaitLimit,
+  ): Promise<AdmissionEvidence> {
     return typed(async () => {
-      const deadline = Date.now() + input.timeoutSeconds * 1000;
+      const until = deadlineOf(input);
       const names = input.jobs.map((j) => j.name);
       for (;;) {
-        const pods = await kube.listPods(input.namespace, `job-name in (${names.join(',')})`);
+        throwIfCancelled();
+        const pods = await unlessCancelled(
+          kube.listPods(input.namespace, `job-name in (${names.join(',')})`),
+        );
         const admitted = input.jobs.flatMap((j) => {
           const pod = pods.find((p) => p.metadata?.ownerReferences?.some((o) => o.uid === j.uid));
           return pod
@@ -453,11 +820,14 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
                   job: j.name,
                   pod: pod.metadata!.name!,
                   createdAt: new Date(pod.metadata!.creationTimestamp!).toISOString(),
+                  node: pod.spec?.nodeName ?? null,
                 },
               ]
             : [];
         });
-        const events = await kube.listEvents(input.namespace, 'involvedObject.kind=Job,reason=FailedCreate');
+        const events = await unlessCancelled(
+          kube.listEvents(input.namespace, 'involvedObject.kind=Job,reason=FailedCreate'),
+        );
         const refused = input.jobs.flatMap((j) => {
           if (admitted.some((a) => a.job === j.name)) return [];
           const e = events.find((ev) => ev.involvedObject.uid === j.uid);
@@ -466,29 +836,92 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
         heartbeat({ admitted: admitted.length, refused: refused.length, of: input.jobs.length });
         if (admitted.length + refused.length === input.jobs.length)
           return { admitted, refused, timedOut: false };
-        if (Date.now() > deadline) return { admitted, refused, timedOut: true };
-        await sleep(pollMs);
+        if (Date.now() >= until) return { admitted, refused, timedOut: true };
+        await pause(Math.max(1, Math.min(pollMs, until - Date.now())));
       }
     });
   }
 
-  /** Every namespace that carries a relaxation record, with the run that wrote it. */
+  /**
+   * Every namespace with a relaxation: each protected record (validated: one that cannot be
+   * used is refused, naming why) and each annotation no protected record backs (refused, left
+   * in place). Every refusal is also a Warning Event on the Namespace.
+   */
   async function findRelaxations(): Promise<RecordedRelaxation[]> {
     return typed(async () => {
-      const namespaces = await kube.listNamespaces();
-      return namespaces.flatMap((ns): RecordedRelaxation[] => {
-        const value = ns.metadata?.annotations?.[RelaxationAnnotation];
-        if (!value) return [];
+      const found = new Map<string, RecordedRelaxation>();
+      for (const cm of await kube.listConfigMaps(recordsNamespace, RecordSelector)) {
+        const target =
+          targetOfConfigMap(cm) ??
+          cm.metadata?.labels?.[RecordLabel.TargetNamespace] ??
+          cm.metadata?.name ??
+          '?';
         try {
-          return [{ namespace: ns.metadata!.name!, owner: parseRelaxationRecord(value).owner }];
+          const { record } = parseRecordConfigMap(cm, { constraintGroup: group });
+          found.set(target, {
+            namespace: target,
+            owner: record.owner,
+            temporalNamespace: record.temporalNamespace,
+          });
         } catch (err) {
-          return [{ namespace: ns.metadata!.name!, owner: null, error: (err as Error).message }];
+          if (!(err instanceof RelaxationRecordError)) throw err;
+          found.set(target, {
+            namespace: target,
+            owner: null,
+            temporalNamespace: null,
+            refused: `${err.message}: nothing restored`,
+          });
         }
-      });
+      }
+      const uids = new Map<string, string | undefined>();
+      for (const ns of await kube.listNamespaces()) {
+        const name = ns.metadata!.name!;
+        uids.set(name, ns.metadata?.uid);
+        if (ns.metadata?.annotations?.[RelaxationAnnotation] === undefined || found.has(name)) continue;
+        found.set(name, { namespace: name, owner: null, temporalNamespace: null, refused: unbacked(name) });
+      }
+      const all = [...found.values()].sort((a, b) => a.namespace.localeCompare(b.namespace));
+      for (const r of all) {
+        if (r.refused) await raiseAlarm(r.namespace, [r.refused], uids.get(r.namespace));
+      }
+      return all;
     });
   }
 
-  return { snapshotPolicies, relaxPolicies, restorePolicies, waitForPodsAdmitted, findRelaxations };
+  /** What is recorded for one namespace (for `runas-migrate restore`); null when nothing is. */
+  async function describeRelaxation(input: { namespace: string }): Promise<RecordedRelaxation | null> {
+    return typed(async () => {
+      const { found, problem } = await readProtected(input.namespace);
+      const base = { namespace: input.namespace, owner: null, temporalNamespace: null };
+      if (found) {
+        return {
+          namespace: input.namespace,
+          owner: found.record.owner,
+          temporalNamespace: found.record.temporalNamespace,
+        };
+      }
+      if (problem) return { ...base, refused: `${problem}: nothing restored` };
+      let ns: V1Namespace;
+      try {
+        ns = await kube.readNamespace(input.namespace);
+      } catch (err) {
+        if (isKubeError(err, KubeFailureType.NotFound)) return null;
+        throw err;
+      }
+      return ns.metadata?.annotations?.[RelaxationAnnotation] === undefined
+        ? null
+        : { ...base, refused: unbacked(input.namespace) };
+    });
+  }
+
+  return {
+    snapshotPolicies,
+    relaxPolicies,
+    restorePolicies,
+    waitForPodsAdmitted,
+    findRelaxations,
+    describeRelaxation,
+  };
 }
 
 /** The policy activities, as registered on the worker. */

@@ -14,7 +14,7 @@ function newestSource() {
   let newest = 0;
   for (const dir of ['src', 'activities', 'workflows', 'testbed']) {
     for (const f of readdirSync(`${root}${dir}`, { recursive: true })) {
-      if (String(f).endsWith('.ts')) newest = Math.max(newest, statSync(`${root}${dir}/${f}`).mtimeMs);
+      if (/\.(ts|sh)$/.test(String(f))) newest = Math.max(newest, statSync(`${root}${dir}/${f}`).mtimeMs);
     }
   }
   return newest;

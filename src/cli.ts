@@ -4,7 +4,7 @@
 import { Command, Option } from 'commander';
 import { createPolicyActivities, type RestoreReport } from '../activities/policy.js';
 import { isKubeError, Kube } from './kube.js';
-import { parseRelaxationRecord, RelaxationAnnotation } from './policy.js';
+import { RecordsNamespaceEnv } from './records.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
 import { ApplicationFailure } from '@temporalio/common';
 import { DefaultLogger, Runtime, type LogLevel } from '@temporalio/worker';
@@ -42,17 +42,34 @@ const temporalOptions = (cmd: Command) =>
 const kubeOption = (cmd: Command) =>
   cmd.addOption(new Option('--kubeconfig <path>', 'kubeconfig file').env('KUBECONFIG'));
 
+const recordsOption = (cmd: Command) =>
+  cmd.addOption(
+    new Option(
+      '--records-namespace <name>',
+      "namespace of the protected relaxation records: the worker's own [runas-migrate]",
+    ).env(RecordsNamespaceEnv),
+  );
+
 /** Prints a restore report as the operator reads it. */
 function printRestore(r: RestoreReport): void {
-  if (!r.restored) {
-    process.stdout.write(`${r.namespace}: no relaxation recorded: nothing to restore\n`);
+  const alarms = r.alarms.map((a) => `  ALARM: ${a}`);
+  if (r.refused) {
+    process.stderr.write([`${r.namespace}: refused: ${r.refused}`, ...alarms].join('\n') + '\n');
     return;
   }
+  if (!r.restored) {
+    process.stdout.write(
+      [`${r.namespace}: no relaxation recorded: nothing to restore`, ...alarms].join('\n') + '\n',
+    );
+    return;
+  }
+  const from = r.source === 'run-copy' ? "the run's copy of the record" : 'the protected record';
   const lines = [
-    `${r.namespace}: policies restored and verified (recorded by run ${r.owner?.workflowId}/${r.owner?.runId})`,
+    `${r.namespace}: policies restored and verified from ${from} (recorded by run ${r.owner?.workflowId}/${r.owner?.runId})`,
     `  pod security enforce: ${r.podSecurity}`,
     ...r.constraints.map((c) => `  ${c.constraint}: ${c.result}`),
     ...r.keptForeignChanges.map((c) => `  kept (not ours): ${c}`),
+    ...alarms,
     `  ${r.apiCalls} API calls`,
   ];
   process.stdout.write(lines.join('\n') + '\n');
@@ -100,13 +117,17 @@ async function runStatus(
   }
 }
 
-kubeOption(
-  temporalOptions(
-    program
-      .command('restore')
-      .description("put a namespace's policies back from the record on the namespace (no worker needed)")
-      .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace to restore')
-      .option('--force', 'restore even while the run that relaxed it is still running'),
+recordsOption(
+  kubeOption(
+    temporalOptions(
+      program
+        .command('restore')
+        .description(
+          "put a namespace's policies back from its protected relaxation record (no worker needed)",
+        )
+        .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace to restore')
+        .option('--force', 'restore even while the run that relaxed it is still running'),
+    ),
   ),
 ).action(
   async (opts: {
@@ -115,13 +136,28 @@ kubeOption(
     kubeconfig?: string;
     address?: string;
     temporalNamespace?: string;
+    recordsNamespace?: string;
   }) => {
     const kube = Kube.fromKubeconfig(opts.kubeconfig);
-    const ns = await kube.readNamespace(opts.namespace);
-    const annotation = ns.metadata?.annotations?.[RelaxationAnnotation];
-    if (annotation) {
-      const { owner } = parseRelaxationRecord(annotation);
-      const { status, problem } = await runStatus(opts, owner.workflowId, owner.runId);
+    const guard = createPolicyActivities({
+      kube,
+      log: (m) => process.stderr.write(`${m}\n`),
+      ...(opts.recordsNamespace ? { recordsNamespace: opts.recordsNamespace } : {}),
+    });
+    const found = await retryTransient('read the record', () =>
+      guard.describeRelaxation({ namespace: opts.namespace }),
+    );
+    // Nothing recorded: an unknown namespace is named, not taken for a restored one.
+    if (!found) await kube.readNamespace(opts.namespace);
+    if (found?.owner) {
+      const { owner } = found;
+      // Ask the Temporal namespace the run belongs to, whatever the flags say.
+      const temporalNamespace = found.temporalNamespace ?? opts.temporalNamespace;
+      const { status, problem } = await runStatus(
+        { address: opts.address, temporalNamespace },
+        owner.workflowId,
+        owner.runId,
+      );
       if (status === 'RUNNING' && !opts.force) {
         process.stderr.write(
           `run ${owner.workflowId}/${owner.runId} is still running and will restore ${opts.namespace} itself; ` +
@@ -132,31 +168,44 @@ kubeOption(
       }
       if (problem) {
         process.stderr.write(
-          `cannot tell from Temporal at ${temporalTarget(opts).address} whether run ${owner.workflowId} is alive (${problem}); restoring\n`,
+          `cannot tell from Temporal at ${temporalTarget(opts).address} (namespace ${temporalNamespace ?? 'default'}) whether run ${owner.workflowId} is alive (${problem}); restoring\n`,
         );
       }
     }
-    const guard = createPolicyActivities({ kube, log: (m) => process.stderr.write(`${m}\n`) });
-    printRestore(await retryTransient('restore', () => guard.restorePolicies({ namespace: opts.namespace })));
+    // Only the relaxation whose run was just judged, should another have replaced it meanwhile.
+    const report = await retryTransient('restore', () =>
+      guard.restorePolicies({ namespace: opts.namespace, ...(found?.owner ? { owner: found.owner } : {}) }),
+    );
+    printRestore(report);
+    if (report.refused) process.exitCode = 3;
   },
 );
 
-kubeOption(
-  temporalOptions(
-    program
-      .command('worker')
-      .description(
-        'run a worker on the runas-migrate task queue (and create the sweeper Schedule if missing)',
-      )
-      .option('--task-queue <name>', 'task queue', 'runas-migrate'),
+recordsOption(
+  kubeOption(
+    temporalOptions(
+      program
+        .command('worker')
+        .description(
+          'run a worker on the runas-migrate task queue (and create the sweeper Schedule if missing)',
+        )
+        .option('--task-queue <name>', 'task queue', 'runas-migrate'),
+    ),
   ),
 ).action(
-  async (opts: { taskQueue: string; kubeconfig?: string; address?: string; temporalNamespace?: string }) => {
+  async (opts: {
+    taskQueue: string;
+    kubeconfig?: string;
+    address?: string;
+    temporalNamespace?: string;
+    recordsNamespace?: string;
+  }) => {
     const w = await createWorker({
       address: opts.address,
       namespace: opts.temporalNamespace,
       taskQueue: opts.taskQueue,
       kubeconfig: opts.kubeconfig,
+      recordsNamespace: opts.recordsNamespace,
     });
     process.stderr.write(
       `[runas-migrate] worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}\n`,
@@ -239,6 +288,11 @@ kubeOption(
   const migration = createMigrationActivities({ kube: Kube.fromKubeconfig(flags.kubeconfig) });
   const plan = await migration.planMigration({ run: input, owner: { workflowId: 'plan', runId: 'plan' } });
   process.stdout.write(renderPlan(plan) + '\n');
+  if (input.job.image)
+    process.stdout.write(
+      `Job image: ${input.job.image} (asked for in job.image instead of each StatefulSet's own image; it runs as root with DAC_OVERRIDE over the database volumes)\n`,
+    );
+  process.stdout.write(`If the run stops after its Jobs started: ${input.recovery}\n`);
   if (plan.preflight.length) process.exitCode = 3;
 });
 
@@ -296,6 +350,10 @@ temporalOptions(
   if (gate.state === 'approved')
     throw new Error(
       `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate.by} at ${gate.at}`,
+    );
+  if (gate.state === 'pending')
+    throw new Error(
+      `gate "${flags.gate}" of ${flags.namespace} is not reached yet (the run is ${before.phase}): approve it when \`runas-migrate status\` shows it waiting`,
     );
   await handle.signal(approveSignal, {
     gate: flags.gate,

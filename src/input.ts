@@ -20,6 +20,30 @@ export const SecurityContextApply = {
 } as const;
 export type SecurityContextApply = (typeof SecurityContextApply)[keyof typeof SecurityContextApply];
 
+/**
+ * What a failure, `abort` or cancel does once ownership Jobs may have changed files, so that
+ * files and template always agree: `roll-forward` finishes the change (waits for the Jobs that
+ * run, then starts the databases as the new IDs), `roll-back` stops the Jobs and changes the
+ * files back with reverse Jobs under a fresh, counted window, then puts the old template back.
+ */
+export const Recovery = { RollForward: 'roll-forward', RollBack: 'roll-back' } as const;
+export type Recovery = (typeof Recovery)[keyof typeof Recovery];
+
+/**
+ * The only flags `securityContext.helm.extraArgs` may pass: others could run code with the
+ * worker's token (`--post-renderer`), copy files into the release (`--set-file`) or send the
+ * upgrade elsewhere (`--namespace`, `--kube-*`).
+ */
+export const HelmExtraArgs: readonly RegExp[] = [
+  /^--wait$/,
+  /^--wait-for-jobs$/,
+  /^--atomic$/,
+  /^--timeout=\d+[smh]$/,
+  /^--version=[\w.+-]+$/,
+];
+const HelmExtraArgsText =
+  '--wait, --wait-for-jobs, --atomic, --timeout=<n>[s|m|h], --version=<chart version>';
+
 /** When the relaxed policies are re-enforced. */
 export const WindowMode = { Admission: 'admission', JobDuration: 'job-duration' } as const;
 export type WindowMode = (typeof WindowMode)[keyof typeof WindowMode];
@@ -109,9 +133,27 @@ export const MigrationInputSchema = z
         helm: z
           .object({
             release: dnsLabel('the Helm release'),
-            chart: z.string().min(1),
-            valuesFile: z.string().optional(),
-            extraArgs: z.array(z.string()).default([]),
+            chart: z
+              .string({ error: required('a string', 'the chart, e.g. "itrs/iax-platform"') })
+              .regex(
+                /^(oci:\/\/[a-z0-9.-]+(:\d+)?(\/[a-z0-9._-]+)+|[a-z0-9][a-z0-9._-]*\/[a-z0-9][a-z0-9._-]*)$/,
+                'must be a repository chart ("repo/chart") or an OCI reference ("oci://registry/path"): a local path or URL is refused',
+              ),
+            valuesFile: z
+              .string()
+              .regex(
+                /^(?!\/)(?!.*(^|\/)\.\.(\/|$))[\w./-]+\.ya?ml$/,
+                'must be a relative .yaml/.yml path inside the worker\'s working directory (no "/" at the start, no ".."): its content goes into the release',
+              )
+              .optional(),
+            extraArgs: z
+              .array(
+                z.string().refine((a) => HelmExtraArgs.some((allowed) => allowed.test(a)), {
+                  error: (iss) =>
+                    `${JSON.stringify(iss.input)} is not allowed: helm runs with the worker's credentials, so only ${HelmExtraArgsText} may be passed`,
+                }),
+              )
+              .default([]),
           })
           .optional(),
       })
@@ -158,9 +200,19 @@ export const MigrationInputSchema = z
         timeout: '6h',
         retries: 1,
       }),
+    recovery: z
+      .enum([Recovery.RollForward, Recovery.RollBack], {
+        message: `recovery must be "${Recovery.RollForward}" or "${Recovery.RollBack}"`,
+      })
+      .default(Recovery.RollForward),
     dryRun: z.boolean().default(false),
   })
   .strict()
+  .refine((i) => i.recovery !== Recovery.RollBack || i.securityContext.apply === 'patch', {
+    message:
+      'roll-back puts the old template back itself, so it needs securityContext.apply "patch": use recovery "roll-forward" or apply "patch"',
+    path: ['recovery'],
+  })
   .refine((i) => !(i.profile && i.databases), {
     message: 'give either profile or databases, not both',
     path: ['profile'],

@@ -4,15 +4,29 @@
  * PSA `baseline` admits it), changing what is not yet owned by uid:gid, proving that nothing is
  * left, and reporting a one-line JSON summary in its termination message.
  */
-import type { V1Job } from '@kubernetes/client-node';
+import { readFileSync } from 'node:fs';
+import type { V1Job, V1Volume, V1VolumeMount } from '@kubernetes/client-node';
 import type { MigrationInput } from './input.js';
 import { parseDuration } from './input.js';
+import type { RunRef } from './policy.js';
 
 /** Labels every ownership Job (and its pod) carries. */
 export const JobLabel = {
   ManagedBy: 'app.kubernetes.io/managed-by',
   StatefulSet: 'runas-migrate.dev/statefulset',
   Ordinal: 'runas-migrate.dev/ordinal',
+  /** The Temporal run ID of the run that created the Job. */
+  Run: 'runas-migrate.dev/run',
+  /** The target user ID. */
+  Uid: 'runas-migrate.dev/uid',
+  /** The target group ID. */
+  Gid: 'runas-migrate.dev/gid',
+} as const;
+
+/** Annotations every ownership Job (and its pod) carries. */
+export const JobAnnotation = {
+  /** The workflow ID of the run that created the Job (may be longer than a label value). */
+  WorkflowId: 'runas-migrate.dev/workflow-id',
 } as const;
 
 /** Value of the managed-by label. */
@@ -21,12 +35,14 @@ export const ManagedBy = 'runas-migrate';
 /** The capabilities the Job adds: DAC_READ_SEARCH is redundant with DAC_OVERRIDE and is refused by PSA baseline. */
 export const JobCapabilities = ['CHOWN', 'FOWNER', 'DAC_OVERRIDE'] as const;
 
-/** One volume of one replica. */
+/** One mount of one volume of one replica. */
 export interface VolumeMountPlan {
   /** The claim template (and pod volume) name. */
   volume: string;
   claimName: string;
   mountPath: string;
+  /** The folder of the volume the database mounts there, when it mounts only that folder. */
+  subPath?: string;
 }
 
 /** What one Job migrates. */
@@ -35,6 +51,15 @@ export interface JobTarget {
   ordinal: number;
   image: string;
   volumes: VolumeMountPlan[];
+}
+
+/** Who created a Job, and for which IDs, as its labels and annotations say. */
+export interface JobOwnership {
+  /** The creating run's ID; null on a Job without one (created by an older version). */
+  runId: string | null;
+  workflowId: string | null;
+  uid: number | null;
+  gid: number | null;
 }
 
 /** The summary a Job prints and leaves in its termination message. */
@@ -49,114 +74,99 @@ export interface JobSummary {
 }
 
 /**
- * The Job's script (bash, coreutils and findutils only: what the database image has). Args are
- * the mount paths. Idempotent: it changes only what is not yet uid:gid, so a re-run after an
- * interruption finishes the work. Each volume is counted, changed and then proven by a walk
- * after the change; with several CPUs its top-level subtrees are shared among workers, each
- * doing the three in turn on its own subtrees, since a volume's entries are independent.
+ * The Job's script, `src/ownership-job.sh` (bash, coreutils and findutils only: what the database
+ * image has), given to `bash -c`. Args are the mount paths; env TARGET_UID and TARGET_GID.
+ * Idempotent: it changes only what is not yet uid:gid, so a re-run after an interruption finishes
+ * the work. Each volume, its root included, is counted, changed and then proven by a walk after
+ * the change; with several CPUs its top-level entries are shared among at most as many workers,
+ * since a volume's entries are independent. An empty volume is not walked; its root is changed.
  */
-export const OwnershipScript = String.raw`set -uo pipefail
-shopt -s lastpipe
-uid="$TARGET_UID"; gid="$TARGET_GID"
-start=$(date +%s%N)
-status=0; total_scanned=0; total_changed=0
-declare -A result
-esc() { local s="$1"; s="\${s//\\/\\\\}"; printf '%s' "\${s//\"/\\\"}"; }
-workers=$(nproc 2>/dev/null) || workers=1
-if [ "$workers" -lt 1 ] 2>/dev/null; then workers=1; elif [ "$workers" -gt 8 ]; then workers=8; fi
-wrong=(\( ! -uid "$uid" -o ! -gid "$gid" \))
-# Counts what is not uid:gid under the start points (only themselves with "self", whole subtrees
-# with "tree"), changes it, then walks again to count entries and what is still wrong. Prints
-# one line, "changed scanned left failed", in a single write so parallel workers do not interleave.
-migrate() {
-  local how=$1 depth=() recurse=(-R -P) changed=0 scanned=0 chars=0 failed=0
-  shift
-  if [ "$how" = self ]; then depth=(-maxdepth 0); recurse=(); fi
-  # Counted with wc, not in bash: bash string work is quadratic on big strings.
-  changed=$(find -P "$@" "\${depth[@]}" "\${prune[@]}" "\${wrong[@]}" -printf c | wc -c) || failed=1
-  if [ "$changed" -ne 0 ] || [ "$failed" -ne 0 ]; then
-    # -P -h: never follow a symlink, change the link itself.
-    chown "\${recurse[@]}" -h "$uid:$gid" -- "$@" || failed=1
-  fi
-  # Proof, in one walk after the change that also counts: one line per entry, an x on the wrong ones.
-  find -P "$@" "\${depth[@]}" "\${prune[@]}" \( "\${wrong[@]}" -printf 'x\n' -o -printf '\n' \) | wc -lc | read -r scanned chars || failed=1
-  echo "$changed $scanned $((chars - scanned)) $failed"
-}
-# Deepest paths first: a volume mounted inside another is done (and counted) before its parent.
-mapfile -t ordered < <(printf '%s\n' "$@" | sort -r)
-for path in "\${ordered[@]}"; do
-  if [ ! -d "$path" ]; then
-    echo "runas-migrate: $path is not a mounted directory" >&2; status=1; continue
-  fi
-  if [ -z "$(ls -A "$path")" ]; then
-    echo "$path: empty volume (fresh install): skipped"
-    result[$path]="{\"path\":\"$(esc "$path")\",\"skipped\":true,\"scanned\":0,\"changed\":0}"
-    continue
-  fi
-  # Volumes mounted inside this one are counted and proven on their own.
-  prune=()
-  for other in "$@"; do
-    if [ "$other" != "$path" ] && [[ "$other" == "$path"/* ]]; then prune+=(-path "$other" -prune -o); fi
-  done
-  echo "$path: changing what is not owned by $uid:$gid"
-  units=()
-  if [ "$workers" -gt 1 ]; then
-    mapfile -d '' -t units < <(find -P "$path" -mindepth 1 -maxdepth 1 "\${prune[@]}" -print0)
-  fi
-  changed=0; scanned=0; left=0; failed=0
-  {
-    # Few top-level entries leave nothing to share; very many would overflow the argument list.
-    if [ "\${#units[@]}" -lt 2 ] || [ "\${#units[@]}" -gt 4096 ]; then
-      migrate tree "$path"
-    else
-      migrate self "$path"
-      for ((w = 0; w < workers; w++)); do
-        share=()
-        for ((i = w; i < \${#units[@]}; i += workers)); do share+=("\${units[i]}"); done
-        migrate tree "\${share[@]}" &
-      done
-      wait
-    fi
-  } | while read -r c s l f; do
-    changed=$((changed + c)); scanned=$((scanned + s)); left=$((left + l)); failed=$((failed + f))
-  done
-  if [ "$failed" -ne 0 ]; then
-    echo "runas-migrate: could not change ownership under $path" >&2; status=1
-  fi
-  if [ "$left" -ne 0 ]; then
-    echo "runas-migrate: $left entries under $path are still not owned by $uid:$gid" >&2; status=1
-  fi
-  echo "$path: $scanned entries, $changed changed"
-  total_scanned=$((total_scanned + scanned)); total_changed=$((total_changed + changed))
-  result[$path]="{\"path\":\"$(esc "$path")\",\"skipped\":false,\"scanned\":$scanned,\"changed\":$changed}"
-done
-paths_json=""
-for path in "$@"; do [ -n "\${result[$path]:-}" ] && paths_json+="\${result[$path]},"; done
-ms=$(( ($(date +%s%N) - start) / 1000000 ))
-ok=true; [ "$status" -eq 0 ] || ok=false
-summary="{\"ok\":$ok,\"uid\":$uid,\"gid\":$gid,\"scanned\":$total_scanned,\"changed\":$total_changed,\"seconds\":$((ms / 1000)).$(printf '%03d' $((ms % 1000))),\"paths\":[\${paths_json%,}]}"
-echo "$summary"
-echo "$summary" > /dev/termination-log 2>/dev/null || true
-exit "$status"
-`.replace(/\\\$\{/g, '${');
+export const OwnershipScript = readFileSync(new URL('./ownership-job.sh', import.meta.url), 'utf8');
 
-/** Name of the Job of one replica: `runas-migrate-<statefulSet>-<ordinal>`, at most 63 characters. */
+const JobNamePrefix = 'runas-migrate-';
+const MaxNameLength = 63;
+
+/** FNV-1a, 32 bits, over the UTF-16 code units of `s` (low byte, then high byte when non-zero). */
+function fnv1a32(s: string): number {
+  let h = 0x811c9dc5;
+  const mix = (byte: number) => {
+    h = Math.imul(h ^ byte, 0x01000193) >>> 0;
+  };
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    mix(c & 0xff);
+    if (c > 0xff) mix(c >>> 8);
+  }
+  return h >>> 0;
+}
+
+/**
+ * Name of the Job of one replica: `runas-migrate-<statefulSet>-<ordinal>-<hash>`, the
+ * StatefulSet's name shortened to fit 63 characters and the hash (FNV-1a of the full name and
+ * the ordinal, 7 base-36 digits) keeping two long names that share their beginning apart. A valid
+ * DNS-1123 label, so also a valid `job-name` label value.
+ */
 export function ownershipJobName(statefulSet: string, ordinal: number): string {
-  const suffix = `-${ordinal}`;
-  return `runas-migrate-${statefulSet}`.slice(0, 63 - suffix.length).replace(/-+$/, '') + suffix;
+  const hash = fnv1a32(`${statefulSet}/${ordinal}`).toString(36).padStart(7, '0');
+  const suffix = `-${ordinal}-${hash}`;
+  const base = statefulSet
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-')
+    .slice(0, MaxNameLength - JobNamePrefix.length - suffix.length)
+    .replace(/-+$/, '');
+  return base ? `${JobNamePrefix}${base}${suffix}` : `${JobNamePrefix}${suffix.slice(1)}`;
 }
 
-/** Builds the Job that migrates one replica's volumes. */
+/** The run and target IDs an ownership Job was created for, from its labels and annotations. */
+export function jobOwnership(job: Pick<V1Job, 'metadata'>): JobOwnership {
+  const labels = job.metadata?.labels ?? {};
+  const id = (v: string | undefined) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : null);
+  return {
+    runId: labels[JobLabel.Run] ?? null,
+    workflowId: job.metadata?.annotations?.[JobAnnotation.WorkflowId] ?? null,
+    uid: id(labels[JobLabel.Uid]),
+    gid: id(labels[JobLabel.Gid]),
+  };
+}
+
+/** The Job's pod volumes, one per claim, however many times the container mounts it. */
+function podVolumes(target: JobTarget): V1Volume[] {
+  const volumes = new Map<string, V1Volume>();
+  for (const v of target.volumes) {
+    if (!volumes.has(v.volume))
+      volumes.set(v.volume, { name: v.volume, persistentVolumeClaim: { claimName: v.claimName } });
+  }
+  return [...volumes.values()];
+}
+
+/** The Job's mounts: each exactly as the database mounts it (same path, same subPath). */
+function volumeMounts(target: JobTarget): V1VolumeMount[] {
+  return target.volumes.map((v) => ({
+    name: v.volume,
+    mountPath: v.mountPath,
+    ...(v.subPath ? { subPath: v.subPath } : {}),
+  }));
+}
+
+/**
+ * Builds the Job that migrates one replica's volumes for `owner`, the run that creates it: its
+ * labels name the run and the target IDs, so a retry of the run adopts it and any other run does not.
+ */
 export function buildOwnershipJob(
   input: Pick<MigrationInput, 'namespace' | 'uid' | 'gid' | 'job'>,
   target: JobTarget,
+  owner: RunRef,
 ): V1Job {
   const labels = {
     ...input.job.podLabels,
     [JobLabel.ManagedBy]: ManagedBy,
     [JobLabel.StatefulSet]: target.statefulSet,
     [JobLabel.Ordinal]: String(target.ordinal),
+    [JobLabel.Run]: owner.runId,
+    [JobLabel.Uid]: String(input.uid),
+    [JobLabel.Gid]: String(input.gid),
   };
+  const annotations = { [JobAnnotation.WorkflowId]: owner.workflowId };
   const timeoutSeconds = Math.ceil((parseDuration(input.job.timeout) ?? 6 * 3_600_000) / 1000);
   return {
     apiVersion: 'batch/v1',
@@ -165,13 +175,14 @@ export function buildOwnershipJob(
       name: ownershipJobName(target.statefulSet, target.ordinal),
       namespace: input.namespace,
       labels,
+      annotations,
     },
     spec: {
       // A retry is the workflow's, under a fresh short window.
       backoffLimit: 0,
       activeDeadlineSeconds: timeoutSeconds,
       template: {
-        metadata: { labels, annotations: { ...input.job.podAnnotations } },
+        metadata: { labels, annotations: { ...input.job.podAnnotations, ...annotations } },
         spec: {
           restartPolicy: 'Never',
           automountServiceAccountToken: false,
@@ -207,17 +218,52 @@ export function buildOwnershipJob(
               terminationMessagePath: '/dev/termination-log',
               terminationMessagePolicy: 'File',
               resources: { ...input.job.resources },
-              volumeMounts: target.volumes.map((v) => ({ name: v.volume, mountPath: v.mountPath })),
+              volumeMounts: volumeMounts(target),
             },
           ],
-          volumes: target.volumes.map((v) => ({
-            name: v.volume,
-            persistentVolumeClaim: { claimName: v.claimName },
-          })),
+          volumes: podVolumes(target),
         },
       },
     },
   };
+}
+
+/** How a finished Job ended, as far as the run is concerned. */
+export interface JobVerdict {
+  succeeded: boolean;
+  message: string;
+}
+
+/**
+ * Judges a finished Job: it succeeded only when it completed and its own summary proves that
+ * every volume is owned by exactly the target IDs — no summary, no success.
+ */
+export function judgeJob(
+  finished: { type: string; reason?: string; message?: string },
+  summary: JobSummary | undefined,
+  exitCode: number | undefined,
+  target: { uid: number; gid: number },
+): JobVerdict {
+  if (finished.type !== 'Complete') {
+    const exit = exitCode !== undefined ? ` (exit ${exitCode})` : '';
+    return {
+      succeeded: false,
+      message: `${finished.reason ?? 'failed'}: ${finished.message ?? ''}${exit}`.replace(/ +/g, ' ').trim(),
+    };
+  }
+  if (!summary)
+    return {
+      succeeded: false,
+      message:
+        'completed without a summary in its termination message: nothing proves its volumes changed hands',
+    };
+  if (summary.uid !== target.uid || summary.gid !== target.gid)
+    return {
+      succeeded: false,
+      message: `completed for ${summary.uid}:${summary.gid}, not for the target ${target.uid}:${target.gid}`,
+    };
+  if (!summary.ok) return { succeeded: false, message: 'completed, but its summary reports a failure' };
+  return { succeeded: true, message: 'completed' };
 }
 
 /** Parses a Job's termination message; undefined when it is not a summary. */
@@ -225,7 +271,14 @@ export function parseJobSummary(message: string | undefined): JobSummary | undef
   if (!message) return undefined;
   try {
     const s = JSON.parse(message.trim()) as JobSummary;
-    return typeof s.scanned === 'number' && Array.isArray(s.paths) ? s : undefined;
+    return s !== null &&
+      typeof s.ok === 'boolean' &&
+      typeof s.uid === 'number' &&
+      typeof s.gid === 'number' &&
+      typeof s.scanned === 'number' &&
+      Array.isArray(s.paths)
+      ? s
+      : undefined;
   } catch {
     return undefined;
   }

@@ -7,12 +7,15 @@ import {
   ApisApi,
   AppsV1Api,
   BatchV1Api,
+  CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
+  type V1ConfigMap,
   type V1Job,
+  type V1Lease,
   type V1Namespace,
   type V1PersistentVolumeClaim,
   type V1Pod,
@@ -32,6 +35,13 @@ export const KubeFailureType = {
 } as const;
 export type KubeFailureType = (typeof KubeFailureType)[keyof typeof KubeFailureType];
 
+/** One field the API server refused (`details.causes` of its Status). */
+export interface KubeCause {
+  /** The field's path in the object, e.g. `spec.template.metadata.labels`. */
+  field?: string;
+  message: string;
+}
+
 /** A failed Kubernetes call, typed by what the caller can do about it. */
 export class KubeError extends Error {
   override readonly name = 'KubeError';
@@ -43,6 +53,8 @@ export class KubeError extends Error {
     readonly object: string,
     /** The API server's own message (or the transport error). */
     readonly reason: string,
+    /** The refused fields, when the API server named them. */
+    readonly causes: readonly KubeCause[] = [],
   ) {
     super(KubeError.describe(type, status, verb, object, reason));
   }
@@ -84,16 +96,21 @@ export function isKubeError(err: unknown, type?: KubeFailureType): err is KubeEr
   return err instanceof KubeError && (type === undefined || err.type === type);
 }
 
-function statusMessage(body: unknown): string | undefined {
+interface StatusBody {
+  message?: string;
+  details?: { causes?: { field?: string; message?: string }[] };
+}
+
+function statusOf(body: unknown): StatusBody | undefined {
   if (typeof body === 'string') {
     try {
-      return (JSON.parse(body) as { message?: string }).message ?? body;
+      const parsed = JSON.parse(body) as unknown;
+      return parsed && typeof parsed === 'object' ? parsed : { message: body };
     } catch {
-      return body || undefined;
+      return body ? { message: body } : undefined;
     }
   }
-  if (body && typeof body === 'object' && 'message' in body) return String(body.message);
-  return undefined;
+  return body && typeof body === 'object' ? body : undefined;
 }
 
 /** Classifies any error thrown by client-node (or the transport) into a {@link KubeError}. */
@@ -101,7 +118,12 @@ export function toKubeError(err: unknown, verb: string, object: string): KubeErr
   if (err instanceof KubeError) return err;
   const e = err as { code?: unknown; body?: unknown; message?: string };
   const status = typeof e.code === 'number' ? e.code : undefined;
-  const reason = statusMessage(e.body) ?? e.message ?? String(err);
+  const body = statusOf(e.body);
+  const reason = (body?.message !== undefined ? String(body.message) : undefined) ?? e.message ?? String(err);
+  const causes = (body?.details?.causes ?? []).map((c) => ({
+    ...(c.field ? { field: c.field } : {}),
+    message: c.message ?? '',
+  }));
   const type: KubeFailureType =
     status === 403
       ? KubeFailureType.Forbidden
@@ -116,7 +138,7 @@ export function toKubeError(err: unknown, verb: string, object: string): KubeErr
               : status === 400
                 ? KubeFailureType.BadRequest
                 : KubeFailureType.Unavailable;
-  return new KubeError(type, status, verb, object, reason);
+  return new KubeError(type, status, verb, object, reason, causes);
 }
 
 /** A custom resource kind served by the API server. */
@@ -135,6 +157,26 @@ export interface KubeCallCounts {
 
 const header = (strategy: PatchStrategy) => setHeaderOptions('Content-Type', strategy);
 
+/** Options of a write that can be a server-side dry run. */
+export interface DryRunOption {
+  /**
+   * Have the API server validate and admit the write (every admission stage) without
+   * persisting it. Counted as a read; the object is named `… (dry run)`.
+   */
+  dryRun?: boolean;
+}
+
+/** How a Job's deletion treats its pods. */
+export interface DeleteJobOptions {
+  /** @default "Foreground": the Job goes only once its pods are gone. */
+  propagationPolicy?: 'Foreground' | 'Background';
+  /** Delete only the Job with this uid (not a newer one of the same name). */
+  uid?: string;
+}
+
+const dryRunParam = (o: DryRunOption | undefined) => (o?.dryRun ? { dryRun: 'All' } : {});
+const dryRunName = (o: DryRunOption | undefined) => (o?.dryRun ? ' (dry run)' : '');
+
 /** The Kubernetes calls runas-migrate makes, each named, counted and typed on failure. */
 export class Kube {
   readonly counts: KubeCallCounts = { reads: 0, writes: 0 };
@@ -143,10 +185,12 @@ export class Kube {
   protected readonly apis: ApisApi;
   protected readonly apps: AppsV1Api;
   protected readonly batch: BatchV1Api;
+  protected readonly coordination: CoordinationV1Api;
 
   constructor(readonly kubeConfig: KubeConfig) {
     this.apps = kubeConfig.makeApiClient(AppsV1Api);
     this.batch = kubeConfig.makeApiClient(BatchV1Api);
+    this.coordination = kubeConfig.makeApiClient(CoordinationV1Api);
     this.core = kubeConfig.makeApiClient(CoreV1Api);
     this.custom = kubeConfig.makeApiClient(CustomObjectsApi);
     this.apis = kubeConfig.makeApiClient(ApisApi);
@@ -269,15 +313,23 @@ export class Kube {
     );
   }
 
-  /** Patches a StatefulSet (strategic merge, merge or JSON Patch). */
+  /** Patches a StatefulSet (strategic merge, merge or JSON Patch), or only tries it (`dryRun`). */
   patchStatefulSet(
     namespace: string,
     name: string,
     body: object,
     strategy: PatchStrategy,
+    options?: DryRunOption,
   ): Promise<V1StatefulSet> {
-    return this.call('patch', `StatefulSet "${namespace}/${name}"`, true, () =>
-      this.apps.patchNamespacedStatefulSet({ namespace, name, body }, header(strategy)),
+    return this.call(
+      'patch',
+      `StatefulSet "${namespace}/${name}"${dryRunName(options)}`,
+      !options?.dryRun,
+      () =>
+        this.apps.patchNamespacedStatefulSet(
+          { namespace, name, body, ...dryRunParam(options) },
+          header(strategy),
+        ),
     );
   }
 
@@ -289,10 +341,11 @@ export class Kube {
     return list.items;
   }
 
-  /** Creates a Job. */
-  createJob(namespace: string, job: V1Job): Promise<V1Job> {
-    return this.call('create', `Job "${namespace}/${job.metadata?.name}"`, true, () =>
-      this.batch.createNamespacedJob({ namespace, body: job }),
+  /** Creates a Job, or only tries it (`dryRun`). */
+  createJob(namespace: string, job: V1Job, options?: DryRunOption): Promise<V1Job> {
+    const name = job.metadata?.name ?? `${job.metadata?.generateName ?? ''}…`;
+    return this.call('create', `Job "${namespace}/${name}"${dryRunName(options)}`, !options?.dryRun, () =>
+      this.batch.createNamespacedJob({ namespace, body: job, ...dryRunParam(options) }),
     );
   }
 
@@ -311,10 +364,63 @@ export class Kube {
     return list.items;
   }
 
-  /** Deletes a Job and, in the background, its pods. */
-  async deleteJob(namespace: string, name: string): Promise<void> {
+  /**
+   * Deletes a Job and its pods. In the foreground (the default) the Job stays, with a deletion
+   * timestamp, until its pods are gone, so its absence means theirs.
+   */
+  async deleteJob(namespace: string, name: string, options: DeleteJobOptions = {}): Promise<void> {
     await this.call('delete', `Job "${namespace}/${name}"`, true, () =>
-      this.batch.deleteNamespacedJob({ namespace, name, propagationPolicy: 'Background' }),
+      this.batch.deleteNamespacedJob({
+        namespace,
+        name,
+        // In the body too: a body without it would override the query parameter, and a Job's
+        // default is to orphan its pods.
+        propagationPolicy: options.propagationPolicy ?? 'Foreground',
+        body: {
+          propagationPolicy: options.propagationPolicy ?? 'Foreground',
+          ...(options.uid ? { preconditions: { uid: options.uid } } : {}),
+        },
+      }),
+    );
+  }
+
+  /** Reads a Lease (coordination.k8s.io/v1). */
+  readLease(namespace: string, name: string): Promise<V1Lease> {
+    return this.call('get', `Lease "${namespace}/${name}"`, false, () =>
+      this.coordination.readNamespacedLease({ namespace, name }),
+    );
+  }
+
+  /** Creates a Lease; a Lease of the same name fails with a (retryable) `KubeConflict`. */
+  createLease(namespace: string, lease: V1Lease): Promise<V1Lease> {
+    return this.call('create', `Lease "${namespace}/${lease.metadata?.name}"`, true, () =>
+      this.coordination.createNamespacedLease({ namespace, body: lease }),
+    );
+  }
+
+  /**
+   * Replaces a Lease, guarded by its `metadata.resourceVersion` (required): a Lease changed
+   * since it was read fails with `KubeConflict`.
+   */
+  async replaceLease(namespace: string, name: string, lease: V1Lease): Promise<V1Lease> {
+    if (!lease.metadata?.resourceVersion)
+      throw new Error(`replaceLease ${namespace}/${name}: metadata.resourceVersion is required`);
+    return this.call('replace', `Lease "${namespace}/${name}"`, true, () =>
+      this.coordination.replaceNamespacedLease({ namespace, name, body: lease }),
+    );
+  }
+
+  /**
+   * Deletes a Lease; with `resourceVersion`, only if it is still that version (else
+   * `KubeConflict`).
+   */
+  async deleteLease(namespace: string, name: string, resourceVersion?: string): Promise<void> {
+    await this.call('delete', `Lease "${namespace}/${name}"`, true, () =>
+      this.coordination.deleteNamespacedLease({
+        namespace,
+        name,
+        ...(resourceVersion ? { body: { preconditions: { resourceVersion } } } : {}),
+      }),
     );
   }
 
@@ -333,5 +439,68 @@ export class Kube {
         name,
       }),
     )) as T;
+  }
+
+  /** Reads a ConfigMap. */
+  readConfigMap(namespace: string, name: string): Promise<V1ConfigMap> {
+    return this.call('get', `ConfigMap "${namespace}/${name}"`, false, () =>
+      this.core.readNamespacedConfigMap({ namespace, name }),
+    );
+  }
+
+  /** Lists the ConfigMaps of a namespace by label selector. */
+  async listConfigMaps(namespace: string, labelSelector: string): Promise<V1ConfigMap[]> {
+    const list = await this.call('list', `ConfigMaps in namespace "${namespace}"`, false, () =>
+      this.core.listNamespacedConfigMap({ namespace, labelSelector }),
+    );
+    return list.items;
+  }
+
+  /** Creates a ConfigMap; one of the same name fails with a (retryable) `KubeConflict`. */
+  createConfigMap(namespace: string, configMap: V1ConfigMap): Promise<V1ConfigMap> {
+    return this.call('create', `ConfigMap "${namespace}/${configMap.metadata?.name}"`, true, () =>
+      this.core.createNamespacedConfigMap({ namespace, body: configMap }),
+    );
+  }
+
+  /**
+   * Replaces a ConfigMap, guarded by its `metadata.resourceVersion` (required): one changed
+   * since it was read fails with `KubeConflict`.
+   */
+  async replaceConfigMap(namespace: string, name: string, configMap: V1ConfigMap): Promise<V1ConfigMap> {
+    if (!configMap.metadata?.resourceVersion)
+      throw new Error(`replaceConfigMap ${namespace}/${name}: metadata.resourceVersion is required`);
+    return this.call('replace', `ConfigMap "${namespace}/${name}"`, true, () =>
+      this.core.replaceNamespacedConfigMap({ namespace, name, body: configMap }),
+    );
+  }
+
+  /** Deletes a ConfigMap; with preconditions, only if it is still that object (else `KubeConflict`). */
+  async deleteConfigMap(
+    namespace: string,
+    name: string,
+    preconditions?: { uid?: string; resourceVersion?: string },
+  ): Promise<void> {
+    await this.call('delete', `ConfigMap "${namespace}/${name}"`, true, () =>
+      this.core.deleteNamespacedConfigMap({
+        namespace,
+        name,
+        ...(preconditions ? { body: { preconditions } } : {}),
+      }),
+    );
+  }
+
+  /** Creates an Event (core/v1); one of the same name fails with `KubeConflict`. */
+  createEvent(namespace: string, event: CoreV1Event): Promise<CoreV1Event> {
+    return this.call('create', `Event "${namespace}/${event.metadata?.name}"`, true, () =>
+      this.core.createNamespacedEvent({ namespace, body: event }),
+    );
+  }
+
+  /** Merge-patches an Event (a repeat: its count and last timestamp). */
+  patchEvent(namespace: string, name: string, body: object): Promise<CoreV1Event> {
+    return this.call('patch', `Event "${namespace}/${name}"`, true, () =>
+      this.core.patchNamespacedEvent({ namespace, name, body }, header(PatchStrategy.MergePatch)),
+    );
   }
 }

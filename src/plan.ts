@@ -89,6 +89,12 @@ export function planDatabase(
       `StatefulSet ${name}: container "${container}" mounts no PersistentVolumeClaim template: nothing to migrate`,
     );
   }
+  const expanded = mounts.find((m) => m.subPathExpr);
+  if (expanded) {
+    throw new PlanningError(
+      `StatefulSet ${name}: container "${container}" mounts claim template "${expanded.name}" at ${expanded.mountPath} with subPathExpr "${expanded.subPathExpr}", which runas-migrate cannot resolve: leave it out with databases[].volumes and migrate it by hand`,
+    );
+  }
   const annotated = Number(sts.metadata?.annotations?.[OriginalReplicasAnnotation]);
   const replicas = Number.isInteger(annotated) && annotated > 0 ? annotated : (sts.spec?.replicas ?? 1);
   // Every replica whose claims exist, including ordinals above the current replica count.
@@ -105,10 +111,12 @@ export function planDatabase(
   const jobs = [...ordinals]
     .sort((a, b) => a - b)
     .map((ordinal) => {
+      // One entry per mount: a claim mounted twice with subPaths is migrated in those folders only.
       const vols: VolumeMountPlan[] = mounts.map((m) => ({
         volume: m.name,
         claimName: `${m.name}-${name}-${ordinal}`,
         mountPath: m.mountPath,
+        ...(m.subPath ? { subPath: m.subPath } : {}),
       }));
       for (const v of vols) {
         if (!claimNames.has(v.claimName)) {

@@ -1,12 +1,16 @@
 /**
  * The policy guard's domain, pure: what a namespace's security policies were (the snapshot),
  * what relaxing them takes (the plan), and the exact patches that relax and restore them.
- * Everything here is JSON-serialisable so it can live in workflow state and in the namespace
- * annotation that survives the loss of the run.
+ * Everything here is JSON-serialisable so it can live in workflow state and in the protected
+ * record that survives the loss of the run; every record read back is validated before use.
  */
 import { z } from 'zod';
 
-/** Annotation on the namespace that records a relaxation before it is applied. */
+/**
+ * Annotation on the namespace that shows a relaxation (written with the PSA change): a beacon
+ * for people and a tamper check, never a source to act on — anyone who may patch the
+ * namespace's metadata can write it.
+ */
 export const RelaxationAnnotation = 'runas-migrate.dev/relaxation';
 
 /** API group of Gatekeeper constraints. */
@@ -86,9 +90,18 @@ export interface RelaxationPlan {
   constraints: { ref: ConstraintRef; action: 'append' | 'create' }[];
 }
 
-/** The durable record of a relaxation: written to the namespace before anything changes. */
+/** Version of the {@link RelaxationRecord} format (1: no Temporal namespace, kept on the namespace only). */
+export const RelaxationRecordVersion = 2;
+
+/**
+ * The durable record of a relaxation. Its authoritative copy is a ConfigMap in the worker's own
+ * namespace (see `src/records.ts`), written before anything changes; the run keeps another in
+ * its state; the namespace annotation is only a beacon for people and for tamper checks.
+ */
 export interface RelaxationRecord {
-  version: 1;
+  version: typeof RelaxationRecordVersion;
+  /** Temporal namespace of the owner run: only a sweeper of that namespace can judge it. */
+  temporalNamespace: string;
   owner: RunRef;
   snapshot: PolicySnapshot;
   plan: RelaxationPlan;
@@ -377,49 +390,236 @@ export function dropRecordOps(annotationValue: string): JsonPatchOp[] {
   ];
 }
 
-const recordSchema = z.object({
-  version: z.literal(1),
-  owner: z.object({ workflowId: z.string(), runId: z.string() }),
-  snapshot: z.object({
-    namespace: z.string(),
-    namespaceResourceVersion: z.string(),
-    takenAt: z.string(),
-    podSecurity: z.record(z.string(), z.string().nullable()),
-    constraints: z.array(
-      z.object({
-        ref: z.object({
-          group: z.string(),
-          version: z.string(),
-          plural: z.string(),
-          kind: z.string(),
-          name: z.string(),
-        }),
-        resourceVersion: z.string(),
-        excludedNamespaces: stringList.nullable(),
-        excludedBy: z.string().nullable(),
-      }),
-    ),
-    skipped: z.array(z.object({ ref: z.any(), reason: z.string() })),
-  }),
-  plan: z.object({
-    podSecurityEnforce: z.enum(['baseline', 'privileged']).nullable(),
-    constraints: z.array(z.object({ ref: z.any(), action: z.enum(['append', 'create']) })),
-  }),
+/** Why a relaxation record cannot be used. */
+export const RecordProblem = {
+  NotJson: 'not-json',
+  UnsupportedVersion: 'unsupported-version',
+  Invalid: 'invalid',
+  WrongNamespace: 'wrong-namespace',
+  Inconsistent: 'inconsistent',
+} as const;
+export type RecordProblem = (typeof RecordProblem)[keyof typeof RecordProblem];
+
+/** A relaxation record that cannot be understood or does not fit where it was found: nothing is done from it. */
+export class RelaxationRecordError extends Error {
+  override readonly name = 'RelaxationRecordError';
+  constructor(
+    readonly problem: RecordProblem,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const dnsLabel = z
+  .string()
+  .max(63)
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'must be a DNS label');
+const dnsSubdomain = z
+  .string()
+  .max(253)
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/, 'must be a DNS subdomain');
+/** An `excludedNamespaces` entry: a name or a Gatekeeper glob. */
+const namespacePattern = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces');
+const level = z.enum([PodSecurityLevel.Privileged, PodSecurityLevel.Baseline, PodSecurityLevel.Restricted]);
+const levelLabel = level.nullable();
+const versionLabel = z
+  .string()
+  .regex(/^(latest|v[0-9]{1,3}\.[0-9]{1,3})$/, 'must be "latest" or "v<major>.<minor>"')
+  .nullable();
+const podSecuritySchema = z.strictObject({
+  [PodSecurityLabel.Enforce]: levelLabel,
+  [PodSecurityLabel.EnforceVersion]: versionLabel,
+  [PodSecurityLabel.Warn]: levelLabel,
+  [PodSecurityLabel.WarnVersion]: versionLabel,
+  [PodSecurityLabel.Audit]: levelLabel,
+  [PodSecurityLabel.AuditVersion]: versionLabel,
 });
 
-/** Parses the annotation written by {@link relaxNamespacePatch}. */
-export function parseRelaxationRecord(value: string): RelaxationRecord {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(value);
-  } catch {
-    throw new Error(`annotation ${RelaxationAnnotation} is not JSON: restore by hand from its text`);
+/** Bounds of a workflow ID: Temporal's default limit on ID length. */
+const MaxWorkflowIdLength = 1000;
+
+/** A run reference as a record must carry it: a bounded workflow ID and a UUID run ID. */
+export const runRefSchema = z.strictObject({
+  workflowId: z
+    .string()
+    .min(1)
+    .max(MaxWorkflowIdLength)
+    .refine(
+      (id) => ![...id].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f),
+      'must not contain control characters',
+    ),
+  runId: z.uuid(),
+});
+
+/** A Temporal namespace name. */
+export const temporalNamespaceSchema = z
+  .string()
+  .min(1)
+  .max(255)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be a Temporal namespace name');
+
+function recordSchemaFor(group: string) {
+  const ref = z.strictObject({
+    group: z.literal(group, { error: `must be exactly ${group}` }),
+    version: z.string().regex(/^v[0-9]+((alpha|beta)[0-9]+)?$/, 'must be an API version such as v1beta1'),
+    plural: dnsLabel,
+    kind: z
+      .string()
+      .max(63)
+      .regex(/^[A-Z][A-Za-z0-9]*$/, 'must be a kind name'),
+    name: dnsSubdomain,
+  });
+  return z.strictObject({
+    version: z.literal(RelaxationRecordVersion),
+    temporalNamespace: temporalNamespaceSchema,
+    owner: runRefSchema,
+    snapshot: z.strictObject({
+      namespace: dnsLabel,
+      namespaceResourceVersion: z.string().min(1).max(64),
+      takenAt: z.iso.datetime(),
+      podSecurity: podSecuritySchema,
+      constraints: z
+        .array(
+          z.strictObject({
+            ref,
+            resourceVersion: z.string().min(1).max(64),
+            excludedNamespaces: z.array(namespacePattern).max(10_000).nullable(),
+            excludedBy: namespacePattern.nullable(),
+          }),
+        )
+        .max(1000),
+      skipped: z.array(z.strictObject({ ref, reason: z.string().max(1000) })).max(1000),
+    }),
+    plan: z.strictObject({
+      podSecurityEnforce: z.enum([PodSecurityLevel.Baseline, PodSecurityLevel.Privileged]).nullable(),
+      constraints: z.array(z.strictObject({ ref, action: z.enum(['append', 'create']) })).max(1000),
+    }),
+  });
+}
+
+const schemas = new Map<string, ReturnType<typeof recordSchemaFor>>();
+const schemaFor = (group: string) => {
+  let s = schemas.get(group);
+  if (!s) schemas.set(group, (s = recordSchemaFor(group)));
+  return s;
+};
+
+/** What a record must fit to be used. */
+export interface RecordExpectation {
+  /** The namespace the record must be about: where it was found, or what its ConfigMap is keyed by. */
+  namespace: string;
+  /** The only API group its constraint references may name. @default "constraints.gatekeeper.sh" */
+  constraintGroup?: string;
+  /** Names the record in messages. @default "relaxation record" */
+  source?: string;
+}
+
+const refKey = (r: ConstraintRef) => `${r.group}/${r.version}/${r.plural}/${r.kind}/${r.name}`;
+
+/** Why a well-formed record contradicts itself; null when it does not. */
+function inconsistency(record: RelaxationRecord): string | null {
+  const { snapshot, plan } = record;
+  const seen = new Set<string>();
+  for (const c of snapshot.constraints) {
+    const key = refKey(c.ref);
+    if (seen.has(key)) return `snapshot.constraints lists ${c.ref.kind}/${c.ref.name} twice`;
+    seen.add(key);
+    const matching =
+      c.excludedNamespaces?.find((p) => namespacePatternMatches(p, snapshot.namespace)) ?? null;
+    if (matching !== c.excludedBy)
+      return `snapshot of ${c.ref.kind}/${c.ref.name}: excludedBy does not follow from its excludedNamespaces`;
   }
-  const parsed = recordSchema.safeParse(raw);
-  if (!parsed.success) {
-    throw new Error(
-      `annotation ${RelaxationAnnotation} is not a relaxation record: ${parsed.error.issues[0]?.message ?? ''}`,
+  // The plan must be exactly the one the snapshot leads to.
+  const expected = planRelaxation(snapshot, plan.podSecurityEnforce ?? PodSecurityLevel.Baseline);
+  if (expected.podSecurityEnforce !== plan.podSecurityEnforce)
+    return `plan.podSecurityEnforce ${plan.podSecurityEnforce ?? 'null'} does not follow from the recorded enforce label ${snapshot.podSecurity[PodSecurityLabel.Enforce] ?? '(absent)'}`;
+  const planned = plan.constraints.map((c) => `${refKey(c.ref)}:${c.action}`).join(',');
+  if (planned !== expected.constraints.map((c) => `${refKey(c.ref)}:${c.action}`).join(','))
+    return 'plan.constraints do not follow from snapshot.constraints';
+  return null;
+}
+
+/**
+ * Parses and validates a relaxation record (JSON text or a parsed value): its shape (zod),
+ * that it is about `expected.namespace`, that its constraint references name only the
+ * constraint group, and that its plan follows from its snapshot.
+ *
+ * @throws {@link RelaxationRecordError} naming the problem; nothing may be done from such a record.
+ */
+export function parseRelaxationRecord(value: unknown, expected: RecordExpectation): RelaxationRecord {
+  const source = expected.source ?? 'relaxation record';
+  let raw = value;
+  if (typeof value === 'string') {
+    try {
+      raw = JSON.parse(value) as unknown;
+    } catch {
+      throw new RelaxationRecordError(RecordProblem.NotJson, `${source} is not JSON`);
+    }
+  }
+  const version = (raw as { version?: unknown } | null)?.version;
+  if (typeof raw === 'object' && raw !== null && version !== RelaxationRecordVersion) {
+    throw new RelaxationRecordError(
+      RecordProblem.UnsupportedVersion,
+      `${source} has format version ${JSON.stringify(version ?? null)}; this version of runas-migrate acts only on version ${RelaxationRecordVersion}`,
     );
   }
-  return parsed.data;
+  const parsed = schemaFor(expected.constraintGroup ?? GatekeeperConstraintGroup).safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues
+      .slice(0, 5)
+      .map((i) => `${i.path.join('.') || '(record)'}: ${i.message}`)
+      .join('; ');
+    throw new RelaxationRecordError(
+      RecordProblem.Invalid,
+      `${source} is not a valid relaxation record (${issues})`,
+    );
+  }
+  const record = parsed.data as RelaxationRecord;
+  if (record.snapshot.namespace !== expected.namespace) {
+    throw new RelaxationRecordError(
+      RecordProblem.WrongNamespace,
+      `${source} is about namespace ${record.snapshot.namespace}, not ${expected.namespace}`,
+    );
+  }
+  const why = inconsistency(record);
+  if (why)
+    throw new RelaxationRecordError(RecordProblem.Inconsistent, `${source} contradicts itself: ${why}`);
+  return record;
+}
+
+/**
+ * Parses a run's own copy of its record, which may predate the current format: a version 1
+ * copy (kept in a run's state before an upgrade) gets the Temporal namespace of the run.
+ */
+export function parseRunCopy(
+  value: unknown,
+  expected: RecordExpectation,
+  temporalNamespace: string,
+): RelaxationRecord {
+  const raw = value as { version?: unknown } | null;
+  const upgraded =
+    typeof raw === 'object' && raw !== null && raw.version === 1
+      ? { ...raw, version: RelaxationRecordVersion, temporalNamespace }
+      : value;
+  return parseRelaxationRecord(upgraded, { source: "the run's copy of its record", ...expected });
+}
+
+/** Whether two records describe the same relaxation, field for field. */
+export function sameRecord(a: RelaxationRecord, b: RelaxationRecord): boolean {
+  const canonical = (v: unknown): unknown =>
+    Array.isArray(v)
+      ? v.map(canonical)
+      : v && typeof v === 'object'
+        ? Object.fromEntries(
+            Object.keys(v)
+              .sort()
+              .map((k) => [k, canonical((v as Record<string, unknown>)[k])]),
+          )
+        : v;
+  return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
 }

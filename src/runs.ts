@@ -63,7 +63,9 @@ export async function startRun(
     const handle = await client.workflow.start(WorkflowType.MigrateOwnership, {
       taskQueue: opts.taskQueue ?? TaskQueue,
       workflowId,
-      args: [raw],
+      // With every default filled in, so the run's history holds them: a later change of a
+      // default does not change what an open run does when it is replayed.
+      args: [input],
       workflowIdConflictPolicy: WorkflowIdConflictPolicy.FAIL,
       workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
       staticSummary: `migrate ${input.namespace} to ${input.uid}:${input.gid}${input.dryRun ? ' (dry run)' : ''}`,

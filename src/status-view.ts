@@ -99,6 +99,9 @@ export function renderStatus(s: MigrationStatus, workflowId: string): string {
     s.compensations.length ? `compensations run: ${s.compensations.join(' → ')}` : '',
     ...s.rejectedSignals.map((r) => `ignored signal: ${r}`),
     s.error ? `error: ${s.error}` : '',
+    s.endState ? `ended: ${s.endState}${s.recovery ? ` (recovery ${s.recovery})` : ''}` : '',
+    ...(s.leftToDo ?? []).map((t) => `LEFT TO DO: ${t}`),
+    ...(s.alarms ?? []).map((a) => `ALARM: ${a}`),
   ]
     .filter(Boolean)
     .join('\n');

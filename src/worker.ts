@@ -5,8 +5,9 @@
 import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerInterceptors } from '@temporalio/worker';
 import { createActivities } from '../activities/index.js';
-import { Kube } from './kube.js';
+import { isKubeError, Kube, KubeFailureType } from './kube.js';
 import { TaskQueue, WorkflowType } from './names.js';
+import { recordsNamespaceOf } from './records.js';
 import { workflowBundlePath } from './workflow-bundle.js';
 
 /** Where the worker connects. */
@@ -19,6 +20,11 @@ export interface WorkerOptions {
   taskQueue?: string;
   /** Path of the kubeconfig; the default loading rules when absent (in-cluster too). */
   kubeconfig?: string;
+  /**
+   * Namespace of the protected relaxation records: the worker's own, which tenants cannot
+   * write. @default $RUNAS_MIGRATE_RECORDS_NAMESPACE, else "runas-migrate"
+   */
+  recordsNamespace?: string;
   /** Interval of the sweeper Schedule. @default "1 minute" */
   sweepEvery?: string;
   log?: (message: string) => void;
@@ -100,12 +106,29 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
   const client = await connectClient(target);
   const connection = await NativeConnection.connect({ address: target.address });
   const kube = Kube.fromKubeconfig(opts.kubeconfig ?? process.env.KUBECONFIG);
+  const recordsNamespace = recordsNamespaceOf(opts.recordsNamespace);
+  await kube.readNamespace(recordsNamespace).catch((err: unknown) => {
+    // Not fatal here: a run says so before it changes anything.
+    if (isKubeError(err, KubeFailureType.NotFound))
+      log(
+        `records namespace ${recordsNamespace} does not exist: every relaxation will be refused until it does`,
+      );
+  });
   const worker = await Worker.create({
     connection,
     namespace: target.namespace,
     taskQueue,
     workflowBundle: { codePath: opts.workflowBundlePath ?? workflowBundlePath() },
-    activities: createActivities({ kube, client, log }),
+    // A step learns of an abort only from a heartbeat's answer; the SDK holds heartbeats back for
+    // up to 0.8 × heartbeatTimeout (24 s by default), and every step now waits for its cancellation.
+    maxHeartbeatThrottleInterval: '1 second',
+    activities: createActivities({
+      kube,
+      client,
+      log,
+      recordsNamespace,
+      temporalNamespace: target.namespace,
+    }),
     ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
     ...(opts.stickyQueueScheduleToStartTimeout
       ? { stickyQueueScheduleToStartTimeout: opts.stickyQueueScheduleToStartTimeout }

@@ -31,6 +31,7 @@ import {
   type V1StatefulSet,
 } from '@kubernetes/client-node';
 import type { MigrationInputRaw } from '../src/input.js';
+import { DefaultRecordsNamespace } from '../src/records.js';
 import { HostRunnerPlacement } from './host-runner/runner.js';
 import { waitFor } from './process.js';
 
@@ -265,7 +266,20 @@ function iaxPlatformCrd(): V1CustomResourceDefinition {
   };
 }
 
-/** Installs what the fixture needs once per cluster: storage class, CRDs, constraints. */
+/**
+ * Creates the worker's own namespace, where it keeps the protected relaxation records (as
+ * deploy/worker.yaml does in a cluster). Safe to call again.
+ */
+export async function ensureRecordsNamespace(kc: KubeConfig, name = DefaultRecordsNamespace): Promise<void> {
+  const core = kc.makeApiClient(CoreV1Api);
+  await createIfMissing(() =>
+    core.createNamespace({
+      body: { metadata: { name, labels: { 'pod-security.kubernetes.io/enforce': 'restricted' } } },
+    }),
+  );
+}
+
+/** Installs what the fixture needs once per cluster: records namespace, storage class, CRDs, constraints. */
 export async function installClusterFixture(
   kc: KubeConfig,
   opts: { constraints?: boolean } = {},
@@ -273,6 +287,7 @@ export async function installClusterFixture(
   const ext = kc.makeApiClient(ApiextensionsV1Api);
   const storage = kc.makeApiClient(StorageV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
+  await ensureRecordsNamespace(kc);
   await createIfMissing(() =>
     storage.createStorageClass({
       body: {

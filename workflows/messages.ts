@@ -25,6 +25,27 @@ export const Phase = {
 } as const;
 export type Phase = (typeof Phase)[keyof typeof Phase];
 
+/**
+ * How a run left the namespace. Files and template always agree; no database is started on
+ * files it does not own.
+ */
+export const EndState = {
+  /** Every file and the template carry the new IDs; the databases run. */
+  Completed: 'completed',
+  /** Stopped before any Job could change a file: template, replicas and policies as before. */
+  Unchanged: 'unchanged',
+  /** Stopped after Jobs started; the change was finished and the databases run as the new IDs. */
+  RolledForward: 'rolled-forward',
+  /** Stopped after Jobs started; files changed back by reverse Jobs, the old template restored. */
+  RolledBack: 'rolled-back',
+  /**
+   * Files and template could not be made to agree (a Job failed for good, a step gave up): the
+   * databases stay scaled to 0, the policies are enforced, and `leftToDo` says how to finish.
+   */
+  StoppedScaledDown: 'stopped-scaled-down',
+} as const;
+export type EndState = (typeof EndState)[keyof typeof EndState];
+
 /** An operator's approval of a gate. */
 export interface Approval {
   gate: string;
@@ -66,7 +87,7 @@ export interface JobStatus {
   name: string;
   statefulSet: string;
   ordinal: number;
-  state: 'pending' | 'created' | 'admitted' | 'succeeded' | 'failed';
+  state: 'pending' | 'created' | 'admitted' | 'succeeded' | 'failed' | 'not-admitted';
   attempts: number;
   pod?: string;
   summary?: JobSummary;
@@ -102,6 +123,16 @@ export interface MigrationStatus {
   rejectedSignals: string[];
   plan: MigrationPlan | null;
   error: string | null;
+  /** What a failure after the Jobs started does (input `recovery`). */
+  recovery: string | null;
+  /** The reverse Jobs of a roll-back, when one ran. */
+  rollbackJobs: JobStatus[];
+  /** How the run left the namespace, once it ended. */
+  endState: EndState | null;
+  /** What an operator must still do when the run could not finish consistently. */
+  leftToDo: string[];
+  /** Tampering with the relaxation record that a restore found (it restored from the run's copy). */
+  alarms: string[];
 }
 
 /** `temporal workflow query --type status` */
@@ -121,6 +152,9 @@ export interface MigrationReport {
   windowSeconds: number;
   approvals: GateStatus[];
   verification: string[];
+  endState: EndState;
+  /** Tampering with the relaxation record found during the run. */
+  alarms: string[];
   startedAt: string;
   finishedAt: string;
 }

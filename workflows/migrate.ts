@@ -1,35 +1,41 @@
 /**
  * `migrateOwnership`: the vendor's manual procedure as one durable run. Each phase is an
- * activity with retries; each mutating step registers its compensation first; approvals are
- * signals; the policies are always re-enforced — on success, failure, abort and cancel.
+ * activity with retries; approvals are signals; the policies are always re-enforced — on
+ * success, failure, abort and cancel — and the run always ends with files and template in
+ * agreement (an {@link EndState}): no database is started on files it does not own.
  */
 import * as wf from '@temporalio/workflow';
 import {
+  ActivityFailure,
   ApplicationFailure,
   defineSearchAttributeKey,
   SearchAttributeType,
   type ActivityOptions,
 } from '@temporalio/common';
 import type { Activities } from '../activities/index.js';
+import type { PodIds, JobOutcome } from '../activities/migration.js';
 import type { JobRef } from '../activities/policy.js';
 import {
   InvalidInputError,
   parseDuration,
   parseMigrationInput,
+  Recovery,
   type Gate,
   type MigrationInput,
 } from '../src/input.js';
 import { reasonOf } from '../src/failure-reason.js';
 import { SearchAttribute } from '../src/names.js';
-import type { MigrationPlan } from '../src/plan.js';
+import { planChanges } from '../src/plan-changes.js';
+import type { DatabasePlan, MigrationPlan } from '../src/plan.js';
 import type { RelaxationRecord, RunRef } from '../src/policy.js';
 import {
   abortSignal,
   approveSignal,
+  EndState,
   Phase,
   securityContextAppliedSignal,
   statusQuery,
-  type GateStatus,
+  type JobStatus,
   type MigrationReport,
   type MigrationStatus,
 } from './messages.js';
@@ -38,6 +44,9 @@ import {
 export const RunFailureType = {
   InvalidInput: 'InvalidInput',
   PreflightFailed: 'PreflightFailed',
+  PlanChanged: 'PlanChanged',
+  /** Another open run holds the namespace's lock (raised by `acquireNamespaceLock`). */
+  NamespaceLocked: 'NamespaceLocked',
   ApprovalTimedOut: 'ApprovalTimedOut',
   Aborted: 'Aborted',
   AdmissionRefused: 'AdmissionRefused',
@@ -46,24 +55,43 @@ export const RunFailureType = {
   CompensationFailed: 'CompensationFailed',
 } as const;
 
+/** How long each wait may take; its activity gets that deadline plus {@link Wait.margin}. */
+const Wait = {
+  podsGone: 10 * 60_000,
+  replicasReady: 15 * 60_000,
+  platformReady: 15 * 60_000,
+  /** Once the policies are back, a Job's pod exists or was refused within this. */
+  podsSettled: 60_000,
+  /** Room for a wait's last poll and its report after its own deadline. */
+  margin: 2 * 60_000,
+} as const;
+
 const retry = {
   initialInterval: '1 second',
   backoffCoefficient: 2,
   maximumInterval: '30 seconds',
   maximumAttempts: 10,
 };
+
 /**
  * The run's activity stubs. Every step heartbeats (the worker's keep-alive), so a worker that
- * dies is noticed within `heartbeatTimeout` whatever step it was running.
+ * dies is noticed within `heartbeatTimeout` whatever step it was running. Cancellation waits
+ * for the step: left unset, the SDK encodes `cancellationType` as the protocol's 0, TRY_CANCEL,
+ * and a compensation would then race the step it undoes.
  */
 function activitiesFor(heartbeatTimeout: string) {
+  const base = {
+    heartbeatTimeout,
+    startToCloseTimeout: '2 minutes',
+    cancellationType: wf.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+  };
   return {
-    steps: wf.proxyActivities<Activities>({ startToCloseTimeout: '2 minutes', heartbeatTimeout, retry }),
-    waits: wf.proxyActivities<Activities>({ startToCloseTimeout: '30 minutes', heartbeatTimeout, retry }),
-    // Compensations never give up: a namespace must not stay open.
-    undo: wf.proxyActivities<Activities>({
-      startToCloseTimeout: '5 minutes',
-      heartbeatTimeout,
+    steps: wf.proxyActivities<Activities>({ ...base, retry }),
+    // Settling gives up after its attempts and says what is left, rather than looping.
+    settle: wf.proxyActivities<Activities>({ ...base, retry: { ...retry, maximumAttempts: 5 } }),
+    // The policies never give up: a namespace must not stay open.
+    policies: wf.proxyActivities<Activities>({
+      ...base,
       retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
     }),
   };
@@ -71,18 +99,38 @@ function activitiesFor(heartbeatTimeout: string) {
 
 const nowIso = () => new Date(Date.now()).toISOString();
 const ms = (d: string) => parseDuration(d) ?? 0;
-const seconds = (d: string) => Math.ceil(ms(d) / 1000);
 const PhaseKey = defineSearchAttributeKey(SearchAttribute.Phase, SearchAttributeType.KEYWORD);
 const NamespaceKey = defineSearchAttributeKey(SearchAttribute.TargetNamespace, SearchAttributeType.KEYWORD);
 
+type PlannedJob = DatabasePlan['jobs'][number];
+type Act<A, R> = ((arg: A) => Promise<R>) & { executeWithOptions(o: ActivityOptions, a: [A]): Promise<R> };
+
 /** Calls an activity with a one-line summary for the Web UI. */
-function act<A extends unknown[], R>(
-  fn: ((...args: A) => Promise<R>) & { executeWithOptions(o: ActivityOptions, a: A): Promise<R> },
-  summary: string,
-  ...args: A
-): Promise<R> {
-  return fn.executeWithOptions({ summary }, args);
+function act<A, R>(fn: Act<A, R>, summary: string, arg: A, options: ActivityOptions = {}): Promise<R> {
+  return fn.executeWithOptions({ ...options, summary }, [arg]);
 }
+
+/** Calls a waiting activity that must end by `waitMs` from now: its deadline survives retries. */
+function wait<F extends (arg: never) => Promise<unknown>>(
+  fn: F & { executeWithOptions(o: ActivityOptions, a: Parameters<F>): ReturnType<F> },
+  summary: string,
+  arg: Omit<Parameters<F>[0], 'deadline' | 'timeoutSeconds'>,
+  waitMs: number,
+): ReturnType<F> {
+  const deadline = new Date(Date.now() + waitMs).toISOString();
+  const full = { ...arg, deadline, timeoutSeconds: Math.ceil(waitMs / 1000) } as unknown as Parameters<F>[0];
+  return fn.executeWithOptions(
+    { summary, startToCloseTimeout: waitMs + Wait.margin, scheduleToCloseTimeout: waitMs + 2 * Wait.margin },
+    [full] as Parameters<F>,
+  );
+}
+
+const idsOf = (d: DatabasePlan) => ({
+  uid: d.currentIds.runAsUser,
+  gid: d.currentIds.runAsGroup ?? d.currentIds.fsGroup,
+});
+const sameIds = (a: PodIds, uid: number | null, gid: number | null) =>
+  a.runAsUser === uid && (a.runAsGroup ?? a.fsGroup) === gid;
 
 /** Migrates the ownership of a namespace's database volumes to new IDs. */
 export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
@@ -103,8 +151,12 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     rejectedSignals: [],
     plan: null,
     error: null,
+    recovery: null,
+    rollbackJobs: [],
+    endState: null,
+    leftToDo: [],
+    alarms: [],
   };
-  const approvals = new Map<string, GateStatus>();
   let abortReason: string | undefined;
   let securityContextSignals = 0;
   const main = new wf.CancellationScope();
@@ -112,29 +164,19 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
   wf.setHandler(statusQuery, () => status);
   wf.setHandler(approveSignal, (a) => {
     const gate = status.gates.find((g) => g.gate === a?.gate);
+    const reject = (why: string) =>
+      void status.rejectedSignals.push(`approve for gate "${String(a?.gate)}": ${why}`);
     if (!gate || !gate.required) {
-      status.rejectedSignals.push(
-        `approve for gate "${String(a?.gate)}": not a gate of this run (${
-          status.gates
-            .filter((g) => g.required)
-            .map((g) => g.gate)
-            .join(', ') || 'none'
-        })`,
+      const gates = status.gates.filter((g) => g.required).map((g) => g.gate);
+      return reject(`not a gate of this run (${gates.join(', ') || 'none'})`);
+    }
+    if (gate.state === 'approved' || gate.state === 'timed-out') return reject(`already ${gate.state}`);
+    // An approval says "I have seen what this gate shows": nothing is shown before it is reached.
+    if (gate.state === 'pending')
+      return reject(
+        `not reached yet (the run is ${status.phase}): approve it when the status shows it waiting`,
       );
-      return;
-    }
-    if (gate.state === 'approved' || gate.state === 'timed-out') {
-      status.rejectedSignals.push(`approve for gate "${gate.gate}": already ${gate.state}`);
-      return;
-    }
-    approvals.set(gate.gate, {
-      ...gate,
-      state: 'approved',
-      by: a.by ?? 'unknown',
-      comment: a.comment,
-      at: nowIso(),
-    });
-    Object.assign(gate, approvals.get(gate.gate));
+    Object.assign(gate, { state: 'approved', by: a.by ?? 'unknown', comment: a.comment, at: nowIso() });
   });
   wf.setHandler(abortSignal, (a) => {
     if (abortReason !== undefined) return;
@@ -162,18 +204,33 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
       throw ApplicationFailure.nonRetryable(err.message, RunFailureType.InvalidInput);
     throw err;
   }
-  const { steps, waits, undo } = activitiesFor(input.heartbeatTimeout);
-  status.namespace = input.namespace;
+  const { steps, settle, policies } = activitiesFor(input.heartbeatTimeout);
+  const namespace = input.namespace;
+  status.namespace = namespace;
   status.windowMode = input.window.mode;
+  status.recovery = input.recovery;
   status.gates = (['plan', 'relax'] as const).map((g) => ({
     gate: g,
     required: input.approvals.includes(g),
     state: input.approvals.includes(g) ? 'pending' : 'not-required',
   }));
-  wf.upsertSearchAttributes([{ key: NamespaceKey, value: input.namespace }]);
+  wf.upsertSearchAttributes([{ key: NamespaceKey, value: namespace }]);
   setPhase(Phase.Validating);
 
-  const compensations: { name: string; run: () => Promise<unknown> }[] = [];
+  /** What the run has changed so far: what settling works from. */
+  const progress = {
+    locked: false,
+    /** StatefulSets this run scaled to 0. */
+    scaledDown: [] as DatabasePlan[],
+    /** The template's IDs before the run (patch mode): what a roll-back puts back. */
+    previousIds: new Map<string, PodIds>(),
+    /** Some ownership Job may exist, so files may have changed. */
+    jobsStarted: false,
+    /** The Jobs of the latest round, once their creation returned. */
+    refs: null as JobRef[] | null,
+    /** Every file under the planned volumes carries the new IDs (every forward Job succeeded). */
+    filesNew: false,
+  };
   let record: RelaxationRecord | null = null;
   let restoring: Promise<void> | undefined;
   // Set before each relax call: a relax that failed half-way must be restored too.
@@ -185,13 +242,18 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     restoring ??= (async () => {
       status.policies.state = 'restoring';
       const report = await wf.CancellationScope.nonCancellable(() =>
-        act(undo.restorePolicies, `re-enforce the policies of ${input.namespace} (${because})`, {
-          namespace: input.namespace,
+        act(policies.restorePolicies, `re-enforce the policies of ${namespace} (${because})`, {
+          namespace,
           owner,
           ...(record ? { record } : {}),
         }),
       );
       status.policies.lastRestore = report;
+      for (const alarm of [
+        ...report.alarms,
+        ...(report.refused ? [`restore refused: ${report.refused}`] : []),
+      ])
+        if (!status.alarms.includes(alarm)) status.alarms.push(alarm);
       status.policies.state = 'restored';
       mayBeRelaxed = false;
       const w = status.windows.at(-1);
@@ -205,12 +267,12 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
   const gate = async (name: Gate, what: string) => {
     const g = status.gates.find((x) => x.gate === name)!;
     if (!g.required) return;
-    if (g.state !== 'approved') g.state = 'waiting';
+    g.state = 'waiting';
     setPhase(
       status.phase,
       `waiting for approval of gate \`${name}\`: ${what}. Signal \`approve\` with \`{"gate":"${name}"}\`.`,
     );
-    const ok = await wf.condition(() => approvals.has(name), ms(input.approvalTimeout));
+    const ok = await wf.condition(() => g.state === 'approved', ms(input.approvalTimeout));
     if (!ok) {
       g.state = 'timed-out';
       throw ApplicationFailure.nonRetryable(
@@ -220,25 +282,270 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     }
   };
 
+  /**
+   * Runs one Job per target to `ids`, each attempt under a fresh window, until every target
+   * succeeded or `attempts` are spent. Returns the outcomes that failed (empty: all done).
+   */
+  const runOwnershipJobs = async (
+    ids: { uid: number; gid: number },
+    targets: PlannedJob[],
+    jobs: JobStatus[],
+    attempts: number,
+  ): Promise<JobOutcome[]> => {
+    const remaining = new Set(targets.map((t) => t.name));
+    for (let attempt = 1; ; attempt++) {
+      setPhase(Phase.RelaxingPolicies);
+      mayBeRelaxed = true;
+      const relaxed = await act(steps.relaxPolicies, `relax the policies of ${namespace}`, {
+        namespace,
+        owner,
+        podSecurity: input.policies.podSecurity,
+        gatekeeper: input.policies.gatekeeper,
+      });
+      record = relaxed.record;
+      status.policies.record = relaxed.record;
+      status.policies.state = 'relaxed';
+      status.windows.push({ openedAt: relaxed.relaxedAt });
+      const windowTimer = new wf.CancellationScope();
+      // Handled at once: a restore that fails here is reported, never thrown into the workflow task.
+      const maxTimer = windowTimer
+        .run(() => wf.sleep(ms(input.window.max)))
+        .then(
+          () => reEnforce(`window.max ${input.window.max} reached`),
+          () => undefined,
+        )
+        .catch((err: unknown) => {
+          status.compensationFailures.push(`re-enforce at window.max: ${reasonOf(err)}`);
+        });
+
+      setPhase(Phase.MigratingOwnership);
+      const batch = targets.filter((t) => remaining.has(t.name));
+      progress.jobsStarted = true;
+      progress.refs = null;
+      const refs: JobRef[] = await act(
+        steps.createOwnershipJobs,
+        `create ${batch.length} ownership Jobs to ${ids.uid}:${ids.gid}`,
+        {
+          run: { namespace, uid: ids.uid, gid: ids.gid, job: input.job },
+          targets: batch,
+          owner,
+        },
+      );
+      progress.refs = refs;
+      for (const r of refs)
+        Object.assign(
+          jobs.find((x) => x.name === r.name)!,
+          { state: 'created', attempts: attempt },
+        );
+      let running = refs;
+      const lost: JobOutcome[] = [];
+      if (input.window.mode === 'admission') {
+        const opened = Date.parse(relaxed.relaxedAt);
+        const evidence = await wait(
+          steps.waitForPodsAdmitted,
+          'wait until every migration pod is admitted',
+          { namespace, jobs: refs },
+          Math.max(1000, opened + ms(input.window.max) - Date.now()),
+        );
+        status.admission.push(evidence);
+        for (const a of evidence.admitted)
+          Object.assign(
+            jobs.find((x) => x.name === a.job)!,
+            { state: 'admitted', pod: a.pod },
+          );
+        await reEnforce(
+          evidence.timedOut ? 'admission wait reached window.max' : 'every migration pod admitted',
+        );
+        setPhase(Phase.ReEnforcingPolicies);
+        if (evidence.refused.length) {
+          throw ApplicationFailure.nonRetryable(
+            `admission refused: ${evidence.refused.map((r) => `${r.job}: ${r.message}`).join('; ')}`,
+            RunFailureType.AdmissionRefused,
+          );
+        }
+        // A Job whose pod did not appear within the window will be refused once the policies are
+        // back: it is removed and counts as a failed attempt instead of being waited for.
+        running = refs.filter((r) => evidence.admitted.some((a) => a.job === r.name));
+        const stuck = refs.filter((r) => !running.includes(r)).map((r) => r.name);
+        if (stuck.length) {
+          await wait(
+            steps.deleteOwnershipJobs,
+            `delete ${stuck.length} Jobs whose pods were not admitted`,
+            { namespace, names: stuck },
+            Wait.podsGone,
+          );
+          for (const name of stuck) {
+            Object.assign(
+              jobs.find((x) => x.name === name)!,
+              { state: 'not-admitted' },
+            );
+            lost.push({
+              name,
+              succeeded: false,
+              summary: null,
+              message: `its pod was not created within window.max ${input.window.max}`,
+            });
+          }
+        }
+        setPhase(Phase.MigratingOwnership);
+      }
+      const outcomes = running.length
+        ? await wait(
+            steps.waitForJobs,
+            `wait for ${running.length} ownership Jobs`,
+            { namespace, jobs: running, uid: ids.uid, gid: ids.gid },
+            ms(input.job.timeout) + Wait.margin,
+          )
+        : [];
+      setPhase(Phase.ReEnforcingPolicies);
+      await reEnforce(
+        input.window.mode === 'admission' ? 'every migration pod admitted' : 'every Job finished',
+      );
+      windowTimer.cancel();
+      await maxTimer;
+      for (const o of [...outcomes, ...lost]) {
+        Object.assign(
+          jobs.find((x) => x.name === o.name)!,
+          {
+            state: o.succeeded ? 'succeeded' : 'failed',
+            message: o.message,
+            ...(o.summary ? { summary: o.summary } : {}),
+          },
+        );
+        if (o.succeeded) remaining.delete(o.name);
+      }
+      if (remaining.size === 0) return [];
+      if (attempt >= attempts) return [...outcomes, ...lost].filter((o) => !o.succeeded);
+    }
+  };
+
   let plan!: MigrationPlan;
+  const jobStatuses = (p: MigrationPlan): JobStatus[] =>
+    p.databases.flatMap((d) =>
+      d.jobs.map((j) => ({
+        name: j.name,
+        statefulSet: d.statefulSet,
+        ordinal: j.ordinal,
+        state: 'pending' as const,
+        attempts: 0,
+      })),
+    );
   const verification: string[] = [];
+  const imageNote = input.job.image
+    ? `; Job image ${input.job.image}, asked for instead of the StatefulSets' own: it runs as root over the volumes`
+    : '';
+  const ids = {
+    runAsUser: input.uid,
+    runAsGroup: input.gid,
+    fsGroup: input.gid,
+    supplementalGroups: input.supplementalGroups,
+  };
+
+  const scaleDown = (dbs: DatabasePlan[]) =>
+    Promise.all(
+      dbs.map(async (db) => {
+        if (!progress.scaledDown.includes(db)) progress.scaledDown.push(db);
+        await wait(
+          steps.scaleDown,
+          `scale ${db.statefulSet} to 0`,
+          { namespace, statefulSet: db.statefulSet, replicas: db.replicas },
+          Wait.podsGone,
+        );
+      }),
+    );
+
+  const applySecurityContext = async (statefulSets: string[]) => {
+    if (input.securityContext.apply === 'patch') {
+      for (const db of plan.databases) {
+        const previous = await act(steps.readPodIds, `read securityContext of ${db.statefulSet}`, {
+          namespace,
+          statefulSet: db.statefulSet,
+        });
+        if (!progress.previousIds.has(db.statefulSet)) progress.previousIds.set(db.statefulSet, previous);
+        await act(steps.patchPodIds, `set ${db.statefulSet} to ${input.uid}:${input.gid}`, {
+          namespace,
+          statefulSet: db.statefulSet,
+          ids,
+        });
+      }
+    } else if (input.securityContext.apply === 'helm') {
+      const h = input.securityContext.helm!;
+      await act(steps.helmUpgrade, `helm upgrade ${h.release}`, {
+        namespace,
+        release: h.release,
+        chart: h.chart,
+        ...(h.valuesFile ? { valuesFile: h.valuesFile } : {}),
+        extraArgs: h.extraArgs,
+        uid: input.uid,
+        gid: input.gid,
+        supplementalGroups: input.supplementalGroups,
+      });
+    }
+    if (input.securityContext.apply === 'none') return;
+    for (;;) {
+      if (input.securityContext.apply === 'external') {
+        const seen = securityContextSignals;
+        setPhase(
+          Phase.ApplyingSecurityContext,
+          `apply runAsUser/runAsGroup/fsGroup ${input.uid}:${input.gid} to ${statefulSets.join(', ')} (they are scaled to 0: keep them there), then signal \`securityContextApplied\`.`,
+        );
+        if (!(await wf.condition(() => securityContextSignals > seen, ms(input.approvalTimeout)))) {
+          throw ApplicationFailure.nonRetryable(
+            `no securityContextApplied signal within ${input.approvalTimeout}`,
+            RunFailureType.ApprovalTimedOut,
+          );
+        }
+      }
+      const problems = await act(steps.verifySecurityContext, 'verify the StatefulSet templates', {
+        namespace,
+        statefulSets,
+        uid: input.uid,
+        gid: input.gid,
+      });
+      if (!problems.length) break;
+      if (input.securityContext.apply !== 'external') {
+        throw ApplicationFailure.nonRetryable(
+          `securityContext not applied: ${problems.join('; ')}`,
+          'SecurityContextNotApplied',
+        );
+      }
+      status.rejectedSignals.push(`securityContextApplied, but: ${problems.join('; ')}`);
+    }
+    // helm and the operator may have scaled the databases up again with the new template.
+    if (input.securityContext.apply !== 'patch') await scaleDown(plan.databases);
+  };
+
   try {
     await main.run(async () => {
+      if (!input.dryRun) {
+        try {
+          await act(steps.acquireNamespaceLock, `lock namespace ${namespace} for this run`, {
+            namespace,
+            owner,
+          });
+        } catch (err) {
+          // The run fails as the lock refused it, not as "activity task failed".
+          const root = err instanceof ActivityFailure ? err.cause : undefined;
+          if (root instanceof ApplicationFailure && root.type === RunFailureType.NamespaceLocked)
+            throw ApplicationFailure.nonRetryable(root.message, RunFailureType.NamespaceLocked);
+          throw err;
+        }
+        progress.locked = true;
+      }
       setPhase(Phase.Planning);
-      plan = await act(steps.planMigration, `discover and plan ${input.namespace}`, { run: input, owner });
+      plan = await act(steps.planMigration, `discover and plan ${namespace}`, { run: input, owner });
       status.plan = plan;
-      status.jobs = plan.databases.flatMap((d) =>
-        d.jobs.map((j) => ({
-          name: j.name,
-          statefulSet: d.statefulSet,
-          ordinal: j.ordinal,
-          state: 'pending' as const,
-          attempts: 0,
-        })),
-      );
-      if (plan.preflight.length) {
+      status.jobs = jobStatuses(plan);
+      const preflight = [...plan.preflight];
+      if (input.recovery === Recovery.RollBack) {
+        for (const d of plan.databases.filter((x) => idsOf(x).uid === null || idsOf(x).gid === null))
+          preflight.push(
+            `recovery roll-back: StatefulSet ${d.statefulSet} sets no runAsUser/runAsGroup, so the IDs to change the files back to are unknown: set them, or use recovery "roll-forward"`,
+          );
+      }
+      if (preflight.length) {
         throw ApplicationFailure.nonRetryable(
-          `preflight failed: ${plan.preflight.join('; ')}`,
+          `preflight failed: ${preflight.join('; ')}`,
           RunFailureType.PreflightFailed,
         );
       }
@@ -246,238 +553,79 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
 
       await gate(
         'plan',
-        `${status.jobs.length} Jobs over ${plan.databases.length} StatefulSets to ${input.uid}:${input.gid}`,
+        `${status.jobs.length} Jobs over ${plan.databases.length} StatefulSets to ${input.uid}:${input.gid}; on failure after the Jobs start: ${input.recovery}${imageNote}`,
       );
+
+      // Scaled to 0 before the template changes: a rolling update would otherwise start each
+      // database with the new IDs on files that still belong to the old ones.
+      setPhase(Phase.ScalingDown);
+      await scaleDown(plan.databases);
 
       setPhase(Phase.ApplyingSecurityContext);
-      const statefulSets = plan.databases.map((d) => d.statefulSet);
-      const ids = {
-        runAsUser: input.uid,
-        runAsGroup: input.gid,
-        fsGroup: input.gid,
-        supplementalGroups: input.supplementalGroups,
-      };
-      if (input.securityContext.apply === 'patch') {
-        for (const db of plan.databases) {
-          const previous = await act(steps.readPodIds, `read securityContext of ${db.statefulSet}`, {
-            namespace: input.namespace,
-            statefulSet: db.statefulSet,
-          });
-          compensations.push({
-            name: `restore securityContext of ${db.statefulSet}`,
-            run: () =>
-              act(undo.patchPodIds, `restore securityContext of ${db.statefulSet}`, {
-                namespace: input.namespace,
-                statefulSet: db.statefulSet,
-                ids: previous,
-              }),
-          });
-          await act(steps.patchPodIds, `set ${db.statefulSet} to ${input.uid}:${input.gid}`, {
-            namespace: input.namespace,
-            statefulSet: db.statefulSet,
-            ids,
-          });
-        }
-      } else if (input.securityContext.apply === 'helm') {
-        const h = input.securityContext.helm!;
-        await act(steps.helmUpgrade, `helm upgrade ${h.release}`, {
-          namespace: input.namespace,
-          release: h.release,
-          chart: h.chart,
-          ...(h.valuesFile ? { valuesFile: h.valuesFile } : {}),
-          extraArgs: h.extraArgs,
-          uid: input.uid,
-          gid: input.gid,
-          supplementalGroups: input.supplementalGroups,
-        });
-      }
-      if (input.securityContext.apply !== 'none') {
-        for (;;) {
-          if (input.securityContext.apply === 'external') {
-            const seen = securityContextSignals;
-            setPhase(
-              Phase.ApplyingSecurityContext,
-              `apply runAsUser/runAsGroup/fsGroup ${input.uid}:${input.gid} to ${statefulSets.join(', ')}, then signal \`securityContextApplied\`.`,
-            );
-            if (!(await wf.condition(() => securityContextSignals > seen, ms(input.approvalTimeout)))) {
-              throw ApplicationFailure.nonRetryable(
-                `no securityContextApplied signal within ${input.approvalTimeout}`,
-                RunFailureType.ApprovalTimedOut,
-              );
-            }
-          }
-          const problems = await act(steps.verifySecurityContext, 'verify the StatefulSet templates', {
-            namespace: input.namespace,
-            statefulSets,
-            uid: input.uid,
-            gid: input.gid,
-          });
-          if (!problems.length) break;
-          if (input.securityContext.apply !== 'external') {
-            throw ApplicationFailure.nonRetryable(
-              `securityContext not applied: ${problems.join('; ')}`,
-              'SecurityContextNotApplied',
-            );
-          }
-          status.rejectedSignals.push(`securityContextApplied, but: ${problems.join('; ')}`);
-        }
-      }
-
-      setPhase(Phase.ScalingDown);
-      for (const db of plan.databases) {
-        compensations.push({
-          name: `scale ${db.statefulSet} back to ${db.replicas}`,
-          run: () =>
-            act(undo.scaleUp, `scale ${db.statefulSet} back to ${db.replicas}`, {
-              namespace: input.namespace,
-              statefulSet: db.statefulSet,
-              replicas: db.replicas,
-              timeoutSeconds: 600,
-            }),
-        });
-      }
-      await Promise.all(
-        plan.databases.map((db) =>
-          act(waits.scaleDown, `scale ${db.statefulSet} to 0`, {
-            namespace: input.namespace,
-            statefulSet: db.statefulSet,
-            replicas: db.replicas,
-            timeoutSeconds: 600,
-          }),
-        ),
-      );
+      await applySecurityContext(plan.databases.map((d) => d.statefulSet));
 
       await gate(
         'relax',
-        `relax PSA to ${input.policies.podSecurity} and exclude ${input.namespace} from ${plan.policies.plan.constraints.length} Gatekeeper constraints`,
+        `relax PSA to ${input.policies.podSecurity} and exclude ${namespace} from ${plan.policies.plan.constraints.length} Gatekeeper constraints; on failure after the Jobs start: ${input.recovery}${imageNote}`,
       );
-
-      const targets = plan.databases.flatMap((d) => d.jobs);
-      const remaining = new Set(targets.map((t) => t.name));
-      compensations.push({
-        name: 'delete leftover Jobs',
-        run: () =>
-          act(undo.deleteOwnershipJobs, 'delete leftover ownership Jobs', { namespace: input.namespace }),
-      });
-      compensations.push({ name: 're-enforce the policies', run: () => reEnforce('compensation') });
-      for (let attempt = 1; ; attempt++) {
-        setPhase(Phase.RelaxingPolicies);
-        mayBeRelaxed = true;
-        const relaxed = await act(steps.relaxPolicies, `relax the policies of ${input.namespace}`, {
-          namespace: input.namespace,
-          owner,
-          podSecurity: input.policies.podSecurity,
-          gatekeeper: input.policies.gatekeeper,
-        });
-        record = relaxed.record;
-        status.policies.record = relaxed.record;
-        status.policies.state = 'relaxed';
-        status.windows.push({ openedAt: relaxed.relaxedAt });
-        const windowTimer = new wf.CancellationScope();
-        const maxTimer = windowTimer
-          .run(() => wf.sleep(ms(input.window.max)))
-          .then(
-            () => reEnforce(`window.max ${input.window.max} reached`),
-            () => undefined,
-          );
-
-        setPhase(Phase.MigratingOwnership);
-        const batch = targets.filter((t) => remaining.has(t.name));
-        const refs: JobRef[] = await act(steps.createOwnershipJobs, `create ${batch.length} ownership Jobs`, {
+      if (input.approvals.length) {
+        const fresh = await act(steps.planMigration, `plan ${namespace} again after the approvals`, {
           run: input,
-          targets: batch,
+          owner,
         });
-        for (const r of refs) {
-          const j = status.jobs.find((x) => x.name === r.name)!;
-          j.state = 'created';
-          j.attempts = attempt;
-        }
-        if (input.window.mode === 'admission') {
-          const evidence = await act(
-            waits.waitForPodsAdmitted,
-            'wait until every migration pod is admitted',
-            { namespace: input.namespace, jobs: refs, timeoutSeconds: seconds(input.window.max) },
-          );
-          status.admission.push(evidence);
-          for (const a of evidence.admitted)
-            Object.assign(
-              status.jobs.find((x) => x.name === a.job)!,
-              { state: 'admitted', pod: a.pod },
-            );
-          await reEnforce('every migration pod admitted');
-          setPhase(Phase.ReEnforcingPolicies);
-          if (evidence.refused.length) {
-            throw ApplicationFailure.nonRetryable(
-              `admission refused: ${evidence.refused.map((r) => `${r.job}: ${r.message}`).join('; ')}`,
-              RunFailureType.AdmissionRefused,
-            );
-          }
-          setPhase(Phase.MigratingOwnership);
-        }
-        const outcomes = await act(waits.waitForJobs, `wait for ${refs.length} ownership Jobs`, {
-          namespace: input.namespace,
-          jobs: refs,
-          timeoutSeconds: seconds(input.job.timeout),
-        });
-        setPhase(Phase.ReEnforcingPolicies);
-        await reEnforce(
-          input.window.mode === 'admission' ? 'every migration pod admitted' : 'every Job finished',
-        );
-        windowTimer.cancel();
-        await maxTimer;
-        for (const o of outcomes) {
-          const j = status.jobs.find((x) => x.name === o.name)!;
-          Object.assign(j, {
-            state: o.succeeded ? 'succeeded' : 'failed',
-            message: o.message,
-            ...(o.summary ? { summary: o.summary } : {}),
-          });
-          if (o.succeeded) remaining.delete(o.name);
-        }
-        if (remaining.size === 0) break;
-        if (attempt > input.job.retries) {
-          const failed = outcomes.filter((o) => !o.succeeded);
+        const changes = [...planChanges(plan, fresh), ...fresh.preflight];
+        if (changes.length)
           throw ApplicationFailure.nonRetryable(
-            `ownership Jobs failed after ${attempt} attempts: ${failed.map((f) => `${f.name}: ${f.message}`).join('; ')}`,
-            RunFailureType.OwnershipJobFailed,
+            `the cluster changed while the run waited for approval: ${changes.join('; ')}. Start a new run to plan again`,
+            RunFailureType.PlanChanged,
           );
-        }
       }
-      // The files now belong to the new IDs: putting the old template back would break the databases.
-      compensations.splice(
-        0,
-        compensations.length,
-        ...compensations.filter((c) => c.name.startsWith('scale ')),
+
+      const failed = await runOwnershipJobs(
+        { uid: input.uid, gid: input.gid },
+        plan.databases.flatMap((d) => d.jobs),
+        status.jobs,
+        input.job.retries + 1,
       );
-      await act(steps.deleteOwnershipJobs, 'delete the finished ownership Jobs', {
-        namespace: input.namespace,
-      });
+      if (failed.length)
+        throw ApplicationFailure.nonRetryable(
+          `ownership Jobs failed after ${input.job.retries + 1} attempts: ${failed.map((f) => `${f.name}: ${f.message}`).join('; ')}`,
+          RunFailureType.OwnershipJobFailed,
+        );
+      progress.filesNew = true;
+      await wait(
+        steps.deleteOwnershipJobs,
+        'delete the finished ownership Jobs',
+        { namespace },
+        Wait.podsGone,
+      );
 
       setPhase(Phase.ScalingUp);
       await Promise.all(
         plan.databases.map((db) =>
-          act(waits.scaleUp, `scale ${db.statefulSet} back to ${db.replicas}`, {
-            namespace: input.namespace,
-            statefulSet: db.statefulSet,
-            replicas: db.replicas,
-            timeoutSeconds: 900,
-          }),
+          wait(
+            steps.scaleUp,
+            `scale ${db.statefulSet} back to ${db.replicas}`,
+            { namespace, statefulSet: db.statefulSet, replicas: db.replicas },
+            Wait.replicasReady,
+          ),
         ),
       );
-      compensations.length = 0;
+      progress.scaledDown = [];
       if (plan.platform) {
-        await act(waits.waitForPlatform, `wait for ${plan.platform.name} ${plan.platform.ready}`, {
-          namespace: input.namespace,
-          platform: plan.platform,
-          timeoutSeconds: 900,
-        });
+        await wait(
+          steps.waitForPlatform,
+          `wait for ${plan.platform.name} ${plan.platform.ready}`,
+          { namespace, platform: plan.platform },
+          Wait.platformReady,
+        );
       }
 
       setPhase(Phase.Verifying);
       verification.push(
         ...(await act(steps.verifyDatabases, 'verify the databases', {
-          namespace: input.namespace,
-          statefulSets,
+          namespace,
+          statefulSets: plan.databases.map((d) => d.statefulSet),
           uid: input.uid,
           gid: input.gid,
         })),
@@ -491,36 +639,214 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
   } catch (err) {
     status.error = abortReason ? `aborted: ${abortReason}` : reasonOf(err);
     setPhase(Phase.Compensating, status.error);
-    // Every compensation runs even when one fails for good (e.g. 403): the others still undo
-    // their part, and a namespace left relaxed is the sweeper's and `runas-migrate restore`'s.
-    await wf.CancellationScope.nonCancellable(async () => {
-      for (const c of [...compensations].reverse()) {
-        try {
-          await c.run();
-          status.compensations.push(c.name);
-        } catch (failure) {
-          status.compensationFailures.push(`${c.name}: ${reasonOf(failure)}`);
-        }
-      }
-    });
+    await wf.CancellationScope.nonCancellable(() => settleAfter(err));
     if (status.compensationFailures.length)
       status.error += `; compensations that failed: ${status.compensationFailures.join('; ')}`;
-    setPhase(abortReason ? Phase.Aborted : Phase.Failed, status.error);
+    setPhase(abortReason ? Phase.Aborted : Phase.Failed, `${status.error}\n\nended ${status.endState}`);
     if (abortReason)
-      throw ApplicationFailure.nonRetryable(`run aborted: ${abortReason}`, RunFailureType.Aborted);
+      throw ApplicationFailure.nonRetryable(`run aborted: ${abortReason}`, RunFailureType.Aborted, {
+        endState: status.endState,
+        leftToDo: status.leftToDo,
+      });
     if (status.compensationFailures.length)
       throw ApplicationFailure.nonRetryable(status.error, RunFailureType.CompensationFailed, reasonOf(err));
     throw err;
+  } finally {
+    if (progress.locked)
+      await wf.CancellationScope.nonCancellable(() =>
+        step('release the namespace lock', () =>
+          act(settle.releaseNamespaceLock, `unlock namespace ${namespace}`, { namespace, owner }),
+        ),
+      );
+  }
+
+  /**
+   * Runs one settling step, recording it; a step that fails for good is reported, not thrown.
+   * @returns `{ value }` when it succeeded, undefined when it failed.
+   */
+  async function step<T>(name: string, fn: () => Promise<T>): Promise<{ value: T } | undefined> {
+    try {
+      const value = await fn();
+      status.compensations.push(name);
+      return { value };
+    } catch (failure) {
+      status.compensationFailures.push(`${name}: ${reasonOf(failure)}`);
+      return undefined;
+    }
+  }
+
+  /**
+   * After a failure, `abort` or cancel: re-enforce the policies, make files and template agree
+   * (roll forward or back once Jobs may have changed files), and start the databases only on
+   * files they own. Sets the end state and what is left to do.
+   */
+  async function settleAfter(err: unknown): Promise<void> {
+    await step('re-enforce the policies', () => reEnforce('compensation'));
+    let files: 'old' | 'new' | 'mixed' = progress.filesNew ? 'new' : 'old';
+    let rolledBack = false;
+    if (progress.jobsStarted && !progress.filesNew) {
+      files = 'mixed';
+      const refs = progress.refs;
+      // Which Jobs may have changed files: those of earlier attempts that ended, and those whose
+      // pod is bound to a node now that the policies are back (an unscheduled pod has not run,
+      // and deleted now it never will).
+      let ran = refs === null || status.jobs.some((j) => j.state === 'succeeded' || j.state === 'failed');
+      let admitted: string[] = [];
+      if (refs?.length) {
+        const evidence = await step('see which ownership Jobs have pods', () =>
+          wait(
+            settle.waitForPodsAdmitted,
+            'see which ownership Jobs have pods',
+            { namespace, jobs: refs },
+            Wait.podsSettled,
+          ),
+        );
+        admitted =
+          evidence?.value.admitted.filter((a) => a.node !== null).map((a) => a.job) ??
+          refs.map((r) => r.name);
+        ran ||= admitted.length > 0;
+      }
+      // Those Jobs already had every attempt the input allows.
+      const forwardFailedForGood =
+        err instanceof ApplicationFailure && err.type === RunFailureType.OwnershipJobFailed;
+      if (input.recovery === Recovery.RollForward && ran && refs && !forwardFailedForGood) {
+        const running = refs.filter((r) => admitted.includes(r.name));
+        const outcomes = running.length
+          ? await step(`wait for ${running.length} running ownership Jobs (roll forward)`, () =>
+              wait(
+                settle.waitForJobs,
+                'wait for the running ownership Jobs (roll forward)',
+                { namespace, jobs: running, uid: input.uid, gid: input.gid },
+                ms(input.job.timeout) + Wait.margin,
+              ),
+            )
+          : undefined;
+        for (const o of outcomes?.value ?? [])
+          Object.assign(
+            status.jobs.find((x) => x.name === o.name)!,
+            {
+              state: o.succeeded ? 'succeeded' : 'failed',
+              message: o.message,
+              ...(o.summary ? { summary: o.summary } : {}),
+            },
+          );
+      }
+      const jobsGone = await step('delete the ownership Jobs and wait until their pods are gone', () =>
+        wait(settle.deleteOwnershipJobs, 'delete the ownership Jobs', { namespace }, Wait.podsGone),
+      );
+      if (jobsGone === undefined) {
+        status.leftToDo.push(
+          `ownership Jobs of ${namespace} could not be confirmed gone: kubectl delete jobs -n ${namespace} -l app.kubernetes.io/managed-by=runas-migrate --cascade=foreground, then check the files`,
+        );
+      } else if (status.jobs.every((j) => j.state === 'succeeded')) {
+        files = 'new';
+      } else if (!ran) {
+        files = 'old';
+      } else if (input.recovery === Recovery.RollBack) {
+        status.rollbackJobs = jobStatuses(plan);
+        // One round after another: each opens its own window, and IDs may differ per database.
+        const reverse: boolean[] = [];
+        for (const d of plan.databases) {
+          const { uid, gid } = idsOf(d);
+          const failed = await step(
+            `change the files of ${d.statefulSet} back to ${uid}:${gid} (roll back)`,
+            () =>
+              runOwnershipJobs({ uid: uid!, gid: gid! }, d.jobs, status.rollbackJobs, input.job.retries + 1),
+          );
+          reverse.push(failed !== undefined && failed.value.length === 0);
+        }
+        await step('re-enforce the policies', () => reEnforce('compensation'));
+        await step('delete the reverse Jobs', () =>
+          wait(settle.deleteOwnershipJobs, 'delete the reverse ownership Jobs', { namespace }, Wait.podsGone),
+        );
+        if (reverse.every(Boolean)) {
+          files = 'old';
+          rolledBack = true;
+        }
+      }
+      if (files === 'mixed') {
+        const failed = status.jobs
+          .filter((j) => j.state !== 'succeeded')
+          .map((j) => `${j.name} (${j.state}${j.message ? `: ${j.message}` : ''})`);
+        status.leftToDo.push(
+          `the files of ${namespace} are partly ${input.uid}:${input.gid} and partly as before; the databases stay scaled to 0 so none starts on files it cannot use. Not finished: ${failed.join(', ')}. ` +
+            `Fix the cause, then start the run again with the same input (its Jobs change only what is left), or with "recovery": "roll-back" to return to the old IDs`,
+        );
+      }
+    }
+    if (files === 'mixed' || !plan) {
+      status.endState = plan ? EndState.StoppedScaledDown : EndState.Unchanged;
+      return;
+    }
+    // The template must carry the IDs the files have before anything starts on them.
+    const startable: DatabasePlan[] = [];
+    for (const db of progress.scaledDown) {
+      const current = await step(`read the template of ${db.statefulSet}`, () =>
+        act(settle.readPodIds, `read securityContext of ${db.statefulSet}`, {
+          namespace,
+          statefulSet: db.statefulSet,
+        }),
+      );
+      const want = files === 'new' ? { uid: input.uid, gid: input.gid } : idsOf(db);
+      if (current && sameIds(current.value, want.uid, want.gid)) {
+        startable.push(db);
+        continue;
+      }
+      const previous = progress.previousIds.get(db.statefulSet);
+      if (files === 'old' && previous) {
+        const ok = await step(`restore securityContext of ${db.statefulSet}`, () =>
+          act(settle.patchPodIds, `restore securityContext of ${db.statefulSet}`, {
+            namespace,
+            statefulSet: db.statefulSet,
+            ids: previous,
+          }),
+        );
+        if (ok) {
+          startable.push(db);
+          continue;
+        }
+      }
+      status.leftToDo.push(
+        `StatefulSet ${db.statefulSet} stays at 0 replicas: its template runs as ${current ? `${current.value.runAsUser}:${current.value.runAsGroup}` : 'unknown IDs'} but the files belong to ${want.uid}:${want.gid}. ` +
+          `Set the template to ${want.uid}:${want.gid} (helm or your own change), then kubectl scale statefulset ${db.statefulSet} -n ${namespace} --replicas=${db.replicas}`,
+      );
+    }
+    await Promise.all(
+      startable.map((db) =>
+        step(`scale ${db.statefulSet} back to ${db.replicas}`, () =>
+          wait(
+            settle.scaleUp,
+            `scale ${db.statefulSet} back to ${db.replicas}`,
+            { namespace, statefulSet: db.statefulSet, replicas: db.replicas },
+            Wait.replicasReady,
+          ),
+        ).then((done) => {
+          if (done === undefined)
+            status.leftToDo.push(
+              `StatefulSet ${db.statefulSet} did not become Ready at ${db.replicas} replicas: kubectl describe statefulset ${db.statefulSet} -n ${namespace}`,
+            );
+        }),
+      ),
+    );
+    const allStarted = startable.length === progress.scaledDown.length;
+    status.endState = !allStarted
+      ? EndState.StoppedScaledDown
+      : files === 'new'
+        ? EndState.RolledForward
+        : rolledBack
+          ? EndState.RolledBack
+          : EndState.Unchanged;
   }
 
   setPhase(Phase.Completed);
+  status.endState = EndState.Completed;
   const finishedAt = nowIso();
   const windowSeconds = status.windows.reduce(
     (s, w) => s + (w.closedAt ? (Date.parse(w.closedAt) - Date.parse(w.openedAt)) / 1000 : 0),
     0,
   );
   return {
-    namespace: input.namespace,
+    namespace,
     uid: input.uid,
     gid: input.gid,
     dryRun: input.dryRun,
@@ -537,6 +863,8 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     windowSeconds,
     approvals: status.gates,
     verification,
+    endState: EndState.Completed,
+    alarms: status.alarms,
     startedAt: status.startedAt,
     finishedAt,
   };

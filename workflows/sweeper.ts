@@ -1,56 +1,104 @@
 /**
  * `sweepRelaxations`: run by a Temporal Schedule, it restores the policies of every namespace
- * whose relaxation record names a run that is no longer running — the case of a terminated run
- * or a lost history, where no compensation of the run itself can execute.
+ * whose protected relaxation record names a run that is no longer running — a terminated run
+ * or a lost history, where no compensation of the run itself can execute. Each namespace is
+ * swept on its own: one that cannot be judged or restored is reported, and the others go on.
  */
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
+import type { RecordedRelaxation } from '../activities/policy.js';
 import type { RunRef } from '../src/policy.js';
 
-const { findRelaxations, isRunOpen } = wf.proxyActivities<Activities>({
+const { findRelaxations } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 5 },
+});
+
+const { isRunOpen } = wf.proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', maximumInterval: '5 seconds', maximumAttempts: 3 },
 });
 
 const { restorePolicies } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
   heartbeatTimeout: '30 seconds',
-  // The next sweep tries again; a non-retryable failure is reported, not hidden.
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
+  // Short: the next sweep tries again, and one namespace must not hold up the others' sweep.
+  retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 3 },
 });
 
-/** What one sweep found and did. */
+/** How many namespaces one sweep works on at once. */
+const SweepParallelism = 4;
+
+/** What one sweep did with one namespace. */
+export type SweptNamespace =
+  | { namespace: string; outcome: 'restored'; owner: RunRef; alarms: string[] }
+  | { namespace: string; outcome: 'left'; owner: RunRef; why: string }
+  | { namespace: string; outcome: 'refused'; why: string }
+  | { namespace: string; outcome: 'failed'; why: string };
+
+/** What one sweep found and did, namespace by namespace. */
 export interface SweepReport {
+  /** The Temporal namespace this sweep judges runs of. */
+  temporalNamespace: string;
   checked: number;
-  restored: { namespace: string; owner: RunRef }[];
-  leftToRunningRuns: { namespace: string; owner: RunRef }[];
-  failed: { namespace: string; error: string }[];
+  namespaces: SweptNamespace[];
 }
 
-/** Restores every relaxation whose run is gone. */
-export async function sweepRelaxations(): Promise<SweepReport> {
-  const report: SweepReport = { checked: 0, restored: [], leftToRunningRuns: [], failed: [] };
-  for (const found of await findRelaxations()) {
-    report.checked++;
-    if (!found.owner) {
-      report.failed.push({ namespace: found.namespace, error: found.error ?? 'unreadable record' });
-      continue;
-    }
+const reasonOf = (err: unknown): string =>
+  err instanceof wf.ActivityFailure && err.cause
+    ? err.cause.message
+    : err instanceof Error
+      ? err.message
+      : String(err);
+
+async function sweepOne(found: RecordedRelaxation, here: string): Promise<SweptNamespace> {
+  const { namespace } = found;
+  try {
+    if (!found.owner || found.refused)
+      return { namespace, outcome: 'refused', why: found.refused ?? 'no usable record' };
     const owner = found.owner;
-    if (await isRunOpen(owner)) {
-      report.leftToRunningRuns.push({ namespace: found.namespace, owner });
-      continue;
+    if (found.temporalNamespace !== here) {
+      return {
+        namespace,
+        outcome: 'left',
+        owner,
+        why: `recorded by a run of Temporal namespace ${found.temporalNamespace}: only a sweeper there can tell whether it is alive`,
+      };
     }
-    try {
-      const r = await restorePolicies({ namespace: found.namespace, owner });
-      if (r.restored) report.restored.push({ namespace: found.namespace, owner });
-    } catch (err) {
-      report.failed.push({
-        namespace: found.namespace,
-        error: err instanceof Error ? err.message : String(err),
-      });
-    }
+    if (await isRunOpen(owner))
+      return { namespace, outcome: 'left', owner, why: 'its run is still running and restores it itself' };
+    const r = await restorePolicies({ namespace, owner });
+    if (r.refused) return { namespace, outcome: 'refused', why: r.refused };
+    if (!r.restored) return { namespace, outcome: 'left', owner, why: 'nothing left to restore' };
+    return { namespace, outcome: 'restored', owner, alarms: r.alarms };
+  } catch (err) {
+    return { namespace, outcome: 'failed', why: reasonOf(err) };
   }
-  wf.log.info('sweep done', { ...report });
+}
+
+/** Restores every relaxation whose run is gone; reports every namespace it looked at. */
+export async function sweepRelaxations(): Promise<SweepReport> {
+  const here = wf.workflowInfo().namespace;
+  const found = await findRelaxations();
+  const swept: SweptNamespace[] = new Array<SweptNamespace>(found.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(SweepParallelism, found.length) }, async () => {
+      while (next < found.length) {
+        const i = next++;
+        swept[i] = await sweepOne(found[i]!, here);
+      }
+    }),
+  );
+  const report: SweepReport = { temporalNamespace: here, checked: found.length, namespaces: swept };
+  wf.log.info('sweep done', {
+    checked: report.checked,
+    ...Object.fromEntries(
+      (['restored', 'left', 'refused', 'failed'] as const).map((o) => [
+        o,
+        swept.filter((s) => s.outcome === o).map((s) => s.namespace),
+      ]),
+    ),
+  });
   return report;
 }

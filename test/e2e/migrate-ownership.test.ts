@@ -4,6 +4,7 @@
  * it with `workflow query`, and check the cluster and the files afterwards. Also: a second run
  * on the same namespace is refused, and a dry run changes nothing.
  */
+import { ownershipJobName } from '../../src/job.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -83,7 +84,8 @@ describe('migrateOwnership end to end', () => {
       taskQueue,
     ]);
     expect(r.stdout).toContain(`dry run of ${namespace}: nothing was changed`);
-    expect(r.stdout).toMatch(/runas-migrate-timescale-1.*timescale-ha-tablespace-data-2-timescale-1/s);
+    expect(r.stdout).toContain(ownershipJobName('timescale', 1));
+    expect(r.stdout).toMatch(/timescale-ha-tablespace-data-2-timescale-1/);
     expect(await snapshot()).toEqual(before);
   });
 
@@ -105,7 +107,7 @@ describe('migrateOwnership end to end', () => {
     await approveWithCli(workflowId, { gate: 'plan', by: 'alice' });
     await waitingAt('relax');
     const beforeRelax = await status();
-    expect(beforeRelax.phase).toBe('scaling-down');
+    expect(beforeRelax.phase).toBe('applying-security-context');
     expect((await apps.readNamespacedStatefulSet({ name: 'timescale', namespace })).spec?.replicas).toBe(0);
     await approveWithCli(workflowId, { gate: 'relax', by: 'bob' });
 
@@ -130,7 +132,7 @@ describe('migrateOwnership end to end', () => {
     expect(report.volumes.map((v) => `${v.job} ${v.path}`).sort()).toEqual(
       ItrsDatabases.flatMap((db) =>
         Array.from({ length: db.replicas }, (_, i) =>
-          db.claims.map((c) => `runas-migrate-${db.statefulSet}-${i} ${c.mountPath}`),
+          db.claims.map((c) => `${ownershipJobName(db.statefulSet, i)} ${c.mountPath}`),
         ).flat(),
       ).sort(),
     );

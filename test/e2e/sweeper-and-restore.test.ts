@@ -1,21 +1,43 @@
 /**
- * When the run that relaxed a namespace is gone (terminated, history lost), the record on the
- * namespace alone is enough: `runas-migrate restore` and the sweeper Schedule put the policies
- * back, and neither touches a relaxation whose run is still alive.
+ * When the run that relaxed a namespace is gone (terminated, history lost), its protected
+ * record is enough: `runas-migrate restore` and the sweeper Schedule put the policies back.
+ * Neither touches a relaxation whose run is alive or that a run of another Temporal namespace
+ * recorded, and neither acts on what a tenant can write: an annotation no protected record
+ * backs is reported and left as evidence. One bad record never stops the sweep of the others.
  */
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPolicyActivities } from '../../activities/policy.js';
 import { Kube } from '../../src/kube.js';
 import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/policy.js';
+import {
+  DefaultRecordsNamespace,
+  recordConfigMapName,
+  RecordDataKey,
+  RecordLabel,
+} from '../../src/records.js';
 import { sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
+import { Gatekeeper } from '../../testbed/fixture.js';
+import type { SweepReport, SweptNamespace } from '../../workflows/sweeper.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 import { waitFor } from '../../testbed/process.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
-import { policyState } from '../support/policy-state.js';
+import { policyState, type PolicyState } from '../support/policy-state.js';
+import {
+  aliveRun,
+  forgedRecord,
+  protectedRecord,
+  setRelaxationAnnotation,
+  tamperEvents,
+} from '../support/records.js';
 
 const kc = kubeConfig();
+const core = kc.makeApiClient(CoreV1Api);
+const custom = kc.makeApiClient(CustomObjectsApi);
 const guard = createPolicyActivities({ kube: new Kube(kc) });
+// Records as a worker of another Temporal namespace writes them.
+const elsewhere = createPolicyActivities({ kube: new Kube(kc), temporalNamespace: 'elsewhere' });
 const cleanups: (() => Promise<void>)[] = [];
 const gone: RunRef = {
   workflowId: 'runas-migrate-terminated-long-ago',
@@ -26,33 +48,54 @@ let w: RunningWorker;
 let worker: TestWorker;
 let alive: RunRef;
 
-async function relaxedNamespace(
-  owner: RunRef,
-): Promise<{ ns: string; before: Awaited<ReturnType<typeof policyState>> }> {
-  const ns = uniqueName('swept');
-  const remove = await createNamespace(kc, ns, { [PodSecurityLabel.Enforce]: 'restricted' });
+async function plainNamespace(prefix: string, labels: Record<string, string>): Promise<string> {
+  const ns = uniqueName(prefix);
+  const remove = await createNamespace(kc, ns, labels);
   cleanups.push(async () => {
     await guard.restorePolicies({ namespace: ns });
     await remove();
   });
+  return ns;
+}
+
+async function relaxedNamespace(owner: RunRef, g = guard): Promise<{ ns: string; before: PolicyState }> {
+  const ns = await plainNamespace('swept', { [PodSecurityLabel.Enforce]: 'restricted' });
   const before = await policyState(kc, ns);
-  await guard.relaxPolicies({ namespace: ns, owner });
+  await g.relaxPolicies({ namespace: ns, owner });
   return { ns, before };
 }
+
+let lastTrigger = 0;
+
+/** Triggers the worker's sweeper Schedule once and returns that sweep's report. */
+async function sweep(): Promise<SweepReport> {
+  // A Schedule names each run after the second it starts in: a second trigger within the same
+  // second would collide with the first.
+  await new Promise((r) => setTimeout(r, Math.max(0, lastTrigger + 1_100 - Date.now())));
+  lastTrigger = Date.now();
+  const schedule = w.client.schedule.getHandle(sweeperScheduleId(taskQueue));
+  const started = async () =>
+    (await schedule.describe()).info.recentActions.map((a) => a.action.workflow.workflowId);
+  const seen = new Set(await started());
+  await schedule.trigger();
+  const id = await waitFor(
+    'sweep started',
+    async () => (await started()).find((x) => !seen.has(x)),
+    30_000,
+    200,
+  );
+  return (await w.client.workflow.getHandle(id).result()) as SweepReport;
+}
+
+const outcomeOf = (report: SweepReport, namespace: string): SweptNamespace | undefined =>
+  report.namespaces.find((n) => n.namespace === namespace);
 
 beforeAll(async () => {
   worker = await startTestWorker(taskQueue);
   w = worker.w;
-  // A run that is alive: started, never finished (nothing polls its queue).
-  const handle = await w.client.workflow.start('probeApproval', {
-    taskQueue: uniqueName('nobody-polls'),
-    workflowId: uniqueName('alive'),
-    args: [{ gate: 'x' }],
-  });
-  alive = { workflowId: handle.workflowId, runId: handle.firstExecutionRunId };
-  cleanups.push(async () => {
-    await handle.terminate('test over');
-  });
+  const run = await aliveRun(w.client);
+  alive = run.owner;
+  cleanups.push(run.end);
 });
 
 afterAll(async () => {
@@ -61,15 +104,17 @@ afterAll(async () => {
 });
 
 describe('runas-migrate restore', () => {
-  it('restores from the annotation alone when the run is gone', async () => {
+  it('restores from the protected record when the run is gone', async () => {
     const { ns, before } = await relaxedNamespace(gone);
     const r = await runasMigrate(['restore', '--namespace', ns]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(
-      `${ns}: policies restored and verified (recorded by run ${gone.workflowId}/${gone.runId})`,
+      `${ns}: policies restored and verified from the protected record (recorded by run ${gone.workflowId}/${gone.runId})`,
     );
     expect(r.stdout).toMatch(/K8sPSPCapabilities\/drop-all: entry-removed/);
+    expect(r.stdout).not.toContain('ALARM');
     expect(await policyState(kc, ns)).toEqual(before);
+    expect(await protectedRecord(kc, ns)).toBeUndefined();
     expect((await runasMigrate(['restore', '--namespace', ns])).stdout).toContain('no relaxation recorded');
   });
 
@@ -84,6 +129,31 @@ describe('runas-migrate restore', () => {
     expect(await policyState(kc, ns)).toEqual(before);
   });
 
+  it('restores from the protected record when the annotation was corrupted, raising an alarm', async () => {
+    const { ns, before } = await relaxedNamespace(gone);
+    await setRelaxationAnnotation(kc, ns, 'garbage');
+    const r = await runasMigrate(['restore', '--namespace', ns]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`${ns}: policies restored and verified from the protected record`);
+    expect(r.stdout).toMatch(
+      /ALARM: the runas-migrate.dev\/relaxation annotation was changed during the window/,
+    );
+    expect(await policyState(kc, ns)).toEqual(before);
+    expect((await tamperEvents(kc, ns)).length).toBeGreaterThan(0);
+  });
+
+  it('refuses an annotation no protected record backs, and leaves it as evidence', async () => {
+    const ns = await plainNamespace('tenant', { [PodSecurityLabel.Enforce]: 'baseline' });
+    await setRelaxationAnnotation(kc, ns, JSON.stringify(forgedRecord(ns, [])));
+    const before = await policyState(kc, ns);
+    const r = await runasMigrate(['restore', '--namespace', ns]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toContain(
+      `${ns}: refused: namespace ${ns} carries the runas-migrate.dev/relaxation annotation`,
+    );
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+
   it('names an unknown namespace and changes nothing', async () => {
     const r = await runasMigrate(['restore', '--namespace', 'no-such-namespace']);
     expect(r.code).toBe(1);
@@ -92,24 +162,139 @@ describe('runas-migrate restore', () => {
 });
 
 describe('the sweeper', () => {
-  it('is scheduled by the worker, and restores what a gone run left while leaving a live run alone', async () => {
+  it('is scheduled by the worker, and sweeps each namespace on its own, reporting each', async () => {
     const schedule = await w.client.schedule.getHandle(sweeperScheduleId(taskQueue)).describe();
     expect(schedule.action).toMatchObject({ type: 'startWorkflow', workflowType: 'sweepRelaxations' });
 
-    // The live run's relaxation first, so the orphan's "before" already includes it.
+    // The live runs' relaxations first, so the orphan's "before" already includes them.
     const owned = await relaxedNamespace(alive);
-    const orphan = await relaxedNamespace(gone);
-    await w.client.schedule.getHandle(sweeperScheduleId(taskQueue)).trigger();
-
-    await waitFor(
-      'orphan restored',
-      async () => (await policyState(kc, orphan.ns)).annotations[RelaxationAnnotation] === undefined,
-      60_000,
-      500,
+    const foreign = await relaxedNamespace(gone, elsewhere);
+    // A tenant's annotation whose run ID Temporal would refuse to look up (InvalidArgument).
+    const bad = await plainNamespace('bad', { [PodSecurityLabel.Enforce]: 'baseline' });
+    await setRelaxationAnnotation(
+      kc,
+      bad,
+      JSON.stringify(forgedRecord(bad, [], { workflowId: 'runas-migrate-bad', runId: 'not-a-uuid' })),
     );
+    // A protected record that cannot be read (as if someone with rights on it had broken it).
+    const broken = await plainNamespace('broken', { [PodSecurityLabel.Enforce]: 'restricted' });
+    await core.createNamespacedConfigMap({
+      namespace: DefaultRecordsNamespace,
+      body: {
+        metadata: {
+          name: recordConfigMapName(broken),
+          labels: {
+            [RecordLabel.ManagedBy]: 'runas-migrate',
+            [RecordLabel.Record]: 'relaxation',
+            [RecordLabel.TargetNamespace]: broken,
+          },
+        },
+        data: { [RecordDataKey.Namespace]: broken, [RecordDataKey.Record]: '{"version":2}' },
+      },
+    });
+    cleanups.push(async () => {
+      await core.deleteNamespacedConfigMap({
+        namespace: DefaultRecordsNamespace,
+        name: recordConfigMapName(broken),
+      });
+    });
+    const orphan = await relaxedNamespace(gone);
+
+    const report = await sweep();
+
+    expect(outcomeOf(report, orphan.ns)).toEqual({
+      namespace: orphan.ns,
+      outcome: 'restored',
+      owner: gone,
+      alarms: [],
+    });
+    expect(outcomeOf(report, owned.ns)).toMatchObject({
+      outcome: 'left',
+      owner: alive,
+      why: /still running/,
+    });
+    expect(outcomeOf(report, foreign.ns)).toMatchObject({
+      outcome: 'left',
+      owner: gone,
+      why: /recorded by a run of Temporal namespace elsewhere/,
+    });
+    expect(outcomeOf(report, bad)).toMatchObject({ outcome: 'refused', why: /no protected record/ });
+    expect(outcomeOf(report, broken)).toMatchObject({
+      outcome: 'refused',
+      why: new RegExp(`record ConfigMap runas-migrate/relaxation-${broken} is not a valid relaxation record`),
+    });
+    expect(report.temporalNamespace).toBe('default');
+
     expect(await policyState(kc, orphan.ns)).toEqual(orphan.before);
-    const stillRelaxed = await policyState(kc, owned.ns);
-    expect(stillRelaxed.labels[PodSecurityLabel.Enforce]).toBe('baseline');
-    expect(stillRelaxed.annotations[RelaxationAnnotation]).toContain(alive.runId);
+    for (const still of [owned.ns, foreign.ns]) {
+      const s = await policyState(kc, still);
+      expect(s.labels[PodSecurityLabel.Enforce]).toBe('baseline');
+      expect(s.annotations[RelaxationAnnotation]).toBeDefined();
+      expect(await protectedRecord(kc, still)).toBeDefined();
+    }
+    expect((await policyState(kc, bad)).annotations[RelaxationAnnotation]).toContain('not-a-uuid');
+  });
+
+  it("leaves another namespace's exclusions and every PSA label alone when a tenant forges a record aimed at them", async () => {
+    // The tenant's "kube-system": every PSA label set, excluded by a constraint of its own.
+    const victim = await plainNamespace('victim', {
+      [PodSecurityLabel.Enforce]: 'baseline',
+      [PodSecurityLabel.EnforceVersion]: 'v1.30',
+      [PodSecurityLabel.Warn]: 'restricted',
+      [PodSecurityLabel.WarnVersion]: 'latest',
+      [PodSecurityLabel.Audit]: 'restricted',
+      [PodSecurityLabel.AuditVersion]: 'latest',
+    });
+    const capabilities = {
+      group: Gatekeeper.group,
+      version: Gatekeeper.version,
+      plural: 'k8spspcapabilities',
+    };
+    const constraintName = uniqueName('c');
+    await custom.createClusterCustomObject({
+      ...capabilities,
+      body: {
+        apiVersion: `${Gatekeeper.group}/${Gatekeeper.version}`,
+        kind: 'K8sPSPCapabilities',
+        metadata: { name: constraintName },
+        spec: { match: { namespaces: [victim], excludedNamespaces: [victim] } },
+      },
+    });
+    cleanups.push(async () => {
+      await custom.deleteClusterCustomObject({ ...capabilities, name: constraintName });
+    });
+
+    // The tenant may patch its own namespace's metadata, and writes the record that would make
+    // the guard drop the victim's exclusions and give the tenant `privileged`.
+    const tenant = await plainNamespace('tenant', { [PodSecurityLabel.Enforce]: 'baseline' });
+    await setRelaxationAnnotation(
+      kc,
+      tenant,
+      JSON.stringify(
+        forgedRecord(victim, [
+          { kind: 'K8sPSPCapabilities', plural: capabilities.plural, name: constraintName },
+          { kind: 'K8sPSPCapabilities', plural: 'k8spspcapabilities', name: 'drop-all' },
+          { kind: 'K8sPSPAllowedUsers', plural: 'k8spspallowedusers', name: 'allowed-user-ranges' },
+        ]),
+      ),
+    );
+    const victimBefore = await policyState(kc, victim);
+    const tenantBefore = await policyState(kc, tenant);
+
+    const reports = [await sweep(), await sweep()];
+
+    expect(await policyState(kc, victim)).toEqual(victimBefore);
+    // the forged annotation stays, as evidence
+    expect(await policyState(kc, tenant)).toEqual(tenantBefore);
+    for (const report of reports) {
+      expect(outcomeOf(report, tenant)).toMatchObject({
+        outcome: 'refused',
+        why: /carries the runas-migrate.dev\/relaxation annotation but no protected record/,
+      });
+      expect(outcomeOf(report, victim)).toBeUndefined();
+    }
+    const [event] = await tamperEvents(kc, tenant);
+    expect(event).toMatchObject({ type: 'Warning', reason: 'RelaxationRecordTampered' });
+    expect(event!.count).toBeGreaterThanOrEqual(2);
   });
 });

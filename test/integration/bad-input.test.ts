@@ -724,7 +724,7 @@ describe('an identity without the rights a run needs (403)', () => {
     );
   });
 
-  it('a worker whose kubeconfig may only read: the run fails on the first write, naming it, and nothing changed', async () => {
+  it('a worker whose kubeconfig may only read what it plans with: the run fails at its lock, naming it, and nothing changed', async () => {
     const kubeconfig = await limitedKubeconfig('reads-everything', [
       read([''], ['namespaces', 'persistentvolumeclaims', 'pods']),
       read(['apps'], ['statefulsets']),
@@ -761,7 +761,7 @@ describe('an identity without the rights a run needs (403)', () => {
     );
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(
-      /run failed: forbidden to patch StatefulSet .*\(HTTP 403\).*Fix: grant the identity in the kubeconfig "patch" on it/,
+      /run failed: forbidden to get Lease "[^"]+\/runas-migrate" \(HTTP 403\).*Fix: grant the identity in the kubeconfig "get" on it/,
     );
   });
 });

@@ -10,21 +10,42 @@ import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions } from '@kubernet
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMigrationActivities } from '../../activities/migration.js';
 import { parseMigrationInput, type MigrationInputRaw } from '../../src/input.js';
+import { ownershipJobName } from '../../src/job.js';
 import { Kube } from '../../src/kube.js';
 import { removeFixture, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
-import { policyState } from '../support/policy-state.js';
+import { namespaceSnapshot } from '../support/snapshot.js';
 
 const exec = promisify(execFile);
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const apps = kc.makeApiClient(AppsV1Api);
-const migration = createMigrationActivities({ kube: new Kube(kc) });
+/** Every call planning makes, as `<verb> <object>`. */
+const calls: string[] = [];
+class RecordingKube extends Kube {
+  override call<T>(verb: string, object: string, mutating: boolean, fn: () => Promise<T>): Promise<T> {
+    calls.push(`${verb} ${object}${mutating ? ' (write)' : ''}`);
+    return super.call(verb, object, mutating, fn);
+  }
+}
+const migration = createMigrationActivities({ kube: new RecordingKube(kc) });
 const namespace = uniqueName('plan');
 const owner = { workflowId: 'plan-test', runId: 'r' };
 const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+
+/**
+ * What planning could change in the namespace. Constraints are cluster-wide, and other test files
+ * sharing the bed relax them for their own namespaces meanwhile: only this namespace's entry in them counts.
+ */
+async function local(): Promise<unknown> {
+  const s = await namespaceSnapshot(kc, namespace, bed().pvRoot);
+  const mentions = Object.entries(s.policies.constraints)
+    .filter(([, spec]) => JSON.stringify(spec).includes(`"${namespace}"`))
+    .map(([name]) => name);
+  return { ...s, policies: { ...s.policies, constraints: mentions } };
+}
 
 const plan = (raw: Partial<MigrationInputRaw>) =>
   migration.planMigration({ run: parseMigrationInput({ namespace, uid: 5000, gid: 5000, ...raw }), owner });
@@ -61,15 +82,72 @@ describe('planMigration on the test bed', () => {
     expect(p.preflight).toContain(
       'K8sPSPAllowedUsers/allowed-user-ranges: runAsUser 500 is outside the allowed ranges 1000-65535: the databases would be refused at scale-up; choose IDs inside them or change the constraint',
     );
-    const before = await policyState(kc, namespace);
+    const before = await local();
     const r = await exec(process.execPath, [cli, 'plan', '-n', namespace, '--uid', '500', '--gid', '500'], {
       env: { ...process.env, KUBECONFIG: bed().kubeconfig },
     }).catch((e: { code: number; stdout: string }) => e);
     expect('code' in r && r.code).toBe(3);
     expect(r.stdout).toContain('PREFLIGHT FAILED');
-    expect(r.stdout).toMatch(/runas-migrate-timescale-1 .*timescale-ha-wal-timescale-1/s);
-    expect(await policyState(kc, namespace)).toEqual(before);
+    expect(r.stdout).toMatch(
+      new RegExp(`${ownershipJobName('timescale', 1)} .*timescale-ha-wal-timescale-1`, 's'),
+    );
+    expect(await local()).toEqual(before);
   });
+
+  it('tries every write of the run with a server-side dry run: admitted in a restricted namespace, nothing written', async () => {
+    calls.length = 0;
+    const before = await local();
+    const p = await plan({ securityContext: { apply: 'patch' } });
+    expect(p.preflight).toEqual([]);
+    // PSA judges pods, not Jobs: the root Job passes its dry run under restricted (a warning only)
+    expect(p.policies.snapshot.podSecurity['pod-security.kubernetes.io/enforce']).toBe('restricted');
+    expect(calls.filter((c) => c.includes('(dry run)')).sort()).toEqual(
+      [
+        ...['pgplatform', 'timescale'].map((s) => `patch StatefulSet "${namespace}/${s}" (dry run)`),
+        ...[
+          ['pgplatform', 0],
+          ['timescale', 0],
+          ['timescale', 1],
+        ].map(
+          ([s, i]) => `create Job "${namespace}/${ownershipJobName(s as string, i as number)}" (dry run)`,
+        ),
+      ].sort(),
+    );
+    expect(calls.filter((c) => c.endsWith('(write)'))).toEqual([]);
+    expect(await local()).toEqual(before);
+  });
+
+  const refused: [string, MigrationInputRaw['job'], RegExp][] = [
+    [
+      'a pod label value',
+      { podLabels: { team: 'data platform!' } },
+      /^job\.podLabels: Invalid value: "data platform!": a valid label must be .*: fix the input$/,
+    ],
+    [
+      'a pod annotation key',
+      { podAnnotations: { 'not a key': 'x' } },
+      /^job\.podAnnotations: Invalid value: "not a key": .*: fix the input$/,
+    ],
+    [
+      'a resource quantity',
+      { resources: { limits: { cpu: 'lots' } } },
+      /^job\.resources: .*: fix the input$/,
+    ],
+    [
+      'a nodeSelector value',
+      { nodeSelector: { pool: 'db pool' } },
+      /^job\.nodeSelector: Invalid value: "db pool": .*: fix the input$/,
+    ],
+  ];
+  for (const [what, job, message] of refused) {
+    it(`refuses ${what} in preflight, before any change, naming the input field`, async () => {
+      const before = await local();
+      const p = await plan({ job, securityContext: { apply: 'patch' } });
+      expect(p.preflight).toHaveLength(1);
+      expect(p.preflight[0]).toMatch(message);
+      expect(await local()).toEqual(before);
+    });
+  }
 
   const missing: [string, Partial<MigrationInputRaw>, RegExp][] = [
     [

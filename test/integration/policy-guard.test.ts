@@ -3,7 +3,8 @@
  * namespace's labels and every constraint's spec exactly as they were, in every starting
  * situation; the relaxed window admits the migration pod and the restored one refuses it;
  * others' changes survive; an interrupted restore finishes on the next try; bad input changes
- * nothing.
+ * nothing; and nothing a tenant can write to its namespace (the relaxation annotation) makes
+ * the guard change anything but what the run's own or the protected record says.
  */
 import {
   ApiextensionsV1Api,
@@ -15,23 +16,50 @@ import {
   setHeaderOptions,
   type V1Pod,
 } from '@kubernetes/client-node';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPolicyActivities } from '../../activities/policy.js';
 import { Kube } from '../../src/kube.js';
 import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/policy.js';
+import { recordConfigMapName } from '../../src/records.js';
+import { connectClient } from '../../src/worker.js';
 import { Gatekeeper } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
 import { policyState } from '../support/policy-state.js';
+import {
+  aliveRun,
+  deleteProtectedRecord,
+  forgedRecord,
+  protectedRecord,
+  setRelaxationAnnotation,
+  tamperEvents,
+} from '../support/records.js';
+import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const custom = kc.makeApiClient(CustomObjectsApi);
-const owner: RunRef = { workflowId: 'runas-migrate-test', runId: 'run-1' };
 const cleanups: (() => Promise<void>)[] = [];
-const guard = (kube = new Kube(kc), constraintGroup?: string) =>
-  createPolicyActivities({ kube, ...(constraintGroup ? { constraintGroup } : {}) });
+const guard = (kube = new Kube(kc), constraintGroup?: string, recordsNamespace?: string) =>
+  createPolicyActivities({
+    kube,
+    ...(constraintGroup ? { constraintGroup } : {}),
+    ...(recordsNamespace ? { recordsNamespace } : {}),
+  });
+// Runs that stay open, so that no sweeper on the shared bed takes these relaxations for orphans.
+let owner: RunRef;
+let otherOwner: RunRef;
+
+beforeAll(async () => {
+  const client = await connectClient({ address: bed().temporal.address });
+  cleanups.push(() => client.connection.close());
+  for (const set of [(r: RunRef) => (owner = r), (r: RunRef) => (otherOwner = r)]) {
+    const run = await aliveRun(client);
+    cleanups.push(run.end);
+    set(run.owner);
+  }
+});
 
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => undefined);
@@ -132,6 +160,8 @@ describe('relax then restore leaves everything as it was', () => {
       const during = await policyState(kc, ns);
       expect(during.labels[PodSecurityLabel.Enforce]).toBe('baseline');
       expect(during.annotations[RelaxationAnnotation]).toBe(JSON.stringify(relaxed.record));
+      expect(await protectedRecord(kc, ns)).toEqual(relaxed.record);
+      expect(relaxed.record).toMatchObject({ version: 2, temporalNamespace: 'default', owner });
       expect(await excludedNamespaces('k8spspcapabilities', 'drop-all')).toContain(ns);
       expect(await excludedNamespaces('k8spspallowedusers', 'allowed-user-ranges')).toContain(ns);
       const action = (kind: string, name: string) =>
@@ -143,14 +173,16 @@ describe('relax then restore leaves everything as it was', () => {
       );
 
       const report = await g.restorePolicies({ namespace: ns, owner });
-      expect(report.restored).toBe(true);
+      expect(report).toMatchObject({ restored: true, source: 'protected-record', alarms: [], refused: null });
       expect(report.keptForeignChanges).toEqual([]);
       const after = await policyState(kc, ns);
       expect(after).toEqual(before);
       expect(after.labels[PodSecurityLabel.Enforce] ?? null).toBe(expectEnforce);
+      expect(await protectedRecord(kc, ns)).toBeUndefined();
 
+      // reads the protected record and the namespace, finds neither showing a relaxation
       const again = await g.restorePolicies({ namespace: ns, owner });
-      expect(again).toMatchObject({ restored: false, apiCalls: 1 });
+      expect(again).toMatchObject({ restored: false, alarms: [], refused: null, apiCalls: 2 });
       expect(await policyState(kc, ns)).toEqual(before);
     });
   }
@@ -207,7 +239,7 @@ describe('two runs interleaving', () => {
     const before = (await policyState(kc, first)).constraints;
     const g = guard();
     await g.relaxPolicies({ namespace: first, owner });
-    await g.relaxPolicies({ namespace: second, owner: { ...owner, runId: 'run-2' } });
+    await g.relaxPolicies({ namespace: second, owner: otherOwner });
     expect(await excludedNamespaces('k8spspallowedusers', 'allowed-user-ranges')).toEqual([first, second]);
 
     await g.restorePolicies({ namespace: first, owner });
@@ -312,19 +344,51 @@ describe('the window', () => {
     const half = await policyState(kc, ns);
     expect(half.labels[PodSecurityLabel.Enforce]).toBe('restricted');
     expect(half.annotations[RelaxationAnnotation]).toBeDefined();
+    expect(await protectedRecord(kc, ns)).toBeDefined();
 
     const report = await guard().restorePolicies({ namespace: ns, owner });
     expect(report.podSecurity).toBe('already-restored');
+    expect(report.alarms).toEqual([]);
+    expect(await policyState(kc, ns)).toEqual(before);
+    expect(await protectedRecord(kc, ns)).toBeUndefined();
+  });
+
+  it('records the relaxation durably before applying it: killed at the first namespace write, the retry resumes', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const before = await policyState(kc, ns);
+    class KilledAtNamespaceWrite extends Kube {
+      override async call<T>(
+        verb: string,
+        object: string,
+        mutating: boolean,
+        fn: () => Promise<T>,
+      ): Promise<T> {
+        if (mutating && object.startsWith('namespace '))
+          throw new Error(`worker killed before ${verb} ${object}`);
+        return super.call(verb, object, mutating, fn);
+      }
+    }
+    await expect(
+      guard(new KilledAtNamespaceWrite(kc)).relaxPolicies({ namespace: ns, owner }),
+    ).rejects.toThrow(/worker killed before patch namespace/);
+    const recorded = await protectedRecord(kc, ns);
+    expect(recorded).toMatchObject({ owner, snapshot: { namespace: ns } });
+    expect(await policyState(kc, ns)).toEqual(before);
+
+    const resumed = await guard().relaxPolicies({ namespace: ns, owner });
+    expect(resumed.resumed).toBe(true);
+    expect(resumed.record).toEqual(recorded);
+    expect((await policyState(kc, ns)).annotations[RelaxationAnnotation]).toBe(JSON.stringify(recorded));
+    await guard().restorePolicies({ namespace: ns, owner, record: resumed.record });
     expect(await policyState(kc, ns)).toEqual(before);
   });
 });
 
 describe('a namespace deleted during the window', () => {
-  it("takes back its exclusions from the run's own record, so a namesake is not exempt", async () => {
+  async function relaxedThenDeleted() {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
     const before = (await policyState(kc, ns)).constraints;
-    const g = guard();
-    const { record } = await g.relaxPolicies({ namespace: ns, owner });
+    const { record } = await guard().relaxPolicies({ namespace: ns, owner });
     await core.deleteNamespace({ name: ns });
     await waitFor(
       'namespace gone',
@@ -335,22 +399,31 @@ describe('a namespace deleted during the window', () => {
         ),
       60_000,
     );
+    return { ns, before, record };
+  }
 
+  it('takes back its exclusions from the protected record, so a namesake is not exempt', async () => {
+    const { ns, before } = await relaxedThenDeleted();
+    const report = await guard().restorePolicies({ namespace: ns, owner });
+    expect(report).toMatchObject({ restored: true, source: 'protected-record' });
+    expect(await protectedRecord(kc, ns)).toBeUndefined();
+    const after = (await policyState(kc, 'default')).constraints;
+    expect(after).toEqual(before);
+  });
+
+  it("takes back its exclusions from the run's own copy when nothing else is left", async () => {
+    const { ns, before, record } = await relaxedThenDeleted();
+    await deleteProtectedRecord(kc, ns);
+    const g = guard();
     expect((await g.restorePolicies({ namespace: ns, owner })).restored).toBe(false);
     const report = await g.restorePolicies({ namespace: ns, owner, record });
-    expect(report.restored).toBe(true);
+    expect(report).toMatchObject({ restored: true, source: 'run-copy' });
     // (in the order API discovery lists the kinds, which is not fixed)
     expect(Object.fromEntries(report.constraints.map((c) => [c.constraint, c.result]))).toEqual({
       'K8sPSPCapabilities/drop-all': 'entry-removed',
       'K8sPSPAllowedUsers/allowed-user-ranges': 'list-removed',
     });
-    const kube = new Kube(kc);
-    const after: Record<string, unknown> = {};
-    for (const kind of await kube.kindsOfGroup(Gatekeeper.group)) {
-      for (const c of await kube.listClusterObjects<{ metadata: { name: string }; spec: unknown }>(kind))
-        after[`${kind.kind}/${c.metadata.name}`] = c.spec;
-    }
-    expect(after).toEqual(before);
+    expect((await policyState(kc, 'default')).constraints).toEqual(before);
   });
 });
 
@@ -466,7 +539,54 @@ describe('bad input changes nothing', () => {
     const f = await failureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
     expect(f.type).toBe('KubeForbidden');
     expect(f.nonRetryable).toBe(true);
-    expect(f.message).toMatch(new RegExp(`forbidden to patch namespace "${ns}"`));
+    // the protected record is read first: without rights on it, nothing is even looked at
+    expect(f.message).toContain(`forbidden to get ConfigMap "runas-migrate/${recordConfigMapName(ns)}"`);
+    expect(await policyState(kc, ns)).toEqual(before);
+
+    // Allowed to record but not to relax: the record does not outlive the refused attempt.
+    const recordsRole = `${ns}-records`;
+    await rbac.createNamespacedRole({
+      namespace: 'runas-migrate',
+      body: {
+        metadata: { name: recordsRole },
+        rules: [{ apiGroups: [''], resources: ['configmaps'], verbs: ['get', 'create', 'update', 'delete'] }],
+      },
+    });
+    await rbac.createNamespacedRoleBinding({
+      namespace: 'runas-migrate',
+      body: {
+        metadata: { name: recordsRole },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: recordsRole },
+        subjects: [{ kind: 'ServiceAccount', name: sa, namespace: ns }],
+      },
+    });
+    cleanups.push(async () => {
+      await rbac.deleteNamespacedRoleBinding({ namespace: 'runas-migrate', name: recordsRole });
+      await rbac.deleteNamespacedRole({ namespace: 'runas-migrate', name: recordsRole });
+    });
+    const g = await waitFor(
+      'records Role in force',
+      async () => {
+        const again = await failureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
+        return again.message.includes('ConfigMap') ? undefined : again;
+      },
+      30_000,
+    );
+    expect(g.type).toBe('KubeForbidden');
+    expect(g.message).toMatch(new RegExp(`forbidden to patch namespace "${ns}"`));
+    expect(await protectedRecord(kc, ns)).toBeUndefined();
+    expect(await policyState(kc, ns)).toEqual(before);
+  });
+
+  it('a records namespace that does not exist: RecordsNamespaceMissing, nothing changed', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const before = await policyState(kc, ns);
+    const f = await failureOf(
+      guard(new Kube(kc), undefined, 'no-such-records').relaxPolicies({ namespace: ns, owner }),
+    );
+    expect(f.type).toBe('RecordsNamespaceMissing');
+    expect(f.nonRetryable).toBe(true);
+    expect(f.message).toContain('RUNAS_MIGRATE_RECORDS_NAMESPACE');
     expect(await policyState(kc, ns)).toEqual(before);
   });
 
@@ -475,13 +595,160 @@ describe('bad input changes nothing', () => {
     const g = guard();
     await g.relaxPolicies({ namespace: ns, owner });
     const during = await policyState(kc, ns);
-    const f = await failureOf(g.relaxPolicies({ namespace: ns, owner: { workflowId: 'other', runId: 'r' } }));
+    const f = await failureOf(g.relaxPolicies({ namespace: ns, owner: otherOwner }));
     expect(f.type).toBe('RelaxedByAnotherRun');
     expect(f.message).toContain(`runas-migrate restore --namespace ${ns}`);
     expect(await policyState(kc, ns)).toEqual(during);
-    expect(
-      (await g.restorePolicies({ namespace: ns, owner: { workflowId: 'other', runId: 'r' } })).restored,
-    ).toBe(false);
+    expect((await g.restorePolicies({ namespace: ns, owner: otherOwner })).restored).toBe(false);
     expect((await g.restorePolicies({ namespace: ns, owner })).restored).toBe(true);
+  });
+});
+
+describe('trust nothing a tenant can write: the annotation is a beacon, not an authority', () => {
+  // The tenant's "kube-system": a namespace with every PSA label set, that a constraint of its
+  // own excludes. A forged record aims at both.
+  let victim: string;
+  let victimConstraint: string;
+  // A full fixture namespace, relaxed and restored by each case in turn.
+  let fixture: string;
+
+  beforeAll(async () => {
+    victim = await namespace({
+      [PodSecurityLabel.Enforce]: 'baseline',
+      [PodSecurityLabel.EnforceVersion]: 'v1.30',
+      [PodSecurityLabel.Warn]: 'restricted',
+      [PodSecurityLabel.WarnVersion]: 'latest',
+      [PodSecurityLabel.Audit]: 'restricted',
+      [PodSecurityLabel.AuditVersion]: 'latest',
+    });
+    // (matching only these tests' namespaces, so other runs on the bed do not plan it)
+    victimConstraint = await constraint('K8sPSPCapabilities', {
+      namespaces: [victim, 'tamper-*'],
+      excludedNamespaces: [victim],
+    });
+    fixture = uniqueName('tamper');
+    cleanups.push(() => removeFixtures(kc, [fixture]));
+    await readyFixture(kc, fixture, bed().pvRoot);
+  }, 300_000);
+
+  const forgedAtVictim = (version: 1 | 2 = 1) =>
+    JSON.stringify(
+      forgedRecord(
+        victim,
+        [
+          { kind: 'K8sPSPCapabilities', plural: 'k8spspcapabilities', name: victimConstraint },
+          { kind: 'K8sPSPCapabilities', plural: 'k8spspcapabilities', name: 'drop-all' },
+          { kind: 'K8sPSPAllowedUsers', plural: 'k8spspallowedusers', name: 'allowed-user-ranges' },
+        ],
+        undefined,
+        version,
+      ),
+    );
+
+  const cases: [string, (ns: string) => Promise<void>, RegExp[]][] = [
+    [
+      'the annotation is deleted',
+      (ns) => setRelaxationAnnotation(kc, ns, null),
+      [/annotation was removed while the policies were relaxed: restored from the run's copy/],
+    ],
+    [
+      'the annotation is corrupted',
+      (ns) => setRelaxationAnnotation(kc, ns, '{"version":2,"owner":'),
+      [
+        /annotation was changed during the window \(the annotation is not JSON\); it read: \{"version":2,"owner":/,
+      ],
+    ],
+    [
+      "the annotation is replaced by a forged record aimed at another namespace's exclusions",
+      (ns) => setRelaxationAnnotation(kc, ns, forgedAtVictim()),
+      [
+        /annotation was changed during the window \(the annotation has format version 1; .*"namespace":"guard-\w+"/,
+      ],
+    ],
+    [
+      'the annotation is replaced by a forged record of the current format',
+      (ns) => setRelaxationAnnotation(kc, ns, forgedAtVictim(2)),
+      [
+        /annotation was changed during the window \(the annotation is about namespace guard-\w+, not tamper-\w+\)/,
+      ],
+    ],
+    [
+      'the protected record is removed by someone else',
+      (ns) => deleteProtectedRecord(kc, ns),
+      [
+        /the protected record runas-migrate\/relaxation-tamper-\w+ was removed while the policies were relaxed/,
+      ],
+    ],
+    [
+      'both the annotation and the protected record are removed',
+      async (ns) => {
+        await setRelaxationAnnotation(kc, ns, null);
+        await deleteProtectedRecord(kc, ns);
+      },
+      [/annotation was removed while the policies were relaxed/, /protected record .* was removed/],
+    ],
+  ];
+
+  for (const [title, tamper, alarms] of cases) {
+    it(`${title} during the window: the run's copy restores everything, with an alarm`, async () => {
+      const before = await namespaceSnapshot(kc, fixture, bed().pvRoot);
+      const victimBefore = await policyState(kc, victim);
+      const g = guard();
+      const { record } = await g.relaxPolicies({ namespace: fixture, owner });
+      expect(await protectedRecord(kc, fixture)).toEqual(record);
+
+      await tamper(fixture);
+      const report = await g.restorePolicies({ namespace: fixture, owner, record });
+
+      expect(report).toMatchObject({
+        restored: true,
+        source: 'run-copy',
+        refused: null,
+        podSecurity: 'restored',
+      });
+      expect(report.alarms).toHaveLength(alarms.length);
+      alarms.forEach((a, i) => expect(report.alarms[i]).toMatch(a));
+      expect(await namespaceSnapshot(kc, fixture, bed().pvRoot)).toEqual(before);
+      expect(await policyState(kc, victim)).toEqual(victimBefore);
+      expect(await protectedRecord(kc, fixture)).toBeUndefined();
+      const events = await tamperEvents(kc, fixture);
+      expect(events.find((e) => alarms.every((a) => a.test(e.message ?? '')))).toMatchObject({
+        type: 'Warning',
+        reason: 'RelaxationRecordTampered',
+        involvedObject: { kind: 'Namespace', name: fixture },
+      });
+    });
+  }
+
+  it('a forged annotation alone is refused, reported and left: nothing it names is touched', async () => {
+    const tenant = await namespace({ [PodSecurityLabel.Enforce]: 'baseline' });
+    const forged = forgedAtVictim(2).replace(`"namespace":"${victim}"`, `"namespace":"${tenant}"`);
+    for (const value of [forgedAtVictim(), forged]) {
+      await setRelaxationAnnotation(kc, tenant, value);
+      const tenantBefore = await policyState(kc, tenant);
+      const victimBefore = await policyState(kc, victim);
+      const g = guard();
+
+      const report = await g.restorePolicies({ namespace: tenant });
+      expect(report).toMatchObject({
+        restored: false,
+        source: null,
+        podSecurity: 'unchanged',
+        constraints: [],
+      });
+      expect(report.refused).toMatch(
+        /carries the runas-migrate.dev\/relaxation annotation but no protected record/,
+      );
+      expect(report.alarms).toEqual([report.refused]);
+
+      const f = await failureOf(g.relaxPolicies({ namespace: tenant, owner }));
+      expect(f.type).toBe('UnverifiedRelaxationRecord');
+      expect(f.nonRetryable).toBe(true);
+
+      expect(await policyState(kc, tenant)).toEqual(tenantBefore);
+      expect(await policyState(kc, victim)).toEqual(victimBefore);
+      expect(await protectedRecord(kc, tenant)).toBeUndefined();
+    }
+    expect((await tamperEvents(kc, tenant)).map((e) => e.type)).toContain('Warning');
   });
 });

@@ -4,7 +4,8 @@
  * setup started is stopped at the end unless RUNAS_MIGRATE_KEEP_TESTBED=1.
  */
 import type { TestProject } from 'vitest/node';
-import { down, readState, up, type BedState } from '../../testbed/bed.js';
+import { down, kubeConfigOf, readState, up, type BedState } from '../../testbed/bed.js';
+import { ensureRecordsNamespace } from '../../testbed/fixture.js';
 import { ensureTool, ToolName } from '../../testbed/tools.js';
 
 declare module 'vitest' {
@@ -18,6 +19,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const name = process.env.RUNAS_MIGRATE_TESTBED ?? 'default';
   const wasRunning = readState(name) !== undefined;
   const bed = await up({ name });
+  // A bed started before the records namespace existed gets it here.
+  await ensureRecordsNamespace(kubeConfigOf(bed));
   project.provide('bed', bed);
   project.provide('timeSkippingServer', await ensureTool(ToolName.TemporalTestServer));
   return async () => {

@@ -1,5 +1,15 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync, writeFileSync, mkdirSync, chownSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync,
+  chownSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
@@ -9,7 +19,9 @@ import {
   launchScript,
   RuntimeDefaultCapabilities,
   shellQuote,
+  type HostMount,
 } from '../../testbed/host-runner/launch.js';
+import { parseProcStat, processGroupMembers, stopProcessGroup } from '../../testbed/host-runner/processes.js';
 import { renderLogRecords } from '../../testbed/host-runner/logs.js';
 
 const container = (sc: V1Container['securityContext'], command = ['true']): V1Container => ({
@@ -20,6 +32,14 @@ const container = (sc: V1Container['securityContext'], command = ['true']): V1Co
 const pod = (sc: NonNullable<V1Pod['spec']>['securityContext'], c: V1Container): V1Pod => ({
   spec: { securityContext: sc, containers: [c] },
 });
+
+async function waitUntil(ok: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!ok()) {
+    if (Date.now() > until) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 describe('identityOf', () => {
   it('grants exactly the added capabilities when ALL is dropped', () => {
@@ -112,6 +132,112 @@ describe('launchScript', () => {
     });
     expect(readFileSync(term, 'utf8')).toContain('000000000000000b');
     expect(statSync(join(pv, 'data', 'f')).uid).toBe(5000);
+  });
+});
+
+describe('launchScript with subPath mounts', () => {
+  /** Runs `command` with `mounts` in a private mount namespace; returns exit code and output. */
+  function launch(root: string, mounts: HostMount[], command: string): { code: number; out: string } {
+    const c = container({}, ['/bin/bash', '-c', command]);
+    const term = join(root, 'term');
+    writeFileSync(term, '');
+    writeFileSync(
+      join(root, 'launch.sh'),
+      launchScript(
+        c,
+        identityOf(pod({ runAsUser: 0 }, c), c),
+        mounts,
+        { PATH: process.env.PATH! },
+        {
+          scratchDir: join(root, 'scratch'),
+          terminationFile: term,
+        },
+      ),
+    );
+    const r = spawnSync(
+      'unshare',
+      ['--mount', '--propagation', 'private', '--', 'bash', join(root, 'launch.sh')],
+      {
+        env: { PATH: process.env.PATH },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        encoding: 'utf8',
+      },
+    );
+    return { code: r.status ?? -1, out: r.stdout + r.stderr };
+  }
+
+  it('binds each subPath of one volume at its own path, creating a missing one as a kubelet does', () => {
+    const root = mkdtempSync(join(tmpdir(), 'launch-subpath-'));
+    const pv = join(root, 'pv');
+    mkdirSync(join(pv, 'pgdata'), { recursive: true });
+    chmodSync(pv, 0o750);
+    writeFileSync(join(pv, 'pgdata', 'PG_VERSION'), '15\n');
+    writeFileSync(join(pv, 'outside'), 'x');
+    const data = join(root, 'mnt', 'data');
+    const wal = join(root, 'mnt', 'wal');
+    const r = launch(
+      root,
+      [
+        { source: pv, subPath: 'pgdata', target: data, readOnly: false },
+        { source: pv, subPath: 'wal', target: wal, readOnly: false },
+      ],
+      `ls ${data} ${wal}; test ! -e ${data}/outside && touch ${data}/written ${wal}/segment`,
+    );
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toContain('PG_VERSION');
+    expect(readdirSync(join(pv, 'pgdata')).sort()).toEqual(['PG_VERSION', 'written']);
+    expect(readdirSync(join(pv, 'wal'))).toEqual(['segment']);
+    expect(statSync(join(pv, 'wal')).mode & 0o777).toBe(0o750);
+    expect(readdirSync(pv).sort()).toEqual(['outside', 'pgdata', 'wal']);
+  });
+
+  it('refuses a subPath that leads out of its volume, through .. or a symlink', () => {
+    const root = mkdtempSync(join(tmpdir(), 'launch-subpath-'));
+    const pv = join(root, 'pv');
+    mkdirSync(pv, { recursive: true });
+    symlinkSync('/etc', join(pv, 'escape'));
+    for (const subPath of ['../', 'escape']) {
+      const r = launch(root, [{ source: pv, subPath, target: join(root, 'mnt'), readOnly: false }], 'true');
+      expect(r.code).toBe(1);
+      expect(r.out).toContain(`subPath ${subPath} of ${join(root, 'mnt')} leads out of its volume`);
+    }
+  });
+});
+
+describe('stopProcessGroup', () => {
+  it('ends a whole process group, a leader that ignores SIGTERM and its children included', async () => {
+    // As bash as PID 1 in a container: SIGTERM ignored; its find-like children ignore it too.
+    const leader = spawn(
+      'bash',
+      ['-c', "trap '' TERM; sleep 300 & sleep 300 & bash -c \"trap '' TERM; sleep 300\" & wait"],
+      {
+        detached: true,
+        stdio: 'ignore',
+      },
+    );
+    const pgid = leader.pid!;
+    await waitUntil(() => processGroupMembers(pgid).length >= 4);
+    const started = Date.now();
+    expect(await stopProcessGroup(pgid, 300)).toBe(true);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(processGroupMembers(pgid)).toEqual([]);
+  });
+
+  it('stops a group that obeys SIGTERM without SIGKILL', async () => {
+    const leader = spawn('bash', ['-c', 'sleep 300 & sleep 300 & wait'], { detached: true, stdio: 'ignore' });
+    const pgid = leader.pid!;
+    await waitUntil(() => processGroupMembers(pgid).length >= 3);
+    expect(await stopProcessGroup(pgid, 10_000)).toBe(false);
+    expect(processGroupMembers(pgid)).toEqual([]);
+    expect(await stopProcessGroup(pgid, 10_000)).toBe(false);
+  });
+
+  it('reads the process group from /proc/<pid>/stat, whatever the command is called', () => {
+    expect(parseProcStat('42 (a (b) c) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 777 0')).toEqual({
+      state: 'S',
+      pgid: 4242,
+      startTicks: 777,
+    });
   });
 });
 

@@ -33,8 +33,59 @@ describe('parseMigrationInput', () => {
         timeout: '6h',
         retries: 1,
       },
+      recovery: 'roll-forward',
       dryRun: false,
     });
+  });
+
+  it('lets helm run only with a short list of flags, a repository or OCI chart and a relative values file', () => {
+    const helm = (h: object) => ({
+      ...ok,
+      securityContext: { apply: 'helm', helm: { release: 'iax', chart: 'itrs/iax-platform', ...h } },
+    });
+    expect(
+      parseMigrationInput(
+        helm({ valuesFile: 'values/uid.yaml', extraArgs: ['--wait', '--timeout=10m', '--version=2.17.0'] }),
+      ).securityContext.helm?.extraArgs,
+    ).toEqual(['--wait', '--timeout=10m', '--version=2.17.0']);
+    expect(
+      parseMigrationInput(helm({ chart: 'oci://registry.example.com/charts/iax-platform' })).securityContext
+        .helm?.chart,
+    ).toBe('oci://registry.example.com/charts/iax-platform');
+    for (const bad of [
+      '--post-renderer=/bin/sh',
+      '--set-file',
+      '--namespace=kube-system',
+      '--kube-context=prod',
+      '--kubeconfig=/x',
+    ])
+      expect(problem(helm({ extraArgs: [bad] }))).toContain(
+        `securityContext.helm.extraArgs.0: ${JSON.stringify(bad)} is not allowed`,
+      );
+    for (const bad of [
+      '/var/run/secrets/kubernetes.io/serviceaccount/token',
+      '../secrets.yaml',
+      'values.txt',
+    ])
+      expect(problem(helm({ valuesFile: bad }))).toContain(
+        'securityContext.helm.valuesFile: must be a relative .yaml/.yml path',
+      );
+    for (const bad of ['/charts/iax', 'https://example.com/iax.tgz', './iax'])
+      expect(problem(helm({ chart: bad }))).toContain(
+        'securityContext.helm.chart: must be a repository chart',
+      );
+  });
+
+  it('takes recovery roll-back only where the run can put the old template back itself', () => {
+    expect(
+      parseMigrationInput({ ...ok, recovery: 'roll-back', securityContext: { apply: 'patch' } }).recovery,
+    ).toBe('roll-back');
+    expect(problem({ ...ok, recovery: 'roll-back' })).toContain(
+      'recovery: roll-back puts the old template back itself, so it needs securityContext.apply "patch"',
+    );
+    expect(problem({ ...ok, recovery: 'undo' })).toContain(
+      'recovery: recovery must be "roll-forward" or "roll-back"',
+    );
   });
 
   it('takes a generic databases form instead of a profile', () => {

@@ -2,10 +2,18 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { lstatSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { V1PersistentVolumeClaim, V1StatefulSet } from '@kubernetes/client-node';
+import type { V1PersistentVolumeClaim, V1StatefulSet, V1VolumeMount } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { parseMigrationInput } from '../../src/input.js';
-import { buildOwnershipJob, ownershipJobName, parseJobSummary, type JobTarget } from '../../src/job.js';
+import {
+  buildOwnershipJob,
+  jobOwnership,
+  judgeJob,
+  ownershipJobName,
+  parseJobSummary,
+  type JobSummary,
+  type JobTarget,
+} from '../../src/job.js';
 import { planDatabase, PlanningError, preflight } from '../../src/plan.js';
 import type { RelaxationRecord } from '../../src/policy.js';
 import { identityOf, launchScript } from '../../testbed/host-runner/launch.js';
@@ -22,6 +30,7 @@ const input = parseMigrationInput({
     timeout: '2h',
   },
 });
+const owner = { workflowId: 'runas-migrate-itrs', runId: '0d7e8a52-5f3c-4c3e-9a55-2d2b0c7e1f10' };
 const target = (paths: string[]): JobTarget => ({
   statefulSet: 'timescale',
   ordinal: 1,
@@ -31,10 +40,10 @@ const target = (paths: string[]): JobTarget => ({
 
 describe('buildOwnershipJob', () => {
   it("runs as root with only CHOWN, FOWNER and DAC_OVERRIDE, once, with the replica's volumes", () => {
-    const job = buildOwnershipJob(input, target(['/var/lib/postgresql', '/var/lib/postgresql/wal']));
+    const job = buildOwnershipJob(input, target(['/var/lib/postgresql', '/var/lib/postgresql/wal']), owner);
     const pod = job.spec!.template.spec!;
     const c = pod.containers[0]!;
-    expect(job.metadata?.name).toBe('runas-migrate-timescale-1');
+    expect(job.metadata?.name).toBe('runas-migrate-timescale-1-0j6tql2');
     expect(job.spec?.backoffLimit).toBe(0);
     expect(job.spec?.activeDeadlineSeconds).toBe(7200);
     expect(pod.securityContext).toEqual({
@@ -60,20 +69,26 @@ describe('buildOwnershipJob', () => {
     ]);
     expect(pod.nodeSelector).toEqual({ pool: 'db' });
     expect(pod.tolerations).toEqual([{ key: 'db', operator: 'Exists' }]);
-    expect(job.metadata?.labels).toMatchObject({
+    const labels = {
       team: 'x',
       'app.kubernetes.io/managed-by': 'runas-migrate',
+      'runas-migrate.dev/statefulset': 'timescale',
       'runas-migrate.dev/ordinal': '1',
+      'runas-migrate.dev/run': owner.runId,
+      'runas-migrate.dev/uid': '5000',
+      'runas-migrate.dev/gid': '5000',
+    };
+    expect(job.metadata?.labels).toEqual(labels);
+    expect(job.spec?.template.metadata?.labels).toEqual(labels);
+    expect(job.metadata?.annotations).toEqual({ 'runas-migrate.dev/workflow-id': owner.workflowId });
+    expect(job.spec?.template.metadata?.annotations).toEqual({
+      'runas-migrate.dev/workflow-id': owner.workflowId,
     });
+    expect(jobOwnership(job)).toEqual({ ...owner, uid: 5000, gid: 5000 });
     expect(c.env).toEqual([
       { name: 'TARGET_UID', value: '5000' },
       { name: 'TARGET_GID', value: '5000' },
     ]);
-  });
-
-  it('keeps Job names within 63 characters', () => {
-    expect(ownershipJobName('a'.repeat(80), 12)).toHaveLength(63);
-    expect(ownershipJobName('a'.repeat(80), 12).endsWith('-12')).toBe(true);
   });
 
   it('reads its own summary and nothing else', () => {
@@ -82,7 +97,96 @@ describe('buildOwnershipJob', () => {
         ?.changed,
     ).toBe(2);
     expect(parseJobSummary('chown: Operation not permitted')).toBeUndefined();
+    expect(parseJobSummary('{"done":true}')).toBeUndefined();
+    expect(parseJobSummary('{"scanned":3,"paths":[]}')).toBeUndefined();
+    expect(parseJobSummary('null')).toBeUndefined();
     expect(parseJobSummary(undefined)).toBeUndefined();
+  });
+});
+
+describe('ownershipJobName', () => {
+  const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+  it('is runas-migrate-<statefulSet>-<ordinal>-<hash>, stable across versions', () => {
+    expect(ownershipJobName('timescale', 1)).toBe('runas-migrate-timescale-1-0j6tql2');
+    expect(ownershipJobName('pgplatform', 0)).toBe('runas-migrate-pgplatform-0-0a7vap8');
+  });
+
+  it('keeps two long StatefulSets that share their first 47 characters apart', () => {
+    const a = 'analytics-timescale-primary-cluster-eu-west-1-replica-set-a';
+    const b = 'analytics-timescale-primary-cluster-eu-west-1-replica-set-b';
+    // cut to 63 characters without a hash, both were runas-migrate-analytics-…-eu-west-1-r-0
+    expect(ownershipJobName(a, 0)).not.toBe(ownershipJobName(b, 0));
+    expect(ownershipJobName(a, 0)).toBe('runas-migrate-analytics-timescale-primary-cluster-eu-0-1m6vydj');
+    expect(ownershipJobName(a, 0)).not.toBe(ownershipJobName(a, 1));
+  });
+
+  it('is always a DNS-1123 label of at most 63 characters, so also a valid job-name label value', () => {
+    const names = [
+      'a',
+      'timescale',
+      'a'.repeat(52),
+      'x'.repeat(253),
+      'db.with.dots',
+      'ends-with-dash-at-the-cut-'.repeat(4),
+      'UPPER',
+    ];
+    for (const sts of names) {
+      for (const ordinal of [0, 7, 12, 123_456]) {
+        const name = ownershipJobName(sts, ordinal);
+        expect(name.length, name).toBeLessThanOrEqual(63);
+        expect(name, name).toMatch(dnsLabel);
+        expect(name.endsWith(`-${ordinal}-${name.slice(-7)}`), name).toBe(true);
+      }
+    }
+    expect(new Set(names.map((n) => ownershipJobName(n, 0))).size).toBe(names.length);
+  });
+});
+
+describe('judgeJob', () => {
+  const summary = (over: Partial<JobSummary> = {}): JobSummary => ({
+    ok: true,
+    uid: 5000,
+    gid: 5000,
+    scanned: 10,
+    changed: 9,
+    seconds: 0.1,
+    paths: [],
+    ...over,
+  });
+  const complete = { type: 'Complete' };
+  const ids = { uid: 5000, gid: 5000 };
+
+  it('counts a completed Job as a success only when its summary proves the target IDs', () => {
+    expect(judgeJob(complete, summary(), 0, ids)).toEqual({ succeeded: true, message: 'completed' });
+    expect(judgeJob(complete, undefined, 0, ids)).toEqual({
+      succeeded: false,
+      message:
+        'completed without a summary in its termination message: nothing proves its volumes changed hands',
+    });
+    expect(judgeJob(complete, summary({ uid: 6000, gid: 6000 }), 0, ids)).toEqual({
+      succeeded: false,
+      message: 'completed for 6000:6000, not for the target 5000:5000',
+    });
+    expect(judgeJob(complete, summary({ ok: false }), 0, ids).succeeded).toBe(false);
+  });
+
+  it('reports a failed Job with its reason and exit code', () => {
+    expect(
+      judgeJob(
+        {
+          type: 'Failed',
+          reason: 'BackoffLimitExceeded',
+          message: 'Job has reached the specified backoff limit',
+        },
+        summary({ ok: false }),
+        1,
+        ids,
+      ),
+    ).toEqual({
+      succeeded: false,
+      message: 'BackoffLimitExceeded: Job has reached the specified backoff limit (exit 1)',
+    });
   });
 });
 
@@ -127,11 +231,7 @@ describe('planDatabase', () => {
   it('migrates every PVC-backed mount of every replica whose claims exist', () => {
     const plan = planDatabase(sts, 'timescale', undefined, all);
     expect(plan.replicas).toBe(2);
-    expect(plan.jobs.map((j) => j.name)).toEqual([
-      'runas-migrate-timescale-0',
-      'runas-migrate-timescale-1',
-      'runas-migrate-timescale-2',
-    ]);
+    expect(plan.jobs.map((j) => j.name)).toEqual([0, 1, 2].map((i) => ownershipJobName('timescale', i)));
     expect(plan.jobs[1]?.volumes).toEqual([
       { volume: 'data', claimName: 'data-timescale-1', mountPath: '/var/lib/postgresql' },
       { volume: 'wal', claimName: 'wal-timescale-1', mountPath: '/var/lib/postgresql/wal' },
@@ -171,6 +271,115 @@ describe('planDatabase', () => {
         claims(['data-timescale-0', 'wal-timescale-0', 'data-timescale-1']),
       ),
     ).toThrow(/replica 1 of StatefulSet timescale has no PersistentVolumeClaim wal-timescale-1/);
+  });
+});
+
+describe('a claim mounted twice with subPaths', () => {
+  const sts = (mounts: V1VolumeMount[]): V1StatefulSet => ({
+    metadata: { name: 'pg' },
+    spec: {
+      replicas: 1,
+      serviceName: 'pg',
+      selector: {},
+      template: { spec: { containers: [{ name: 'postgres', image: 'img:1', volumeMounts: mounts }] } },
+      volumeClaimTemplates: [{ metadata: { name: 'data' } }],
+    },
+  });
+  const twice = sts([
+    { name: 'data', mountPath: '/var/lib/postgresql/data', subPath: 'pgdata' },
+    { name: 'data', mountPath: '/var/lib/postgresql/wal', subPath: 'wal' },
+  ]);
+  const claims = [{ metadata: { name: 'data-pg-0' } }];
+
+  it('is planned mount by mount, each with its subPath', () => {
+    expect(planDatabase(twice, 'postgres', undefined, claims).jobs[0]?.volumes).toEqual([
+      { volume: 'data', claimName: 'data-pg-0', mountPath: '/var/lib/postgresql/data', subPath: 'pgdata' },
+      { volume: 'data', claimName: 'data-pg-0', mountPath: '/var/lib/postgresql/wal', subPath: 'wal' },
+    ]);
+  });
+
+  it('gives the Job one volume per claim, mounted with the same subPaths at the same paths', () => {
+    const job = buildOwnershipJob(input, planDatabase(twice, 'postgres', undefined, claims).jobs[0]!, owner);
+    const pod = job.spec!.template.spec!;
+    expect(pod.volumes).toEqual([{ name: 'data', persistentVolumeClaim: { claimName: 'data-pg-0' } }]);
+    expect(pod.containers[0]?.volumeMounts).toEqual([
+      { name: 'data', mountPath: '/var/lib/postgresql/data', subPath: 'pgdata' },
+      { name: 'data', mountPath: '/var/lib/postgresql/wal', subPath: 'wal' },
+    ]);
+    expect(pod.containers[0]?.command?.slice(-2)).toEqual([
+      '/var/lib/postgresql/data',
+      '/var/lib/postgresql/wal',
+    ]);
+  });
+
+  it('refuses a subPathExpr it cannot resolve, naming it', () => {
+    expect(() =>
+      planDatabase(
+        sts([{ name: 'data', mountPath: '/var/lib/postgresql', subPathExpr: '$(POD_NAME)' }]),
+        'postgres',
+        undefined,
+        claims,
+      ),
+    ).toThrow(/mounts claim template "data" at \/var\/lib\/postgresql with subPathExpr "\$\(POD_NAME\)"/);
+  });
+
+  it('changes only the folders mounted, run for real over one volume', { timeout: 60_000 }, () => {
+    const root = mkdtempSync(join(tmpdir(), 'job-subpath-'));
+    const pv = join(root, 'pv');
+    execFileSync('bash', [
+      '-c',
+      'mkdir -p "$1"/pgdata/base "$1"/wal/pg_wal "$1"/other && touch "$1"/pgdata/base/{1,2,3} "$1"/wal/pg_wal/{a,b} "$1"/other/keep "$1"/top && chown -R 1000:1000 "$1"',
+      'tree',
+      pv,
+    ]);
+    const mounted = sts([
+      { name: 'data', mountPath: join(root, 'mnt', 'data'), subPath: 'pgdata' },
+      { name: 'data', mountPath: join(root, 'mnt', 'wal'), subPath: 'wal' },
+    ]);
+    const job = buildOwnershipJob(
+      input,
+      planDatabase(mounted, 'postgres', undefined, claims).jobs[0]!,
+      owner,
+    );
+    const c = job.spec!.template.spec!.containers[0]!;
+    const term = join(root, 'termination-log');
+    writeFileSync(term, '');
+    // As the host runner binds them: the claim's folder, at each mount's subPath.
+    const mounts = c.volumeMounts!.map((m) => ({
+      source: pv,
+      ...(m.subPath ? { subPath: m.subPath } : {}),
+      target: m.mountPath,
+      readOnly: false,
+    }));
+    writeFileSync(
+      join(root, 'launch.sh'),
+      launchScript(
+        c,
+        identityOf({ spec: job.spec!.template.spec! }, c),
+        mounts,
+        { TARGET_UID: '5000', TARGET_GID: '5000', PATH: process.env.PATH! },
+        { scratchDir: join(root, 'scratch'), terminationFile: term },
+      ),
+    );
+    const r = spawnSync(
+      'unshare',
+      ['--mount', '--propagation', 'private', '--', 'bash', join(root, 'launch.sh')],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { PATH: process.env.PATH },
+        encoding: 'utf8',
+      },
+    );
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    expect(parseJobSummary(readFileSync(term, 'utf8'))).toMatchObject({
+      ok: true,
+      scanned: 5 + 4,
+      changed: 5 + 4,
+    });
+    const owner_ = (p: string) => `${lstatSync(join(pv, p)).uid}:${lstatSync(join(pv, p)).gid}`;
+    for (const p of ['pgdata', 'pgdata/base', 'pgdata/base/1', 'wal/pg_wal', 'wal/pg_wal/b'])
+      expect(owner_(p), p).toBe('5000:5000');
+    for (const p of ['.', 'other', 'other/keep', 'top']) expect(owner_(p), p).toBe('1000:1000');
   });
 });
 
@@ -227,13 +436,17 @@ function runJob(
   nested: string[] = [],
 ): { code: number; log: string; summary: ReturnType<typeof parseJobSummary> } {
   const mount = join(root, 'mnt');
-  const job = buildOwnershipJob(input, {
-    ...target([mount]),
-    volumes: [
-      { volume: 'data', claimName: 'x', mountPath: mount },
-      ...nested.map((n) => ({ volume: n, claimName: n, mountPath: join(mount, n) })),
-    ],
-  });
+  const job = buildOwnershipJob(
+    input,
+    {
+      ...target([mount]),
+      volumes: [
+        { volume: 'data', claimName: 'x', mountPath: mount },
+        ...nested.map((n) => ({ volume: n, claimName: n, mountPath: join(mount, n) })),
+      ],
+    },
+    owner,
+  );
   const pod = job.spec!.template.spec!;
   const c = {
     ...pod.containers[0]!,

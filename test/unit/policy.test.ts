@@ -21,6 +21,7 @@ import {
   type RelaxationRecord,
 } from '../../src/policy.js';
 
+const runId = '7b0c3c64-5f1e-4b8e-9a4f-3d2b1c0e9f8a';
 const ref: ConstraintRef = {
   group: 'constraints.gatekeeper.sh',
   version: 'v1beta1',
@@ -185,8 +186,9 @@ describe('patches', () => {
 
   it('records and relaxes in one guarded write, and restores absence as removal', () => {
     const record: RelaxationRecord = {
-      version: 1,
-      owner: { workflowId: 'w', runId: 'r' },
+      version: 2,
+      temporalNamespace: 'default',
+      owner: { workflowId: 'w', runId: runId },
       snapshot: snapshot(null),
       plan: { podSecurityEnforce: 'baseline', constraints: [] },
     };
@@ -195,9 +197,11 @@ describe('patches', () => {
     };
     expect(patch.metadata.resourceVersion).toBe('42');
     expect(patch.metadata.labels).toEqual({ [PodSecurityLabel.Enforce]: 'baseline' });
-    expect(parseRelaxationRecord(patch.metadata.annotations['runas-migrate.dev/relaxation']!)).toEqual(
-      record,
-    );
+    expect(
+      parseRelaxationRecord(patch.metadata.annotations['runas-migrate.dev/relaxation']!, {
+        namespace: 'itrs',
+      }),
+    ).toEqual(record);
     expect(restorePodSecurityPatch(record)).toEqual({
       metadata: { labels: { [PodSecurityLabel.Enforce]: null } },
     });
@@ -209,7 +213,9 @@ describe('patches', () => {
   });
 
   it('refuses an annotation that is not a record', () => {
-    expect(() => parseRelaxationRecord('{')).toThrow(/not JSON/);
-    expect(() => parseRelaxationRecord('{"version":2}')).toThrow(/not a relaxation record/);
+    expect(() => parseRelaxationRecord('{', { namespace: 'itrs' })).toThrow(/not JSON/);
+    expect(() => parseRelaxationRecord('{"version":2}', { namespace: 'itrs' })).toThrow(
+      /not a valid relaxation record/,
+    );
   });
 });

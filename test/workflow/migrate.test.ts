@@ -1,9 +1,11 @@
 /**
  * Workflow logic of `migrateOwnership` on the time-skipping server, activities stubbed: the
- * happy path, approval timeout, abort after each mutating step, each mutating step failing,
- * cancel during the Jobs — in every case the compensations run in reverse order and the
- * policies are re-enforced.
+ * happy path, gates, the namespace lock, timeouts, and every way a run can stop — each one ends
+ * in a documented state with the policies re-enforced, and the stubs model the files and the
+ * template so that a database started on files it does not own fails the test.
  */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
@@ -11,6 +13,7 @@ import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
 import { SearchAttribute } from '../../src/names.js';
+import { historyToJSON } from '../support/histories.js';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import type { Activities } from '../../activities/index.js';
@@ -27,6 +30,7 @@ import {
 
 let env: TestWorkflowEnvironment;
 const workflowsPath = fileURLToPath(new URL('../../workflows/index.ts', import.meta.url));
+const historiesDir = fileURLToPath(new URL('../histories', import.meta.url));
 
 beforeAll(async () => {
   env = await TestWorkflowEnvironment.createTimeSkipping({
@@ -46,7 +50,8 @@ afterAll(async () => {
 });
 
 const record: RelaxationRecord = {
-  version: 1,
+  version: 2,
+  temporalNamespace: 'default',
   owner: { workflowId: 'w', runId: 'r' },
   snapshot: {
     namespace: 'itrs',
@@ -115,28 +120,57 @@ interface Scenario {
   /** Activity whose first call fails (non-retryable). */
   failAt?: string;
   /** Activity during whose first call the run is aborted (signal) or cancelled. */
-  interrupt?: { during: string; by: 'abort' | 'cancel' };
+  interrupt?: { during: string; by: 'abort' | 'cancel'; completes?: boolean };
   /** Outcomes of waitForJobs per call: false = failed. */
   jobResults?: boolean[][];
   preflight?: string[];
+  /** The second plan (after the approvals), when it differs. */
+  replan?: MigrationPlan;
   /** Called right after the start (signals sent before the run waits). */
   onStart?: (handle: WorkflowHandle) => Promise<void>;
+  /** Saves the run's history under test/histories/<name>.json when RUNAS_MIGRATE_RECORD_HISTORIES=1. */
+  record?: string;
+  /** Extra checks inside a stub: return a problem to record. */
+  inspect?: Partial<Record<string, (arg: never) => string | undefined>>;
+}
+
+interface Outcome {
+  calls: string[];
+  result?: MigrationReport;
+  error?: Error;
+  status: MigrationStatus;
+  /** Databases started on files they do not own, as the stubs saw them. */
+  violations: string[];
+  /** Who owns each StatefulSet's files at the end: "1000", "5000" or "mixed". */
+  files: Record<string, string>;
+  template: Record<string, number>;
 }
 
 /** Runs a scenario; returns the activity calls (with a short argument) in order and the outcome. */
-async function run(
-  s: Scenario,
-): Promise<{ calls: string[]; result?: MigrationReport; error?: Error; status: MigrationStatus }> {
+async function run(s: Scenario): Promise<Outcome> {
   const calls: string[] = [];
+  const violations: string[] = [];
   const taskQueue = `q-${Math.random().toString(36).slice(2)}`;
   let handle!: WorkflowHandle;
   let waitForJobsCall = 0;
+  let planCall = 0;
   const seen = new Set<string>();
   let interrupt: 'idle' | 'sent' | 'done' = 'idle';
+  // The cluster as the stubs model it: each StatefulSet's template IDs, each Job's target IDs,
+  // and who owns each replica's files.
+  const template: Record<string, number> = { pgplatform: 1000, timescale: 1000 };
+  const files: Record<string, number> = {
+    'runas-migrate-pgplatform-0': 1000,
+    'runas-migrate-timescale-0': 1000,
+    'runas-migrate-timescale-1': 1000,
+  };
+  const jobIds = new Map<string, number>();
   const stub =
     <T>(name: string, result: (arg: never) => T, label?: (arg: never) => string) =>
     async (arg: never): Promise<T> => {
       calls.push(label ? `${name}(${label(arg)})` : name);
+      const problem = s.inspect?.[name]?.(arg);
+      if (problem) violations.push(problem);
       const first = !seen.has(name);
       seen.add(name);
       if (first && s.failAt === name)
@@ -157,6 +191,10 @@ async function run(
             if (!sender && (interrupt as string) === 'done') return result(arg);
           }
           throw new Error(`${name} was never cancelled`);
+        } catch (err) {
+          // A short step that does not look at cancellation finishes its work and reports it.
+          if (s.interrupt.completes) return result(arg);
+          throw err;
         } finally {
           if (sender) interrupt = 'done';
         }
@@ -164,16 +202,28 @@ async function run(
       return result(arg);
     };
   const sts = (a: { statefulSet: string }) => a.statefulSet;
+  const jobsOf = (statefulSet: string) => Object.keys(files).filter((j) => j.includes(`-${statefulSet}-`));
+  const owners = (statefulSet: string) => new Set(jobsOf(statefulSet).map((j) => files[j]));
   const activities: Partial<Record<keyof Activities, unknown>> = {
-    planMigration: stub('planMigration', () => plan(s.preflight)),
+    acquireNamespaceLock: stub('acquireNamespaceLock', () => ({ tookOverFrom: null })),
+    releaseNamespaceLock: stub('releaseNamespaceLock', () => true),
+    planMigration: stub('planMigration', () =>
+      planCall++ === 0 || !s.replan ? plan(s.preflight) : s.replan,
+    ),
     readPodIds: stub(
       'readPodIds',
-      () => ({ runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000, supplementalGroups: null }),
+      (a: { statefulSet: string }) => ({
+        runAsUser: template[a.statefulSet],
+        runAsGroup: template[a.statefulSet],
+        fsGroup: template[a.statefulSet],
+        supplementalGroups: null,
+      }),
       sts,
     ),
     patchPodIds: stub(
       'patchPodIds',
-      () => undefined,
+      (a: { statefulSet: string; ids: { runAsUser: number } }) =>
+        void (template[a.statefulSet] = a.ids.runAsUser),
       (a: { statefulSet: string; ids: { runAsUser: number } }) => `${a.statefulSet}:${a.ids.runAsUser}`,
     ),
     verifySecurityContext: stub('verifySecurityContext', () => []),
@@ -187,7 +237,11 @@ async function run(
     })),
     createOwnershipJobs: stub(
       'createOwnershipJobs',
-      (a: { targets: { name: string }[] }) => a.targets.map((t) => ({ name: t.name, uid: `uid-${t.name}` })),
+      (a: { run: { uid: number }; targets: { name: string }[] }) =>
+        a.targets.map((t) => {
+          jobIds.set(t.name, a.run.uid);
+          return { name: t.name, uid: `uid-${t.name}` };
+        }),
       (a: { targets: unknown[] }) => String(a.targets.length),
     ),
     waitForPodsAdmitted: stub('waitForPodsAdmitted', (a: { jobs: { name: string }[] }) => ({
@@ -197,20 +251,26 @@ async function run(
     })),
     waitForJobs: stub('waitForJobs', (a: { jobs: { name: string }[] }) => {
       const results = s.jobResults?.[waitForJobsCall++];
-      return a.jobs.map((j, i) => ({
-        name: j.name,
-        succeeded: results?.[i] ?? true,
-        summary: {
-          ok: results?.[i] ?? true,
-          uid: 5000,
-          gid: 5000,
-          scanned: 10,
-          changed: 10,
-          seconds: 0.1,
-          paths: [{ path: '/var/lib/postgresql', skipped: false, scanned: 10, changed: 10 }],
-        },
-        message: results?.[i] === false ? 'BackoffLimitExceeded (exit 1)' : 'completed',
-      }));
+      return a.jobs.map((j, i) => {
+        const ok = results?.[i] ?? true;
+        const uid = jobIds.get(j.name)!;
+        // A failed Job has changed some files: its replica's files are mixed.
+        files[j.name] = ok ? uid : -1;
+        return {
+          name: j.name,
+          succeeded: ok,
+          summary: {
+            ok,
+            uid,
+            gid: uid,
+            scanned: 10,
+            changed: 10,
+            seconds: 0.1,
+            paths: [{ path: '/var/lib/postgresql', skipped: false, scanned: 10, changed: 10 }],
+          },
+          message: ok ? 'completed' : 'BackoffLimitExceeded (exit 1)',
+        };
+      });
     }),
     restorePolicies: stub('restorePolicies', () => ({
       namespace: 'itrs',
@@ -219,13 +279,22 @@ async function run(
       podSecurity: 'restored',
       constraints: [],
       keptForeignChanges: [],
+      alarms: [],
+      refused: null,
+      source: 'run-copy',
       restoredAt: new Date().toISOString(),
       apiCalls: 1,
     })),
     deleteOwnershipJobs: stub('deleteOwnershipJobs', () => []),
     scaleUp: stub(
       'scaleUp',
-      () => undefined,
+      (a: { statefulSet: string }) => {
+        const o = owners(a.statefulSet);
+        if (o.size !== 1 || !o.has(template[a.statefulSet]))
+          violations.push(
+            `${a.statefulSet} started as ${template[a.statefulSet]} on files of ${[...o].join(', ')}`,
+          );
+      },
       (a: { statefulSet: string; replicas: number }) => `${a.statefulSet}:${a.replicas}`,
     ),
     waitForPlatform: stub('waitForPlatform', () => 'DEPLOYED'),
@@ -236,6 +305,7 @@ async function run(
     taskQueue,
     workflowsPath,
     activities,
+    maxHeartbeatThrottleInterval: '200 milliseconds',
   });
   const input: MigrationInputRaw = {
     namespace: 'itrs',
@@ -245,6 +315,13 @@ async function run(
     securityContext: { apply: 'patch' },
     ...s.input,
   };
+  const fileOwners = () =>
+    Object.fromEntries(
+      ['pgplatform', 'timescale'].map((n) => {
+        const o = owners(n);
+        return [n, o.size === 1 && !o.has(-1) ? String([...o][0]) : 'mixed'];
+      }),
+    );
   return worker.runUntil(async () => {
     handle = await env.client.workflow.start('migrateOwnership', {
       taskQueue,
@@ -253,12 +330,22 @@ async function run(
     });
     await s.onStart?.(handle);
     // Queries need a worker to replay: ask while this one still runs.
+    const done = { calls, violations, template, files: {} as Record<string, string> };
+    let outcome: Outcome;
     try {
       const result = (await handle.result()) as MigrationReport;
-      return { calls, result, status: await handle.query(statusQuery) };
+      outcome = { ...done, result, status: await handle.query(statusQuery), files: fileOwners() };
     } catch (err) {
-      return { calls, error: err as Error, status: await handle.query(statusQuery) };
+      outcome = {
+        ...done,
+        error: err as Error,
+        status: await handle.query(statusQuery),
+        files: fileOwners(),
+      };
     }
+    if (s.record && process.env.RUNAS_MIGRATE_RECORD_HISTORIES === '1')
+      writeFileSync(join(historiesDir, `${s.record}.json`), historyToJSON(await handle.fetchHistory()));
+    return outcome;
   });
 }
 
@@ -290,15 +377,25 @@ const root = (e: Error | undefined): Error | undefined => {
 
 const cause = (e: Error | undefined) => (e instanceof WorkflowFailedError ? e.cause : e);
 
+const untilGateWaits = async (h: WorkflowHandle, gate: string) => {
+  for (let i = 0; i < 200; i++) {
+    const st = await h.query(statusQuery);
+    if (st.gates.find((g) => g.gate === gate)?.state === 'waiting') return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`gate ${gate} never waited`);
+};
+
 const forward = [
+  'acquireNamespaceLock',
   'planMigration',
+  'scaleDown(pgplatform)',
+  'scaleDown(timescale)',
   'readPodIds(pgplatform)',
   'patchPodIds(pgplatform:5000)',
   'readPodIds(timescale)',
   'patchPodIds(timescale:5000)',
   'verifySecurityContext',
-  'scaleDown(pgplatform)',
-  'scaleDown(timescale)',
   'relaxPolicies',
   'createOwnershipJobs(3)',
   'waitForPodsAdmitted',
@@ -309,11 +406,14 @@ const forward = [
   'scaleUp(timescale:2)',
   'waitForPlatform',
   'verifyDatabases',
+  'releaseNamespaceLock',
 ];
+const allNew = { pgplatform: '5000', timescale: '5000' };
+const allOld = { pgplatform: '1000', timescale: '1000' };
 
 describe('migrateOwnership', () => {
-  it('runs every phase in order and re-enforces as soon as the pods are admitted', async () => {
-    const { calls, result, status } = await run({});
+  it('runs every phase in order, scaled down before the template changes, and re-enforces as soon as the pods are admitted', async () => {
+    const { calls, result, status, violations, files } = await run({ record: 'completed' });
     expect(inOrder(calls)).toEqual(forward);
     expect(result?.jobs.map((j) => j.name)).toEqual([
       'runas-migrate-pgplatform-0',
@@ -322,41 +422,81 @@ describe('migrateOwnership', () => {
     ]);
     expect(result?.windows).toHaveLength(1);
     expect(result?.windows[0]?.closedBecause).toBe('every migration pod admitted');
+    expect(result?.endState).toBe('completed');
     expect(status.phase).toBe('completed');
     expect(status.policies.state).toBe('restored');
+    expect(violations).toEqual([]);
+    expect(files).toEqual(allNew);
   });
 
   it('re-enforces only after the Jobs in job-duration mode', async () => {
     const { calls } = await run({ input: { window: { mode: 'job-duration' } } });
-    expect(calls.slice(9, 12)).toEqual(['createOwnershipJobs(3)', 'waitForJobs', 'restorePolicies']);
+    const at = calls.indexOf('createOwnershipJobs(3)');
+    expect(calls.slice(at, at + 3)).toEqual(['createOwnershipJobs(3)', 'waitForJobs', 'restorePolicies']);
     expect(calls).not.toContain('waitForPodsAdmitted');
   });
 
-  it('waits for each approval, records who gave it, and ignores approvals of gates it does not have', async () => {
+  it('takes approvals only for a gate it waits at, records who gave them, and plans again after the last gate', async () => {
     const { calls, result, status } = await run({
+      record: 'approved-gates',
       input: { approvals: ['plan', 'relax'] },
       onStart: async (h) => {
+        await h.signal(approveSignal, { gate: 'relax', by: 'eve' });
+        await untilGateWaits(h, 'plan');
         await h.signal(approveSignal, { gate: 'plan', by: 'alice', comment: 'change CHG-1' });
         await h.signal(approveSignal, { gate: 'plan', by: 'mallory' });
         await h.signal(approveSignal, { gate: 'deploy', by: 'bob' });
+        await untilGateWaits(h, 'relax');
         await h.signal(approveSignal, { gate: 'relax', by: 'bob' });
       },
     });
-    expect(inOrder(calls)).toEqual(forward);
+    const replanned = [...forward];
+    replanned.splice(forward.indexOf('relaxPolicies'), 0, 'planMigration');
+    expect(inOrder(calls)).toEqual(replanned);
     expect(result?.approvals.filter((a) => a.required).map((a) => [a.gate, a.state, a.by])).toEqual([
       ['plan', 'approved', 'alice'],
       ['relax', 'approved', 'bob'],
     ]);
-    expect(status.rejectedSignals).toEqual([
+    expect(status.rejectedSignals[0]).toMatch(
+      /^approve for gate "relax": not reached yet \(the run is (validating|planning)\): approve it when the status shows it waiting$/,
+    );
+    expect(status.rejectedSignals.slice(1)).toEqual([
       'approve for gate "plan": already approved',
       'approve for gate "deploy": not a gate of this run (plan, relax)',
     ]);
   });
 
-  it('fails at the approval timeout, changing nothing', async () => {
-    const { calls, error } = await run({ input: { approvals: ['plan'], approvalTimeout: '1h' } });
+  it('stops before relaxing when the cluster changed during the approvals, and puts everything back', async () => {
+    const changed = plan();
+    changed.databases[1]!.replicas = 3;
+    changed.databases[1]!.jobs.push(job('timescale', 2));
+    const { calls, error, status, violations } = await run({
+      input: { approvals: ['relax'] },
+      replan: changed,
+      onStart: async (h) => {
+        await untilGateWaits(h, 'relax');
+        await h.signal(approveSignal, { gate: 'relax', by: 'bob' });
+      },
+    });
+    expect(cause(error)).toMatchObject({ type: 'PlanChanged' });
+    expect(cause(error)?.message).toContain('timescale: replicas 2 → 3');
+    expect(cause(error)?.message).toContain('new Job runas-migrate-timescale-2');
+    expect(calls).not.toContain('relaxPolicies');
+    expect(status.endState).toBe('unchanged');
+    expect(violations).toEqual([]);
+  });
+
+  it('fails at the approval timeout, changing nothing but its lock', async () => {
+    const { calls, error, status } = await run({ input: { approvals: ['plan'], approvalTimeout: '1h' } });
     expect(cause(error)).toMatchObject({ type: 'ApprovalTimedOut' });
-    expect(calls).toEqual(['planMigration']);
+    expect(calls).toEqual(['acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(status.endState).toBe('unchanged');
+  });
+
+  it('refuses cleanly while another run holds the namespace', async () => {
+    const { calls, error } = await run({ failAt: 'acquireNamespaceLock' });
+    expect(root(error)?.message).toContain('acquireNamespaceLock failed on purpose');
+    expect(calls).toEqual(['acquireNamespaceLock']);
   });
 
   it('stops at preflight and in a dry run before any change', async () => {
@@ -364,7 +504,7 @@ describe('migrateOwnership', () => {
       preflight: ['K8sPSPAllowedUsers/x: runAsUser 5000 is outside the allowed ranges 1000-2000'],
     });
     expect(cause(refused.error)).toMatchObject({ type: 'PreflightFailed' });
-    expect(refused.calls).toEqual(['planMigration']);
+    expect(refused.calls).toEqual(['acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
     const dry = await run({ input: { dryRun: true } });
     expect(dry.calls).toEqual(['planMigration']);
     expect(dry.result?.dryRun).toBe(true);
@@ -375,85 +515,135 @@ describe('migrateOwnership', () => {
     expect(cause(error)).toMatchObject({ type: 'InvalidInput' });
     expect(cause(error)?.message).toMatch(/uid: must be at least 1/);
     expect(calls).toEqual([]);
+    const rollBack = await run({ input: { recovery: 'roll-back', securityContext: { apply: 'external' } } });
+    expect(cause(rollBack.error)?.message).toContain('recovery: roll-back puts the old template back itself');
+    expect(rollBack.calls).toEqual([]);
   });
 
-  const undoAfterPatch = ['patchPodIds(timescale:1000)', 'patchPodIds(pgplatform:1000)'];
-  const undoAfterScale = ['scaleUp(timescale:2)', 'scaleUp(pgplatform:1)', ...undoAfterPatch];
-  const undoAfterRelax = ['restorePolicies', 'deleteOwnershipJobs', ...undoAfterScale];
+  // Before any Job: the template is put back before anything starts.
+  for (const step of ['scaleDown', 'patchPodIds', 'verifySecurityContext', 'relaxPolicies']) {
+    for (const by of ['fails', 'abort'] as const) {
+      it(`${by === 'fails' ? 'fails' : 'is aborted'} during ${step}: unchanged, template back before scale-up`, async () => {
+        const { calls, error, status, violations, files, template } = await run(
+          by === 'fails' ? { failAt: step } : { interrupt: { during: step, by: 'abort' } },
+        );
+        expect(error).toBeDefined();
+        expect(status.endState).toBe('unchanged');
+        expect(status.phase).toBe(by === 'fails' ? 'failed' : 'aborted');
+        expect(violations).toEqual([]);
+        expect(files).toEqual(allOld);
+        expect(template).toEqual({ pgplatform: 1000, timescale: 1000 });
+        expect(calls.filter((c) => c.startsWith('scaleUp')).sort()).toEqual([
+          'scaleUp(pgplatform:1)',
+          'scaleUp(timescale:2)',
+        ]);
+        expect(calls).not.toContain('createOwnershipJobs(3)');
+        expect(calls.at(-1)).toBe('releaseNamespaceLock');
+        expect(['enforced', 'restored']).toContain(status.policies.state);
+      });
+    }
+  }
 
-  const failures: [string, string[]][] = [
-    ['patchPodIds', ['patchPodIds(pgplatform:1000)']],
-    ['scaleDown', undoAfterScale],
-    ['relaxPolicies', undoAfterRelax],
-    ['createOwnershipJobs', undoAfterRelax],
-    ['waitForJobs', ['deleteOwnershipJobs', ...undoAfterScale]],
-  ];
-  for (const [step, undo] of failures) {
-    it(`compensates in reverse when ${step} fails`, async () => {
-      const { calls, error, status } = await run({ failAt: step });
-      expect(root(error)?.message).toContain(`${step} failed on purpose`);
-      expect(calls.slice(-undo.length)).toEqual(undo);
-      expect(status.phase).toBe('failed');
-      // every registered compensation ran, the last registered first
-      expect(status.compensations.at(0)).toBe(
-        { patchPodIds: 'restore securityContext of pgplatform', scaleDown: 'scale timescale back to 2' }[
-          step
-        ] ?? 're-enforce the policies',
+  it('is aborted while planning: nothing to undo', async () => {
+    const { calls, status } = await run({ interrupt: { during: 'planMigration', by: 'abort' } });
+    expect(calls).toEqual(['acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(status.endState).toBe('unchanged');
+  });
+
+  // After the Jobs started: roll forward (default) finishes the change.
+  for (const [during, by, completes] of [
+    ['createOwnershipJobs', 'abort', true],
+    ['waitForPodsAdmitted', 'abort', false],
+    ['waitForJobs', 'abort', false],
+    ['waitForJobs', 'cancel', false],
+  ] as const) {
+    it(`rolls forward when ${by === 'abort' ? 'aborted' : 'cancelled'} during ${during}`, async () => {
+      const { calls, error, status, violations, files } = await run({
+        interrupt: { during, by, completes },
+        record: `rolled-forward-${by}-${during}`,
+      });
+      expect(error).toBeInstanceOf(WorkflowFailedError);
+      expect(status.endState).toBe('rolled-forward');
+      expect(violations).toEqual([]);
+      expect(files).toEqual(allNew);
+      const settled = calls.slice(calls.indexOf(during) + 1);
+      // the running Jobs are waited for, deleted, and only then the databases start
+      expect(settled.indexOf('deleteOwnershipJobs')).toBeLessThan(
+        settled.findIndex((c) => c.startsWith('scaleUp')),
       );
-      expect(['enforced', 'restored']).toContain(status.policies.state);
+      expect(settled.filter((c) => c === 'waitForJobs')).toHaveLength(1);
+      expect(status.policies.state).toBe('restored');
     });
   }
 
-  const mutating = ['patchPodIds', 'scaleDown', 'relaxPolicies', 'createOwnershipJobs'];
-  const aborts: [string, string[]][] = [
-    ['planMigration', []],
-    ['patchPodIds', ['patchPodIds(pgplatform:1000)']],
-    ['scaleDown', undoAfterScale],
-    ['relaxPolicies', undoAfterRelax],
-    ['createOwnershipJobs', undoAfterRelax],
-    ['waitForJobs', ['deleteOwnershipJobs', ...undoAfterScale]],
-  ];
-  for (const [step, undo] of aborts) {
-    it(`aborts during ${step}: compensations in reverse, policies enforced`, async () => {
-      const { calls, error, status } = await run({ interrupt: { during: step, by: 'abort' } });
-      expect(cause(error)).toMatchObject({ type: 'Aborted' });
-      expect(cause(error)?.message).toContain(`abort during ${step} (by test)`);
-      expect(status.phase).toBe('aborted');
-      expect(['enforced', 'restored']).toContain(status.policies.state);
-      if (undo.length) expect(calls.slice(-undo.length)).toEqual(undo);
-      if (step === 'planMigration')
-        expect(calls.filter((c) => mutating.some((m) => c.startsWith(m)))).toEqual([]);
-      if (step === 'relaxPolicies' || step === 'waitForJobs')
-        expect(calls.filter((c) => c === 'restorePolicies').length).toBeGreaterThan(0);
+  it('rolls back when asked: reverse Jobs under a fresh window, then the old template, then scale-up', async () => {
+    const { calls, status, violations, files, template, error } = await run({
+      interrupt: { during: 'waitForJobs', by: 'abort' },
+      input: { recovery: 'roll-back' },
+      record: 'rolled-back',
     });
-  }
-
-  it('re-enforces and cleans up when cancelled during the Jobs', async () => {
-    const { calls, error, status } = await run({
-      interrupt: { during: 'waitForJobs', by: 'cancel' },
-      input: { window: { mode: 'job-duration' } },
-    });
-    expect(error).toBeInstanceOf(WorkflowFailedError);
-    const at = calls.indexOf('waitForJobs');
-    expect(calls.slice(at + 1)).toEqual(['restorePolicies', 'deleteOwnershipJobs', ...undoAfterScale]);
-    expect(status.policies.state).toBe('restored');
+    expect(cause(error)).toMatchObject({ type: 'Aborted' });
+    expect(status.endState).toBe('rolled-back');
+    expect(violations).toEqual([]);
+    expect(files).toEqual(allOld);
+    expect(template).toEqual({ pgplatform: 1000, timescale: 1000 });
+    expect(status.windows).toHaveLength(3); // the forward one and one per reverse round
+    expect(status.rollbackJobs.map((j) => j.state)).toEqual(['succeeded', 'succeeded', 'succeeded']);
+    const settled = calls.slice(calls.indexOf('waitForJobs') + 1);
+    expect(settled.filter((c) => c.startsWith('createOwnershipJobs'))).toEqual([
+      'createOwnershipJobs(1)',
+      'createOwnershipJobs(2)',
+    ]);
+    expect(settled.lastIndexOf('patchPodIds(timescale:1000)')).toBeLessThan(
+      settled.findIndex((c) => c.startsWith('scaleUp')),
+    );
   });
 
-  it('runs a failed Job again under a fresh window, then fails cleanly when it fails again', async () => {
+  it('runs a failed Job again under a fresh window; when it fails for good the databases stay down and the status says what is left', async () => {
     const retried = await run({ jobResults: [[true, false, true], [true]] });
     expect(retried.result?.windows).toHaveLength(2);
     expect(retried.calls.filter((c) => c.startsWith('createOwnershipJobs'))).toEqual([
       'createOwnershipJobs(3)',
       'createOwnershipJobs(1)',
     ]);
-    expect(retried.calls.filter((c) => c === 'relaxPolicies')).toHaveLength(2);
+    expect(retried.files).toEqual(allNew);
 
-    const failed = await run({ jobResults: [[true, false, true], [false]] });
+    const failed = await run({ jobResults: [[true, false, true], [false]], record: 'stopped-scaled-down' });
     expect(cause(failed.error)).toMatchObject({ type: 'OwnershipJobFailed' });
     expect(cause(failed.error)?.message).toContain('runas-migrate-timescale-0: BackoffLimitExceeded');
-    const last = failed.calls.lastIndexOf('waitForJobs');
-    // admission mode: the second window closed as soon as its pod was admitted
-    expect(failed.calls.slice(last - 2, last)).toEqual(['waitForPodsAdmitted', 'restorePolicies']);
-    expect(failed.calls.slice(last + 1)).toEqual(['deleteOwnershipJobs', ...undoAfterScale]);
+    expect(failed.status.endState).toBe('stopped-scaled-down');
+    expect(failed.calls.filter((c) => c.startsWith('scaleUp'))).toEqual([]);
+    expect(failed.status.leftToDo.join(' ')).toContain('runas-migrate-timescale-0 (failed');
+    expect(failed.status.leftToDo.join(' ')).toContain('start the run again with the same input');
+    expect(failed.violations).toEqual([]);
+    expect(failed.calls.at(-1)).toBe('releaseNamespaceLock');
+
+    const rolledBack = await run({
+      jobResults: [[true, false, true], [false]],
+      input: { recovery: 'roll-back' },
+    });
+    expect(rolledBack.status.endState).toBe('rolled-back');
+    expect(rolledBack.files).toEqual(allOld);
+    expect(rolledBack.violations).toEqual([]);
+  });
+
+  it('gives a long Job its whole job.timeout and an absolute deadline, whatever the heartbeat timeout', async () => {
+    const seen: { startToClose?: number; deadline?: string; at?: number } = {};
+    const { result } = await run({
+      input: { job: { timeout: '6h' }, heartbeatTimeout: '2s' },
+      inspect: {
+        waitForJobs: (a: { deadline: string }) => {
+          seen.startToClose = Context.current().info.startToCloseTimeoutMs;
+          seen.deadline = a.deadline;
+          seen.at = Context.current().info.currentAttemptScheduledTimestampMs;
+          return undefined;
+        },
+      },
+    });
+    expect(result?.endState).toBe('completed');
+    expect(seen.startToClose).toBeGreaterThanOrEqual(6 * 3_600_000);
+    const left = Date.parse(seen.deadline!) - seen.at!;
+    expect(left).toBeGreaterThanOrEqual(6 * 3_600_000 - 5_000);
+    expect(left).toBeLessThanOrEqual(6 * 3_600_000 + 5 * 60_000);
   });
 });

@@ -1,6 +1,6 @@
 /**
  * Pure translation of a pod's container into the host commands that run it: a private mount
- * namespace, each volume bind-mounted at its mountPath, a private /dev carrying the
+ * namespace, each volume (or its subPath) bind-mounted at its mountPath, a private /dev carrying the
  * termination-message file, and `setpriv` with exactly the user, groups and capabilities the
  * pod's securityContext grants.
  */
@@ -26,7 +26,10 @@ export const RuntimeDefaultCapabilities = [
 
 /** A host directory (or file) to bind at a path inside the container. */
 export interface HostMount {
+  /** The volume's host directory. */
   source: string;
+  /** The folder of the volume to bind instead of its root (a volumeMount's `subPath`). */
+  subPath?: string;
   target: string;
   readOnly: boolean;
 }
@@ -108,7 +111,19 @@ export function launchScript(
     `umount -l ${q(paths.scratchDir + '/hostdev')}`,
   ];
   for (const m of mounts) {
-    lines.push(`mkdir -p ${q(m.target)}`, `mount --bind ${q(m.source)} ${q(m.target)}`);
+    let source = q(m.source);
+    if (m.subPath) {
+      // As a kubelet does: a missing subPath is created (with the volume root's mode), and one
+      // that leads out of its volume (through .. or a symlink) is refused.
+      lines.push(
+        `root=$(realpath -e -- ${q(m.source)})`,
+        `sub=$(realpath -m -- ${q(`${m.source}/${m.subPath}`)})`,
+        `case "$sub/" in "$root"/*) ;; *) echo ${q(`subPath ${m.subPath} of ${m.target} leads out of its volume`)} >&2; exit 1 ;; esac`,
+        'if [ ! -e "$sub" ]; then mkdir -p -- "$sub" && chmod --reference="$root" -- "$sub"; fi',
+      );
+      source = '"$sub"';
+    }
+    lines.push(`mkdir -p ${q(m.target)}`, `mount --bind ${source} ${q(m.target)}`);
     if (m.readOnly) lines.push(`mount -o remount,bind,ro ${q(m.target)}`);
   }
   lines.push(

@@ -4,7 +4,15 @@
  * code and termination message, and serves their logs to the API server.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -22,6 +30,7 @@ import {
 } from '@kubernetes/client-node';
 import { identityOf, launchScript, type HostMount } from './launch.js';
 import { serveContainerLogs } from './logs.js';
+import { processGroupMembers, processStartTicks, stopProcessGroup } from './processes.js';
 
 /** Labels and taint that mark the host runner's node. */
 export const HostRunnerNode = {
@@ -45,11 +54,19 @@ export interface HostRunnerOptions {
   port: number;
   tlsCert: string;
   tlsKey: string;
+  /**
+   * Value of the {@link HostRunnerNode.Label} label on the node: a second runner (tests) with its
+   * own value takes only the pods that select it, none of {@link HostRunnerPlacement}'s.
+   * @default "true"
+   */
+  placementValue?: string;
   log?: (line: string) => void;
 }
 
 interface RunningContainer {
   child?: ChildProcess;
+  /** The container's process group (its first process is the leader). */
+  pgid: number;
   logFile: string;
   terminationFile: string;
   startedAt: Date;
@@ -65,6 +82,8 @@ export class HostRunner {
   private readonly pods = new Map<string, Map<string, RunningContainer>>();
   private readonly handled = new Set<string>();
   private readonly terminating = new Set<string>();
+  /** Per pod, the start or stop in progress: a stop waits until the start is done with. */
+  private readonly work = new Map<string, Promise<void>>();
   private timers: NodeJS.Timeout[] = [];
   private server?: Server;
   private watchAbort?: AbortController;
@@ -109,7 +128,13 @@ export class HostRunner {
     this.timers.forEach(clearInterval);
     this.watchAbort?.abort();
     for (const containers of this.pods.values())
-      for (const c of containers.values()) c.child?.kill('SIGKILL');
+      for (const c of containers.values()) {
+        try {
+          process.kill(-c.pgid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
@@ -123,7 +148,7 @@ export class HostRunner {
           'kubernetes.io/hostname': this.opts.nodeName,
           'kubernetes.io/os': 'linux',
           'kubernetes.io/arch': 'amd64',
-          [HostRunnerNode.Label]: 'true',
+          [HostRunnerNode.Label]: this.opts.placementValue ?? 'true',
         },
       },
       spec: { taints: [{ key: HostRunnerNode.TaintKey, value: 'true', effect: 'NoSchedule' }] },
@@ -200,13 +225,17 @@ export class HostRunner {
     }
   }
 
-  /** Pods left Running by a previous runner process can never report an exit: fail them. */
+  /**
+   * Pods left Running by a previous runner process can never report an exit: stop what is left
+   * of their processes and fail them.
+   */
   private async failOrphans(): Promise<void> {
     const list = await this.core.listPodForAllNamespaces({
       fieldSelector: `spec.nodeName=${this.opts.nodeName}`,
     });
     for (const pod of list.items) {
       if (pod.status?.phase === 'Running') {
+        await Promise.all(this.recordedGroups(pod).map((g) => stopProcessGroup(g, 0)));
         await this.patchStatus(pod, {
           phase: 'Failed',
           reason: 'HostRunnerRestarted',
@@ -248,7 +277,8 @@ export class HostRunner {
         },
         (type: string, pod: V1Pod) => {
           if (type === 'BOOKMARK' || type === 'ERROR') return;
-          if (type !== 'DELETED') this.onPod(pod);
+          if (type === 'DELETED') this.onDeleted(pod);
+          else this.onPod(pod);
         },
         ended,
       );
@@ -275,22 +305,45 @@ export class HostRunner {
     return `${pod.metadata!.namespace}/${pod.metadata!.name}/${pod.metadata!.uid}`;
   }
 
+  /** Runs `fn` after whatever else is in progress for the pod. */
+  private serial(key: string, fn: () => Promise<void>): Promise<void> {
+    const next = (this.work.get(key) ?? Promise.resolve()).then(fn);
+    const settled = next.catch(() => undefined);
+    this.work.set(key, settled);
+    void settled.then(() => {
+      if (this.work.get(key) === settled) this.work.delete(key);
+    });
+    return next;
+  }
+
   private onPod(pod: V1Pod): void {
     const key = this.key(pod);
     if (pod.metadata?.deletionTimestamp) {
-      if (this.terminating.has(key)) return;
-      this.terminating.add(key);
-      void this.terminate(pod).catch((e: unknown) => this.log(`terminate ${key}: ${String(e)}`));
+      this.stopPod(pod, true);
       return;
     }
     if (this.handled.has(key) || pod.status?.phase !== 'Pending') return;
     this.handled.add(key);
-    void this.runPod(pod).catch(async (e: unknown) => {
+    void this.serial(key, () => this.runPod(pod)).catch(async (e: unknown) => {
       this.log(`pod ${key} failed to start: ${String(e)}`);
       await this.patchStatus(pod, { phase: 'Failed', reason: 'HostRunnerError', message: String(e) }).catch(
         () => {},
       );
     });
+  }
+
+  /** A pod removed without a graceful deletion (forced, or its namespace gone): its processes still stop. */
+  private onDeleted(pod: V1Pod): void {
+    this.stopPod(pod, false);
+  }
+
+  private stopPod(pod: V1Pod, removeObject: boolean): void {
+    const key = this.key(pod);
+    if (this.terminating.has(key)) return;
+    this.terminating.add(key);
+    void this.serial(key, () => this.terminate(pod, removeObject)).catch((e: unknown) =>
+      this.log(`terminate ${key}: ${String(e)}`),
+    );
   }
 
   private podDir(pod: V1Pod): string {
@@ -326,7 +379,8 @@ export class HostRunner {
         continue; // projected tokens, config maps: nothing our containers read
       }
       mounts.push({
-        source: vm.subPath ? join(source, vm.subPath) : source,
+        source,
+        ...(vm.subPath ? { subPath: vm.subPath } : {}),
         target: vm.mountPath,
         readOnly: vm.readOnly ?? false,
       });
@@ -372,16 +426,13 @@ export class HostRunner {
       mkdirSync(cdir, { recursive: true });
       const terminationFile = join(cdir, 'termination-log');
       writeFileSync(terminationFile, '');
-      const script = launchScript(
-        container,
-        identity,
-        await this.retryWhileUnreachable(() => this.hostMounts(pod, container)),
-        this.envOf(pod, container),
-        {
-          scratchDir: cdir,
-          terminationFile,
-        },
-      );
+      const mounts = await this.retryWhileUnreachable(() => this.hostMounts(pod, container));
+      // Deleted while its volumes were being looked up: it must not start at all.
+      if (this.terminating.has(this.key(pod))) return;
+      const script = launchScript(container, identity, mounts, this.envOf(pod, container), {
+        scratchDir: cdir,
+        terminationFile,
+      });
       writeFileSync(join(cdir, 'launch.sh'), script);
       const logFile = join(cdir, 'container.log');
       const child = spawn(
@@ -392,6 +443,10 @@ export class HostRunner {
           detached: true,
         },
       );
+      // detached: the container is its own process group, so a stop reaches every process it forks.
+      const pgid = child.pid!;
+      // The runner's record of the group, for a runner restarted while the container runs.
+      writeFileSync(join(cdir, 'pid'), `${pgid} ${processStartTicks(pgid) ?? ''}\n`);
       const out = createWriteStream(logFile, { flags: 'a' });
       const pipe = (stream: NodeJS.ReadableStream, name: string) =>
         createInterface({ input: stream }).on('line', (line) =>
@@ -401,6 +456,7 @@ export class HostRunner {
       pipe(child.stderr, 'stderr');
       const running: RunningContainer = {
         child,
+        pgid,
         logFile,
         terminationFile,
         startedAt,
@@ -530,37 +586,55 @@ export class HostRunner {
     );
   }
 
-  private async terminate(pod: V1Pod): Promise<void> {
+  /**
+   * The process groups a previous runner process recorded for a pod and that still run: the
+   * leader with the recorded start time, or, the leader gone, members of its group (a process
+   * group ID is not reused while any member lives).
+   */
+  private recordedGroups(pod: V1Pod): number[] {
+    const dir = this.podDir(pod);
+    if (!existsSync(dir)) return [];
+    const groups: number[] = [];
+    for (const container of readdirSync(dir)) {
+      const file = join(dir, container, 'pid');
+      if (!existsSync(file)) continue;
+      const [pid, ticks] = readFileSync(file, 'utf8').trim().split(' ').map(Number);
+      if (!pid) continue;
+      const now = processStartTicks(pid);
+      if (now === undefined ? processGroupMembers(pid).length > 0 : now === ticks) groups.push(pid);
+    }
+    return groups;
+  }
+
+  /**
+   * Stops a pod as a kubelet does: SIGTERM to every process of each container, SIGKILL after
+   * the grace period, and only once none is left the final delete (grace 0, guarded by the
+   * pod's uid) that removes the object — so a deleted pod never leaves a process behind.
+   */
+  private async terminate(pod: V1Pod, removeObject: boolean): Promise<void> {
     const key = this.key(pod);
     const containers = this.pods.get(key);
-    if (containers) {
-      for (const c of containers.values()) {
-        if (c.child?.pid) {
-          try {
-            process.kill(-c.child.pid, 'SIGTERM');
-          } catch {
-            // already gone
-          }
-        }
-      }
-      const grace = (pod.metadata?.deletionGracePeriodSeconds ?? 30) * 1000;
-      const killer = setTimeout(() => {
-        for (const c of containers.values()) if (c.child?.pid) process.kill(-c.child.pid, 'SIGKILL');
-      }, grace);
-      await Promise.all([...containers.values()].map((c) => c.done));
-      clearTimeout(killer);
-    }
+    const grace =
+      (pod.metadata?.deletionGracePeriodSeconds ?? pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
+    const groups = containers ? [...containers.values()].map((c) => c.pgid) : this.recordedGroups(pod);
+    const killed = await Promise.all(groups.map((g) => stopProcessGroup(g, grace)));
+    if (containers) await Promise.all([...containers.values()].map((c) => c.done));
+    if (groups.length)
+      this.log(`stopped ${key}${killed.some(Boolean) ? ' (SIGKILL after the grace period)' : ''}`);
     this.pods.delete(key);
     this.exits.delete(key);
-    try {
-      await this.core.deleteNamespacedPod({
-        name: pod.metadata!.name!,
-        namespace: pod.metadata!.namespace!,
-        gracePeriodSeconds: 0,
-        body: { preconditions: { uid: pod.metadata!.uid } },
-      });
-    } catch (err) {
-      if ((err as { code?: number }).code !== 404 && (err as { code?: number }).code !== 409) throw err;
+    if (removeObject) {
+      try {
+        await this.core.deleteNamespacedPod({
+          name: pod.metadata!.name!,
+          namespace: pod.metadata!.namespace!,
+          gracePeriodSeconds: 0,
+          // In the body too: a body without it would override the query parameter.
+          body: { gracePeriodSeconds: 0, preconditions: { uid: pod.metadata!.uid } },
+        });
+      } catch (err) {
+        if ((err as { code?: number }).code !== 404 && (err as { code?: number }).code !== 409) throw err;
+      }
     }
     rmSync(this.podDir(pod), { recursive: true, force: true });
   }
