@@ -650,6 +650,23 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
    *
    * @returns the names of the Jobs deleted.
    */
+  /**
+   * The ownership Jobs `owner` created in the namespace, whatever their IDs: what settling works
+   * from when the run's creation step was interrupted before it could say which it created.
+   */
+  async function findOwnershipJobs(input: { namespace: string; owner: RunRef }): Promise<JobRef[]> {
+    return typed(async () =>
+      (
+        await kube.listJobs(
+          input.namespace,
+          `${JobLabel.ManagedBy}=${ManagedBy},${JobLabel.Run}=${input.owner.runId}`,
+        )
+      )
+        .filter((j) => j.metadata?.deletionTimestamp === undefined)
+        .map((j) => ({ name: j.metadata!.name!, uid: j.metadata!.uid! })),
+    );
+  }
+
   async function deleteOwnershipJobs(
     input: { namespace: string; owner?: RunRef; names?: string[] } & Partial<WaitLimit>,
   ): Promise<string[]> {
@@ -717,6 +734,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
     createOwnershipJobs,
     waitForJobs,
     deleteOwnershipJobs,
+    findOwnershipJobs,
     verifyDatabases,
   };
 }

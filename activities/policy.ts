@@ -93,6 +93,11 @@ export interface RelaxInput {
   podSecurity?: RelaxedPodSecurityLevel;
   /** Whether Gatekeeper constraints are relaxed. @default true */
   gatekeeper?: boolean;
+  /**
+   * Seconds after which the window may be closed by the sweeper whatever the run's state
+   * (window.max + window.grace); written into the record as `notAfter`. None: no limit.
+   */
+  closeWithinSeconds?: number;
 }
 
 /** What {@link relaxPolicies} did. */
@@ -175,6 +180,10 @@ export interface RecordedRelaxation {
   owner: RunRef | null;
   /** Temporal namespace of the owner run; null with `owner`. */
   temporalNamespace: string | null;
+  /** When the sweeper may close the window whatever the run's state; null: not recorded. */
+  notAfter?: string | null;
+  /** `snapshot.takenAt` of the record: which window of its run it is. */
+  takenAt?: string;
   /** Why nothing may be done from what was found (then `owner` is null). */
   refused?: string;
 }
@@ -237,6 +246,9 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
       version: RelaxationRecordVersion,
       temporalNamespace: temporalNamespace(),
       owner: input.owner,
+      ...(input.closeWithinSeconds !== undefined
+        ? { notAfter: new Date(Date.parse(snapshot.takenAt) + input.closeWithinSeconds * 1000).toISOString() }
+        : {}),
       snapshot,
       plan: planRelaxation(snapshot, input.podSecurity ?? 'baseline'),
     };
@@ -862,6 +874,8 @@ export function createPolicyActivities(deps: PolicyActivityDeps) {
             namespace: target,
             owner: record.owner,
             temporalNamespace: record.temporalNamespace,
+            notAfter: record.notAfter ?? null,
+            takenAt: record.snapshot.takenAt,
           });
         } catch (err) {
           if (!(err instanceof RelaxationRecordError)) throw err;

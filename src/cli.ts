@@ -18,11 +18,13 @@ import {
   queryStatus,
   readInputFile,
   runningRun,
+  runProgress,
+  StatusQueryTimeoutMs,
   startRun,
   webUiLink,
   workflowIdOf,
 } from './runs.js';
-import { renderPlan, renderReport, renderStatus } from './status-view.js';
+import { renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
 import { runDemo } from './demo.js';
 
 // The worker's own logs stay at warnings; the CLI says what matters.
@@ -403,7 +405,29 @@ temporalOptions(
       process.stdout.write(`run ended: ${reasonOf(err.cause ?? err)}\n`);
       process.exitCode = 1;
     }
-  } else process.stdout.write(renderStatus(await queryStatus(c, flags.namespace), id) + '\n');
+  } else {
+    const progress = await runProgress(c, flags.namespace);
+    try {
+      const status = await c.connection.withDeadline(Date.now() + StatusQueryTimeoutMs, () =>
+        queryStatus(c, flags.namespace),
+      );
+      process.stdout.write(
+        [renderStatus(status, id), renderProgress(progress)].filter(Boolean).join('\n') + '\n',
+      );
+    } catch (err) {
+      if (progress.status !== 'RUNNING') throw err;
+      // A stuck run cannot answer: Temporal's own view of it is all there is.
+      process.stdout.write(
+        [
+          `run ${id} — ${progress.status} on task queue ${progress.taskQueue} — it did not answer its status query within ${StatusQueryTimeoutMs / 1000} s (${reasonOf(err)})`,
+          renderProgress(progress),
+        ]
+          .filter(Boolean)
+          .join('\n') + '\n',
+      );
+      process.exitCode = 2;
+    }
+  }
   await c.connection.close();
 });
 

@@ -166,8 +166,13 @@ export const MigrationInputSchema = z
       .object({
         mode: z.enum(['admission', 'job-duration']).default('admission'),
         max: duration('window.max').default('15m'),
+        /**
+         * How long after window.max the sweeper may close a window whose run is stuck (a workflow
+         * task failing for good, no worker left): the record's notAfter is window.max + grace.
+         */
+        grace: duration('window.grace').default('5m'),
       })
-      .default({ mode: 'admission', max: '15m' }),
+      .default({ mode: 'admission', max: '15m', grace: '5m' }),
     policies: z
       .object({
         podSecurity: z.enum(['baseline', 'privileged']).default('baseline'),

@@ -103,6 +103,12 @@ export interface RelaxationRecord {
   /** Temporal namespace of the owner run: only a sweeper of that namespace can judge it. */
   temporalNamespace: string;
   owner: RunRef;
+  /**
+   * When the window must be closed whatever its run's state (window.max + window.grace after the
+   * relaxation): the sweeper restores an expired record even for a run still open. Absent only in
+   * records written by versions before it was introduced.
+   */
+  notAfter?: string;
   snapshot: PolicySnapshot;
   plan: RelaxationPlan;
 }
@@ -478,6 +484,7 @@ function recordSchemaFor(group: string) {
     version: z.literal(RelaxationRecordVersion),
     temporalNamespace: temporalNamespaceSchema,
     owner: runRefSchema,
+    notAfter: z.iso.datetime().optional(),
     snapshot: z.strictObject({
       namespace: dnsLabel,
       namespaceResourceVersion: z.string().min(1).max(64),

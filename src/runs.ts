@@ -97,6 +97,94 @@ export async function queryStatus(client: Client, namespace: string): Promise<Mi
   }
 }
 
+/** How a run is moving, from Temporal's own view of it (answers even when the run cannot). */
+export interface RunProgress {
+  /** RUNNING, COMPLETED, FAILED, …. */
+  status: string;
+  taskQueue: string;
+  /** The run's current workflow task, if one is pending. */
+  workflowTask: {
+    /** SCHEDULED (no worker has picked it up) or STARTED. */
+    state: string;
+    /** Above 1: the workflow code keeps failing (a non-determinism after a deploy, a bug). */
+    attempt: number;
+    scheduledAt: string | null;
+    /** Why the last attempt failed, when one did. */
+    lastFailure: string | null;
+  } | null;
+  /** Steps retrying or waiting, with their attempt and last failure. */
+  steps: { activity: string; attempt: number; lastFailure: string | null; lastHeartbeatAt: string | null }[];
+  /** Plain-words reasons the run looks stuck; empty when it does not. */
+  stuck: string[];
+}
+
+// A proto Timestamp's seconds is a Long, which Number() does not convert.
+const isoOf = (
+  t: { seconds?: { toString(): string } | null; nanos?: number | null } | null | undefined,
+): string | null =>
+  t?.seconds == null
+    ? null
+    : new Date(Number(t.seconds.toString()) * 1000 + Math.floor((t.nanos ?? 0) / 1e6)).toISOString();
+
+/** temporal.api.enums.v1.PendingWorkflowTaskState, as describe() returns it (a number). */
+const PendingWorkflowTaskState: Record<number, string> = { 1: 'SCHEDULED', 2: 'STARTED' };
+
+/** How long a workflow task may wait for a worker before the run counts as stuck. */
+const UnpickedWorkflowTaskMs = 30_000;
+
+/**
+ * Temporal's view of the namespace's run: whether a worker picks up its workflow tasks, whether
+ * they fail, which steps retry. `runas-migrate status` shows it with the run's own status, and
+ * alone when the run cannot answer its status query (no worker, a workflow task failing).
+ */
+export async function runProgress(client: Client, namespace: string): Promise<RunProgress> {
+  const handle = client.workflow.getHandle(workflowIdOf(namespace));
+  let d: Awaited<ReturnType<WorkflowHandle['describe']>>;
+  try {
+    d = await handle.describe();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw noRun(namespace);
+    throw err;
+  }
+  const pending = d.raw.pendingWorkflowTask;
+  const stuck: string[] = [];
+  let workflowTask: RunProgress['workflowTask'] = null;
+  if (pending) {
+    const attempt = pending.attempt ?? 1;
+    let lastFailure: string | null = null;
+    if (attempt > 1) {
+      const history = await handle.fetchHistory();
+      const failed = [...(history.events ?? [])]
+        .reverse()
+        .find((e) => e.workflowTaskFailedEventAttributes)?.workflowTaskFailedEventAttributes;
+      lastFailure = failed?.failure?.message ?? null;
+      stuck.push(
+        `its workflow task failed ${attempt - 1} times${lastFailure ? ` (${lastFailure})` : ''}: the run cannot move until the worker runs code that can replay it`,
+      );
+    }
+    const scheduledAt = isoOf(pending.originalScheduledTime ?? pending.scheduledTime);
+    const state = PendingWorkflowTaskState[Number(pending.state)] ?? String(pending.state);
+    if (state === 'SCHEDULED' && scheduledAt && Date.now() - Date.parse(scheduledAt) > UnpickedWorkflowTaskMs)
+      stuck.push(
+        `no worker has picked up its workflow task since ${scheduledAt}: is a worker running on task queue ${d.taskQueue}?`,
+      );
+    workflowTask = { state, attempt, scheduledAt, lastFailure };
+  }
+  const steps = (d.raw.pendingActivities ?? []).map((a) => ({
+    activity: a.activityType?.name ?? '?',
+    attempt: a.attempt ?? 1,
+    lastFailure: a.lastFailure?.message ?? null,
+    lastHeartbeatAt: isoOf(a.lastHeartbeatTime),
+  }));
+  for (const s of steps)
+    if (s.attempt >= 3)
+      stuck.push(`step ${s.activity} is at attempt ${s.attempt}${s.lastFailure ? `: ${s.lastFailure}` : ''}`);
+  return { status: d.status.name, taskQueue: d.taskQueue, workflowTask, steps, stuck };
+}
+
+/** How long `runas-migrate status` waits for a run to answer its status query. */
+export const StatusQueryTimeoutMs = 10_000;
+
 /**
  * The handle of the namespace's run, when it is still going: a signal to a run that has ended
  * would be refused by Temporal with a message that names neither the run nor what to do.

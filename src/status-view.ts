@@ -4,6 +4,7 @@
 import CliTable from 'cli-table3';
 import type { MigrationReport, MigrationStatus } from '../workflows/messages.js';
 import type { MigrationPlan } from './plan.js';
+import type { RunProgress } from './runs.js';
 
 /** A table, colourless unless stdout is a terminal. */
 class Table extends CliTable {
@@ -91,7 +92,7 @@ export function renderStatus(s: MigrationStatus, workflowId: string): string {
       `#${i + 1} opened ${w.openedAt}${w.closedAt ? `, closed after ${since(w.openedAt, w.closedAt)} (${w.closedBecause})` : `, OPEN for ${since(w.openedAt)}`}`,
   );
   return [
-    `run ${workflowId} — namespace ${s.namespace ?? '?'} — phase ${s.phase}`,
+    `run ${workflowId} — namespace ${s.namespace ?? '?'} — phase ${s.phase}${s.phaseSince && !s.endState ? ` for ${since(s.phaseSince)}` : ''}`,
     `gates: ${gates}`,
     `policies: ${s.policies.state}${s.windowMode ? ` (window mode ${s.windowMode})` : ''}`,
     ...windows.map((w) => `window ${w}`),
@@ -105,6 +106,18 @@ export function renderStatus(s: MigrationStatus, workflowId: string): string {
   ]
     .filter(Boolean)
     .join('\n');
+}
+
+/** Temporal's view of a run that may be stuck: why it looks stuck, and the steps that retry. */
+export function renderProgress(p: RunProgress): string {
+  return [
+    ...p.stuck.map((s) => `STUCK: ${s}`),
+    ...p.steps
+      .filter((s) => s.attempt > 1 && s.attempt < 3)
+      .map(
+        (s) => `retrying: ${s.activity} attempt ${s.attempt}${s.lastFailure ? ` (${s.lastFailure})` : ''}`,
+      ),
+  ].join('\n');
 }
 
 /** The final report of a run. */

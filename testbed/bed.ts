@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { SearchAttribute } from '../src/names.js';
+import { SearchAttribute, SearchAttributeTypes } from '../src/names.js';
 import { createFakeNodes, seedItrsFixture, waitForFixtureReady } from './fixture.js';
 import {
   GiveUp,
@@ -237,7 +237,10 @@ function startTemporal(state: BedState): RecordedProcess {
     state.temporal.dbFile,
     '--log-level',
     'warn',
-    ...Object.values(SearchAttribute).flatMap((a) => ['--search-attribute', `${a}=Keyword`]),
+    ...Object.values(SearchAttribute).flatMap((a) => [
+      '--search-attribute',
+      `${a}=${SearchAttributeTypes[a]}`,
+    ]),
   ];
   return startDetached(state.tools.temporal!, args, {
     logFile: join(state.dir, 'temporal.log'),

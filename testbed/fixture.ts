@@ -15,7 +15,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import {
   ApiextensionsV1Api,
   AppsV1Api,
@@ -431,7 +431,19 @@ export async function seedItrsFixture(
         const claimName = `${c.claim}-${db.statefulSet}-${i}`;
         claims[db.statefulSet]!.push(claimName);
         const dir = pvDirectory(opts.pvRoot, opts.namespace, claimName);
-        if (!existsSync(dir)) seedVolume(dir, c.seed, uid, opts.filesPerVolume ?? 20);
+        if (!existsSync(dir)) {
+          seedVolume(dir, c.seed, uid, opts.filesPerVolume ?? 20);
+          // The mount points the running database left for the volumes mounted below this one
+          // (its runtime creates them inside this volume), owned like everything else after years
+          // under the old IDs: a Job that mounts the same paths finds them in place.
+          for (const other of db.claims)
+            if (other.mountPath.startsWith(`${c.mountPath}/`))
+              for (let p = other.mountPath; p !== c.mountPath; p = posix.dirname(p)) {
+                const onDisk = join(dir, posix.relative(c.mountPath, p));
+                mkdirSync(onDisk, { recursive: true, mode: 0o755 });
+                lchownSync(onDisk, uid, uid);
+              }
+        }
         await createIfMissing(() =>
           core.createPersistentVolume({
             body: {

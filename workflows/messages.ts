@@ -64,6 +64,17 @@ export interface SecurityContextApplied {
   by?: string;
 }
 
+/**
+ * Sent by the sweeper to a run whose window it closed after the record's `notAfter` (the run was
+ * stuck): the run counts that window closed and opens a fresh one if it still needs one.
+ */
+export interface WindowClosedBySweeper {
+  /** `snapshot.takenAt` of the record the sweeper restored: which window it closed. */
+  takenAt: string;
+  notAfter: string;
+  restoredAt: string;
+}
+
 /** `temporal workflow signal --name approve --input '{"gate":"relax","by":"alice"}'` */
 export const approveSignal = wf.defineSignal<[Approval]>('approve');
 /** `temporal workflow signal --name abort --input '{"reason":"…"}'` */
@@ -71,6 +82,8 @@ export const abortSignal = wf.defineSignal<[Abort]>('abort');
 /** `temporal workflow signal --name securityContextApplied --input '{"by":"alice"}'` */
 export const securityContextAppliedSignal =
   wf.defineSignal<[SecurityContextApplied]>('securityContextApplied');
+/** Sent by the sweeper only. */
+export const windowClosedBySweeperSignal = wf.defineSignal<[WindowClosedBySweeper]>('windowClosedBySweeper');
 
 /** State of one gate. */
 export interface GateStatus {
@@ -104,6 +117,8 @@ export interface WindowStatus {
 /** What `temporal workflow query --type status` returns. */
 export interface MigrationStatus {
   phase: Phase;
+  /** When the run entered `phase` (also the search attribute RunasPhaseSince). */
+  phaseSince: string;
   namespace: string | null;
   startedAt: string;
   gates: GateStatus[];

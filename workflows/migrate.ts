@@ -34,6 +34,7 @@ import {
   EndState,
   Phase,
   securityContextAppliedSignal,
+  windowClosedBySweeperSignal,
   statusQuery,
   type JobStatus,
   type MigrationReport,
@@ -101,6 +102,7 @@ const nowIso = () => new Date(Date.now()).toISOString();
 const ms = (d: string) => parseDuration(d) ?? 0;
 const PhaseKey = defineSearchAttributeKey(SearchAttribute.Phase, SearchAttributeType.KEYWORD);
 const NamespaceKey = defineSearchAttributeKey(SearchAttribute.TargetNamespace, SearchAttributeType.KEYWORD);
+const PhaseSinceKey = defineSearchAttributeKey(SearchAttribute.PhaseSince, SearchAttributeType.DATETIME);
 
 type PlannedJob = DatabasePlan['jobs'][number];
 type Act<A, R> = ((arg: A) => Promise<R>) & { executeWithOptions(o: ActivityOptions, a: [A]): Promise<R> };
@@ -140,6 +142,7 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     phase: Phase.Validating,
     namespace: null,
     startedAt: nowIso(),
+    phaseSince: nowIso(),
     gates: [],
     windowMode: null,
     windows: [],
@@ -184,10 +187,35 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     main.cancel();
   });
   wf.setHandler(securityContextAppliedSignal, () => void securityContextSignals++);
+  wf.setHandler(windowClosedBySweeperSignal, (s) => {
+    const latest = status.windows.at(-1);
+    // Only the window of the record the sweeper restored; a later one is this run's to close.
+    if (!latest || status.policies.record?.snapshot.takenAt !== s?.takenAt) return;
+    // The run's own (then empty) restore may have come first when it woke up: the sweeper's is
+    // the one that closed the window.
+    if (!latest.closedAt || Date.parse(s.restoredAt) < Date.parse(latest.closedAt))
+      Object.assign(latest, {
+        closedAt: s.restoredAt,
+        closedBecause: `the sweeper restored the policies after notAfter ${s.notAfter}: the run had made no progress`,
+      });
+    status.alarms.push(
+      `the window opened at ${latest.openedAt} outlived window.max + window.grace (notAfter ${s.notAfter}) and was closed by the sweeper at ${s.restoredAt}`,
+    );
+    if (!restoring) {
+      mayBeRelaxed = false;
+      status.policies.state = 'restored';
+    }
+  });
 
   const setPhase = (phase: Phase, details?: string) => {
-    status.phase = phase;
-    wf.upsertSearchAttributes([{ key: PhaseKey, value: phase }]);
+    if (status.phase !== phase) {
+      status.phase = phase;
+      status.phaseSince = nowIso();
+    }
+    wf.upsertSearchAttributes([
+      { key: PhaseKey, value: phase },
+      { key: PhaseSinceKey, value: new Date(status.phaseSince) },
+    ]);
     const lines = [`**${phase}**${status.namespace ? ` — namespace \`${status.namespace}\`` : ''}`];
     if (details) lines.push(details);
     if (status.policies.state !== 'enforced') lines.push(`policies: **${status.policies.state}**`);
@@ -299,6 +327,7 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
       const relaxed = await act(steps.relaxPolicies, `relax the policies of ${namespace}`, {
         namespace,
         owner,
+        closeWithinSeconds: (ms(input.window.max) + ms(input.window.grace)) / 1000,
         podSecurity: input.policies.podSecurity,
         gatekeeper: input.policies.gatekeeper,
       });
@@ -686,7 +715,15 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     let rolledBack = false;
     if (progress.jobsStarted && !progress.filesNew) {
       files = 'mixed';
-      const refs = progress.refs;
+      // Interrupted while creating them: ask the cluster which exist.
+      const refs =
+        progress.refs ??
+        (
+          await step("find this run's ownership Jobs", () =>
+            act(settle.findOwnershipJobs, "find this run's ownership Jobs", { namespace, owner }),
+          )
+        )?.value ??
+        null;
       // Which Jobs may have changed files: those of earlier attempts that ended, and those whose
       // pod is bound to a node now that the policies are back (an unscheduled pod has not run,
       // and deleted now it never will).

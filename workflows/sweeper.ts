@@ -1,13 +1,17 @@
 /**
  * `sweepRelaxations`: run by a Temporal Schedule, it restores the policies of every namespace
  * whose protected relaxation record names a run that is no longer running — a terminated run
- * or a lost history, where no compensation of the run itself can execute. Each namespace is
- * swept on its own: one that cannot be judged or restored is reported, and the others go on.
+ * or a lost history, where no compensation of the run itself can execute — or whose record is
+ * past its `notAfter` (window.max + window.grace) whatever its run's state: a stuck run (a
+ * workflow task failing for good, no worker left) does not keep a namespace open. Such a run is
+ * told with the signal `windowClosedBySweeper`. Each namespace is swept on its own: one that
+ * cannot be judged or restored is reported, and the others go on.
  */
 import * as wf from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import type { RecordedRelaxation } from '../activities/policy.js';
 import type { RunRef } from '../src/policy.js';
+import { windowClosedBySweeperSignal } from './messages.js';
 
 const { findRelaxations } = wf.proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
@@ -31,7 +35,14 @@ const SweepParallelism = 4;
 
 /** What one sweep did with one namespace. */
 export type SweptNamespace =
-  | { namespace: string; outcome: 'restored'; owner: RunRef; alarms: string[] }
+  | {
+      namespace: string;
+      outcome: 'restored';
+      owner: RunRef;
+      alarms: string[];
+      /** Set when the run was still open and its record past notAfter. */
+      expired?: string;
+    }
   | { namespace: string; outcome: 'left'; owner: RunRef; why: string }
   | { namespace: string; outcome: 'refused'; why: string }
   | { namespace: string; outcome: 'failed'; why: string };
@@ -65,12 +76,31 @@ async function sweepOne(found: RecordedRelaxation, here: string): Promise<SweptN
         why: `recorded by a run of Temporal namespace ${found.temporalNamespace}: only a sweeper there can tell whether it is alive`,
       };
     }
-    if (await isRunOpen(owner))
+    const expired = found.notAfter && Date.parse(found.notAfter) <= Date.now() ? found.notAfter : null;
+    const open = await isRunOpen(owner);
+    if (open && !expired)
       return { namespace, outcome: 'left', owner, why: 'its run is still running and restores it itself' };
     const r = await restorePolicies({ namespace, owner });
     if (r.refused) return { namespace, outcome: 'refused', why: r.refused };
     if (!r.restored) return { namespace, outcome: 'left', owner, why: 'nothing left to restore' };
-    return { namespace, outcome: 'restored', owner, alarms: r.alarms };
+    if (!open) return { namespace, outcome: 'restored', owner, alarms: r.alarms };
+    const why = `its run is still open but made no progress past notAfter ${expired}: window closed`;
+    try {
+      await wf.getExternalWorkflowHandle(owner.workflowId, owner.runId).signal(windowClosedBySweeperSignal, {
+        takenAt: found.takenAt!,
+        notAfter: expired!,
+        restoredAt: r.restoredAt,
+      });
+    } catch (err) {
+      return {
+        namespace,
+        outcome: 'restored',
+        owner,
+        alarms: r.alarms,
+        expired: `${why}; the run could not be told: ${reasonOf(err)}`,
+      };
+    }
+    return { namespace, outcome: 'restored', owner, alarms: r.alarms, expired: why };
   } catch (err) {
     return { namespace, outcome: 'failed', why: reasonOf(err) };
   }

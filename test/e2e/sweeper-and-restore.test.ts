@@ -19,8 +19,7 @@ import {
 import { sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
 import { Gatekeeper } from '../../testbed/fixture.js';
 import type { SweepReport, SweptNamespace } from '../../workflows/sweeper.js';
-import { startTestWorker, type TestWorker } from '../support/worker.js';
-import { waitFor } from '../../testbed/process.js';
+import { startTestWorker, sweepOnce, type TestWorker } from '../support/worker.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
 import { policyState, type PolicyState } from '../support/policy-state.js';
@@ -65,27 +64,7 @@ async function relaxedNamespace(owner: RunRef, g = guard): Promise<{ ns: string;
   return { ns, before };
 }
 
-let lastTrigger = 0;
-
-/** Triggers the worker's sweeper Schedule once and returns that sweep's report. */
-async function sweep(): Promise<SweepReport> {
-  // A Schedule names each run after the second it starts in: a second trigger within the same
-  // second would collide with the first.
-  await new Promise((r) => setTimeout(r, Math.max(0, lastTrigger + 1_100 - Date.now())));
-  lastTrigger = Date.now();
-  const schedule = w.client.schedule.getHandle(sweeperScheduleId(taskQueue));
-  const started = async () =>
-    (await schedule.describe()).info.recentActions.map((a) => a.action.workflow.workflowId);
-  const seen = new Set(await started());
-  await schedule.trigger();
-  const id = await waitFor(
-    'sweep started',
-    async () => (await started()).find((x) => !seen.has(x)),
-    30_000,
-    200,
-  );
-  return (await w.client.workflow.getHandle(id).result()) as SweepReport;
-}
+const sweep = () => sweepOnce(w, taskQueue);
 
 const outcomeOf = (report: SweepReport, namespace: string): SweptNamespace | undefined =>
   report.namespaces.find((n) => n.namespace === namespace);

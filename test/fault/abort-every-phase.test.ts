@@ -3,8 +3,8 @@
  * workflow cancel`) in every phase of a run on the test bed. A phase is reached by holding one
  * real step after its work (its completion withheld until the run cancels it), by a gate, or by
  * Jobs that cannot be scheduled. Before the files change hands, the namespace must end exactly
- * as the full snapshot taken before the run; after, the run keeps the new IDs and only the
- * policies, replicas and Jobs are checked.
+ * as the full snapshot taken before the run (end state `unchanged`); after, the run keeps the new
+ * IDs (`rolled-forward`) and only the policies, replicas and Jobs are checked.
  */
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -134,6 +134,7 @@ describe('abort and cancel before the files change hands: everything as before',
         expect(end.phase).toBe(stop === 'abort' ? 'aborted' : 'failed');
         expect(closedAs).toMatch(stop === 'abort' ? /FAILED/ : /CANCELED/);
         expect(end.policies.state).not.toBe('relaxed');
+        expect([end.endState, end.leftToDo]).toEqual(['unchanged', []]);
         expect(await namespaceSnapshot(kc, untouched, bed().pvRoot)).toEqual(before);
       });
     }
@@ -151,6 +152,7 @@ describe('abort and cancel after the files changed hands: policies, replicas and
         expect(reached.phase).toBe(c.phase);
         expect(end.phase).toBe(stop === 'abort' ? 'aborted' : 'failed');
         expect(closedAs).toMatch(stop === 'abort' ? /FAILED/ : /CANCELED/);
+        expect([end.endState, end.leftToDo]).toEqual(['rolled-forward', []]);
         const after = await namespaceSnapshot(kc, migrated, bed().pvRoot);
         expect(after.policies).toEqual(before.policies);
         expect(after.jobs).toEqual([]);

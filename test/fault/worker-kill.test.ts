@@ -36,10 +36,12 @@ const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url)
 const faultWorker = fileURLToPath(new URL('../support/fault-worker.ts', import.meta.url));
 const namespaces: string[] = [];
 const children: ChildProcess[] = [];
+const queues = new Set<string>();
 let client: Awaited<ReturnType<typeof connectClient>>;
 
 /** A worker in its own process, as in production: `runas-migrate worker`. */
 function workerProcess(taskQueue: string): ChildProcess {
+  queues.add(taskQueue);
   const child = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
     env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
     stdio: 'ignore',
@@ -51,6 +53,7 @@ function workerProcess(taskQueue: string): ChildProcess {
 
 /** A worker process that SIGKILLs itself at `at` (see test/support/fault-worker.ts). */
 function faultWorkerProcess(taskQueue: string, at?: KillPoint): ChildProcess {
+  queues.add(taskQueue);
   const child = spawn(process.execPath, ['--import', 'tsx', faultWorker, taskQueue, ...(at ? [at] : [])], {
     env: {
       ...process.env,
@@ -139,6 +142,12 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  // Worker processes create their queue's sweeper Schedule; the killed ones cannot delete it.
+  for (const q of queues)
+    await client.schedule
+      .getHandle(sweeperScheduleId(q))
+      .delete()
+      .catch(() => undefined);
   await client.connection.close();
   await removeFixtures(kc, namespaces);
 });
@@ -187,9 +196,10 @@ describe('fault: the worker is killed', () => {
 describe('fault: the worker is killed at every phase boundary', () => {
   // Before a step, or after its work with its completion lost (the step then runs again).
   const killPoints: KillPoint[] = [
-    'before:planMigration',
-    'after:patchPodIds',
+    'before:acquireNamespaceLock',
+    'after:planMigration',
     'after:scaleDown',
+    'after:patchPodIds',
     'after:relaxPolicies',
     'after:createOwnershipJobs',
     'before:restorePolicies',
@@ -198,6 +208,7 @@ describe('fault: the worker is killed at every phase boundary', () => {
     'after:deleteOwnershipJobs',
     'after:scaleUp',
     'before:verifyDatabases',
+    'after:releaseNamespaceLock',
   ];
 
   it(

@@ -649,11 +649,19 @@ describe('steering a run the wrong way', () => {
   });
 
   it('an approval given twice: the CLI says by whom and when, the workflow records the second as refused', async () => {
-    const first = await unchanged(() =>
-      runasMigrate(['approve', '-n', namespace, '--gate', 'plan', '--by', 'alice']),
-    );
+    // The approval lets the run go on: it scales the databases down and waits for the
+    // securityContext (apply "external"), where nothing changes any more.
+    const first = await runasMigrate(['approve', '-n', namespace, '--gate', 'plan', '--by', 'alice']);
     expect(first.code).toBe(0);
-    await waitFor('plan approved', async () => (await status()).gates[0]?.state === 'approved', 30_000, 300);
+    await waitFor(
+      'plan approved, the run waiting for the securityContext',
+      async () => {
+        const s = await status();
+        return s.gates[0]?.state === 'approved' && s.phase === 'applying-security-context';
+      },
+      30_000,
+      300,
+    );
     const again = await unchanged(() =>
       runasMigrate(['approve', '-n', namespace, '--gate', 'plan', '--by', 'bob']),
     );

@@ -29,3 +29,23 @@ export async function policyState(
   }
   return { labels: ns.metadata?.labels ?? {}, annotations: ns.metadata?.annotations ?? {}, constraints };
 }
+
+/**
+ * What a run may change about `namespace`: its labels and annotations, and which constraints
+ * exclude it. Other runs relax their own namespaces meanwhile (or left them relaxed), so the
+ * constraints' lists are compared by this namespace's entries only.
+ */
+export async function namespacePolicies(kc: KubeConfig, namespace: string) {
+  const state = await policyState(kc, namespace);
+  return {
+    labels: state.labels,
+    annotations: state.annotations,
+    excludedBy: Object.entries(state.constraints)
+      .flatMap(([name, spec]) =>
+        ((spec as { match?: { excludedNamespaces?: string[] } }).match?.excludedNamespaces ?? [])
+          .filter((x) => x === namespace)
+          .map(() => name),
+      )
+      .sort(),
+  };
+}

@@ -2,6 +2,8 @@
  * A runas-migrate worker against the test bed, on its own task queue, for e2e tests.
  */
 import { createWorker, sweeperScheduleId, type RunningWorker, type WorkerOptions } from '../../src/worker.js';
+import { waitFor } from '../../testbed/process.js';
+import type { SweepReport } from '../../workflows/sweeper.js';
 import { bed } from './bed.js';
 
 /** A running worker and how to stop it (its sweeper Schedule is deleted too). */
@@ -10,10 +12,13 @@ export interface TestWorker {
   stop(): Promise<void>;
 }
 
-/** Starts a worker polling `taskQueue`; its sweeper Schedule fires only when triggered. */
+/**
+ * Starts a worker polling `taskQueue`; its sweeper Schedule fires only when triggered. It acts
+ * as the bed's administrator unless `extra.kubeconfig` names another identity.
+ */
 export async function startTestWorker(
   taskQueue: string,
-  extra: Pick<WorkerOptions, 'interceptors'> = {},
+  extra: Pick<WorkerOptions, 'interceptors' | 'kubeconfig' | 'recordsNamespace'> = {},
 ): Promise<TestWorker> {
   const w = await createWorker({
     address: bed().temporal.address,
@@ -36,4 +41,26 @@ export async function startTestWorker(
       await w.close();
     },
   };
+}
+
+let lastTrigger = 0;
+
+/** Triggers the sweeper Schedule of `taskQueue` once and returns that sweep's report. */
+export async function sweepOnce(w: RunningWorker, taskQueue: string): Promise<SweepReport> {
+  // A Schedule names each run after the second it starts in: a second trigger within the same
+  // second would collide with the first.
+  await new Promise((r) => setTimeout(r, Math.max(0, lastTrigger + 1_100 - Date.now())));
+  lastTrigger = Date.now();
+  const schedule = w.client.schedule.getHandle(sweeperScheduleId(taskQueue));
+  const started = async () =>
+    (await schedule.describe()).info.recentActions.map((a) => a.action.workflow.workflowId);
+  const seen = new Set(await started());
+  await schedule.trigger();
+  const id = await waitFor(
+    'sweep started',
+    async () => (await started()).find((x) => !seen.has(x)),
+    30_000,
+    200,
+  );
+  return (await w.client.workflow.getHandle(id).result()) as SweepReport;
 }

@@ -22,7 +22,7 @@ describe('parseMigrationInput', () => {
       approvalTimeout: '24h',
       heartbeatTimeout: '30s',
       securityContext: { apply: 'external' },
-      window: { mode: 'admission', max: '15m' },
+      window: { mode: 'admission', max: '15m', grace: '5m' },
       policies: { podSecurity: 'baseline', gatekeeper: true },
       job: {
         podAnnotations: {},
@@ -120,6 +120,7 @@ describe('parseMigrationInput', () => {
       /securityContext\.helm: .*required when apply is "helm"/,
     ],
     ['bad window mode', { ...ok, window: { mode: 'forever' } }, /window\.mode/],
+    ['bad window grace', { ...ok, window: { grace: 'later' } }, /window\.grace must be a positive duration/],
     [
       'bad supplemental group',
       { ...ok, supplementalGroups: [0] },

@@ -90,6 +90,16 @@ describe('parseRelaxationRecord', () => {
     expect(parseRelaxationRecord(record(), at)).toEqual(record());
   });
 
+  it('carries notAfter only as an ISO time', () => {
+    const r = { ...record(), notAfter: '2026-12-01T10:00:00.000Z' };
+    expect(parseRelaxationRecord(JSON.stringify(r), at).notAfter).toBe(r.notAfter);
+    expect(
+      refusal((x) => {
+        x.notAfter = 'never';
+      }),
+    ).toBe(RecordProblem.Invalid);
+  });
+
   it('refuses a record about another namespace than where it was found (the forged kube-system record)', () => {
     expect(
       refusal((r) => {

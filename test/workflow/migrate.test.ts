@@ -42,6 +42,7 @@ beforeAll(async () => {
     searchAttributes: {
       [SearchAttribute.TargetNamespace]: temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
       [SearchAttribute.Phase]: temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+      [SearchAttribute.PhaseSince]: temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
     },
   });
 });
@@ -243,6 +244,9 @@ async function run(s: Scenario): Promise<Outcome> {
           return { name: t.name, uid: `uid-${t.name}` };
         }),
       (a: { targets: unknown[] }) => String(a.targets.length),
+    ),
+    findOwnershipJobs: stub('findOwnershipJobs', () =>
+      [...jobIds.keys()].map((name) => ({ name, uid: `uid-${name}` })),
     ),
     waitForPodsAdmitted: stub('waitForPodsAdmitted', (a: { jobs: { name: string }[] }) => ({
       admitted: a.jobs.map((j) => ({ job: j.name, pod: `${j.name}-x`, createdAt: new Date().toISOString() })),
