@@ -487,12 +487,14 @@ function runJob(
 
 describe("the ownership script, run for real with exactly the Job's capabilities", () => {
   it(
-    'leaves every one of 100k+ entries owned by uid:gid, without following symlinks, and proves it',
+    // 20k entries: the behaviour at scale (200k) is measured in bench/job-script.ts.
+    'leaves every one of 20k+ entries owned by uid:gid, without following symlinks, and proves it',
     { timeout: 120_000 },
     () => {
       const root = mkdtempSync(join(tmpdir(), 'job-'));
-      const entries = makeTree(join(root, 'pv'), 100, 1001);
-      expect(entries).toBeGreaterThanOrEqual(100_000);
+      const files = 201;
+      const entries = makeTree(join(root, 'pv'), 100, files);
+      expect(entries).toBeGreaterThanOrEqual(20_000);
       const r = runJob(root, ['CHOWN', 'FOWNER', 'DAC_OVERRIDE']);
       expect(r.code).toBe(0);
       expect(r.summary).toMatchObject({
@@ -500,7 +502,8 @@ describe("the ownership script, run for real with exactly the Job's capabilities
         uid: 5000,
         gid: 5000,
         scanned: entries,
-        changed: entries - 1002,
+        // the first folder and its files were done by an interrupted earlier run
+        changed: entries - (files + 1),
       });
       const left = execFileSync(
         'find',
