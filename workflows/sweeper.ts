@@ -13,17 +13,24 @@ import type { RecordedRelaxation } from '../activities/policy.js';
 import type { RunRef } from '../src/policy.js';
 import { windowClosedBySweeperSignal } from './messages.js';
 
+// A sweep cancelled (or terminated with its Schedule) must not leave a restore running behind
+// it: unset means TRY_CANCEL in the protocol.
+const cancellationType = wf.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED;
+
 const { findRelaxations } = wf.proxyActivities<Activities>({
+  cancellationType,
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 5 },
 });
 
 const { isRunOpen } = wf.proxyActivities<Activities>({
+  cancellationType,
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1 second', maximumInterval: '5 seconds', maximumAttempts: 3 },
 });
 
 const { restorePolicies } = wf.proxyActivities<Activities>({
+  cancellationType,
   startToCloseTimeout: '2 minutes',
   heartbeatTimeout: '30 seconds',
   // Short: the next sweep tries again, and one namespace must not hold up the others' sweep.
