@@ -36,7 +36,7 @@ export default tseslint.config(
   },
   {
     // Workflow code is replayed deterministically inside Temporal's sandbox: no I/O, no Node.
-    files: ['workflows/**/*.ts'],
+    files: ['src/workflows/**/*.ts'],
     rules: {
       'no-restricted-imports': [
         'error',
@@ -55,13 +55,20 @@ export default tseslint.config(
               message: 'Workflows import only @temporalio/workflow.',
             },
             {
-              group: ['../activities/*', '../activities/**'],
+              group: ['../activities/*', '../activities/**', '../services/*', '../services/**'],
               allowTypeImports: true,
-              message: 'Import activities as types only.',
+              message: 'Import activities and services as types only.',
             },
           ],
         },
       ],
+    },
+  },
+  {
+    // Steps stay short enough to read as the procedure they implement.
+    files: ['src/workflows/**/*.ts', 'src/activities/**/*.ts', 'src/services/**/*.ts'],
+    rules: {
+      'max-lines-per-function': ['error', { max: 120, skipBlankLines: true, skipComments: true }],
     },
   },
   {

@@ -13,14 +13,14 @@ import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
-import type { MigrationInputRaw } from '../src/input.js';
-import { startRun } from '../src/runs.js';
-import { connectClient, ensureSweeperSchedule, sweeperScheduleId } from '../src/worker.js';
+import type { MigrationInputRaw } from '../src/core/input.js';
+import { startRun } from '../src/app/runs.js';
+import { connectClient, ensureSweeperSchedule, sweeperScheduleId } from '../src/app/worker.js';
 import { policyState, type PolicyState } from '../test/support/policy-state.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import { waitFor } from '../testbed/process.js';
-import type { MigrationReport } from '../workflows/messages.js';
+import type { MigrationReport } from '../src/workflows/messages.js';
 
 const fleetSize = Number(process.env.NAMESPACES ?? 20);
 const files = Number(process.env.FILES ?? 200);

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { OwnershipScript } from '../src/job.js';
+import { OwnershipScript } from '../src/services/ownership-script.js';
 
 const files = Number(process.env.FILES ?? 200_000);
 const rounds = Number(process.env.ROUNDS ?? 3);

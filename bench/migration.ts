@@ -5,11 +5,11 @@
  * `npm run bench -- migration` (FILES=… files per data volume; ROUNDS=…).
  */
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { startRun } from '../src/runs.js';
-import { createWorker } from '../src/worker.js';
+import { startRun } from '../src/app/runs.js';
+import { createWorker } from '../src/app/worker.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
-import type { MigrationReport } from '../workflows/messages.js';
+import type { MigrationReport } from '../src/workflows/messages.js';
 
 const files = Number(process.env.FILES ?? 1000);
 const rounds = Number(process.env.ROUNDS ?? 3);

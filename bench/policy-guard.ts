@@ -5,9 +5,9 @@
  */
 import { randomUUID } from 'node:crypto';
 import { CoreV1Api } from '@kubernetes/client-node';
-import { createPolicyActivities } from '../activities/policy.js';
-import { Kube } from '../src/kube.js';
-import { PodSecurityLabel } from '../src/policy.js';
+import { Kube } from '../src/cluster/kube.js';
+import { PodSecurityLabel } from '../src/core/policy.js';
+import { PolicyGuard } from '../src/services/policy-guard.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 
 const rounds = Number(process.env.ROUNDS ?? 20);
@@ -26,7 +26,7 @@ let relaxCalls = 0;
 let restoreCalls = 0;
 try {
   for (let i = 0; i < rounds; i++) {
-    const guard = createPolicyActivities({ kube: new Kube(kc) });
+    const guard = new PolicyGuard({ kube: new Kube(kc) });
     const owner = { workflowId: 'bench', runId: randomUUID() };
     let t = performance.now();
     const relaxed = await guard.relaxPolicies({ namespace, owner });

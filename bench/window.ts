@@ -25,9 +25,9 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Watch, type KubeConfig } from '@kubernetes/client-node';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import type { MigrationInputRaw } from '../src/input.js';
-import { startRun } from '../src/runs.js';
-import { createWorker } from '../src/worker.js';
+import type { MigrationInputRaw } from '../src/core/input.js';
+import { startRun } from '../src/app/runs.js';
+import { createWorker } from '../src/app/worker.js';
 import { policyState, type PolicyState } from '../test/support/policy-state.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 import {
@@ -41,7 +41,7 @@ import {
 } from '../testbed/fixture.js';
 import { HostRunnerNode } from '../testbed/host-runner/runner.js';
 import { toolPathDirs } from '../testbed/tools.js';
-import type { MigrationReport } from '../workflows/messages.js';
+import type { MigrationReport } from '../src/workflows/messages.js';
 
 const run = promisify(execFile);
 const filesSmall = Number(process.env.FILES_SMALL ?? 1000);

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { SearchAttribute, SearchAttributeTypes } from '../src/names.js';
+import { SearchAttribute, SearchAttributeTypes } from '../src/core/names.js';
 import { createFakeNodes, seedItrsFixture, waitForFixtureReady } from './fixture.js';
 import {
   GiveUp,

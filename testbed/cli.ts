@@ -1,8 +1,10 @@
 /**
- * `npm run tools` and `npm run testbed -- up|down|status|env [--name N]`.
+ * `npm run tools`, `npm run testbed -- up|down|status|env [--name N]` and `npm run demo`
+ * (the demo is a test-bed command that uses the product).
  */
 import { parseArgs } from 'node:util';
 import { down, envLines, health, readState, up } from './bed.js';
+import { runDemo } from './demo.js';
 import { ensureAllTools } from './tools.js';
 
 async function main(argv: readonly string[]): Promise<void> {
@@ -55,8 +57,11 @@ async function main(argv: readonly string[]): Promise<void> {
     case 'down':
       await down({ name });
       return;
+    case 'demo':
+      await runDemo();
+      return;
     default:
-      throw new Error(`unknown command "${command}": use tools|up|down|status|env`);
+      throw new Error(`unknown command "${command}": use tools|up|down|status|env|demo`);
   }
 }
 

@@ -30,8 +30,8 @@ import {
   type V1CustomResourceDefinition,
   type V1StatefulSet,
 } from '@kubernetes/client-node';
-import type { MigrationInputRaw } from '../src/input.js';
-import { DefaultRecordsNamespace } from '../src/records.js';
+import type { MigrationInputRaw } from '../src/core/input.js';
+import { DefaultRecordsNamespace } from '../src/core/records.js';
 import { HostRunnerPlacement } from './host-runner/runner.js';
 import { waitFor } from './process.js';
 

@@ -4,19 +4,19 @@
  * it with `workflow query`, and check the cluster and the files afterwards. Also: a second run
  * on the same namespace is refused, and a dry run changes nothing.
  */
-import { ownershipJobName } from '../../src/job.js';
+import { ownershipJobName } from '../../src/core/job.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AppsV1Api, BatchV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MigrationInputRaw } from '../../src/input.js';
-import { JobLabel, ManagedBy } from '../../src/job.js';
+import type { MigrationInputRaw } from '../../src/core/input.js';
+import { JobLabel, ManagedBy } from '../../src/core/job.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 import { IaxPlatform, ItrsDatabases, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
-import type { MigrationReport, MigrationStatus } from '../../workflows/messages.js';
+import type { MigrationReport, MigrationStatus } from '../../src/workflows/messages.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { namespaceSnapshot, removeFixtures } from '../support/snapshot.js';
 import { runasMigrate } from '../support/cli.js';

@@ -7,18 +7,18 @@
  */
 import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPolicyActivities } from '../../activities/policy.js';
-import { Kube } from '../../src/kube.js';
-import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/policy.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/core/policy.js';
 import {
   DefaultRecordsNamespace,
   recordConfigMapName,
   RecordDataKey,
   RecordLabel,
-} from '../../src/records.js';
-import { sweeperScheduleId, type RunningWorker } from '../../src/worker.js';
+} from '../../src/core/records.js';
+import { sweeperScheduleId, type RunningWorker } from '../../src/app/worker.js';
+import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { Gatekeeper } from '../../testbed/fixture.js';
-import type { SweepReport, SweptNamespace } from '../../workflows/sweeper.js';
+import type { SweepReport, SweptNamespace } from '../../src/workflows/sweeper.js';
 import { startTestWorker, sweepOnce, type TestWorker } from '../support/worker.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
@@ -34,9 +34,9 @@ import {
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const custom = kc.makeApiClient(CustomObjectsApi);
-const guard = createPolicyActivities({ kube: new Kube(kc) });
+const guard = new PolicyGuard({ kube: new Kube(kc) });
 // Records as a worker of another Temporal namespace writes them.
-const elsewhere = createPolicyActivities({ kube: new Kube(kc), temporalNamespace: 'elsewhere' });
+const elsewhere = new PolicyGuard({ kube: new Kube(kc), temporalNamespace: 'elsewhere' });
 const cleanups: (() => Promise<void>)[] = [];
 const gone: RunRef = {
   workflowId: 'runas-migrate-terminated-long-ago',

@@ -6,13 +6,13 @@
  */
 import { CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPolicyActivities } from '../../activities/policy.js';
-import { Kube } from '../../src/kube.js';
-import { queryStatus, startRun } from '../../src/runs.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { queryStatus, startRun } from '../../src/app/runs.js';
 import { Gatekeeper, hostRunnerRun } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import { abortSignal } from '../../workflows/messages.js';
-import { RunFailureType } from '../../workflows/migrate.js';
+import { abortSignal } from '../../src/workflows/messages.js';
+import { FailureType } from '../../src/core/failures.js';
+import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
 import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
@@ -54,7 +54,7 @@ describe('cancellation waits for the step it cancels', () => {
       await readyFixture(kc, namespace, bed().pvRoot, 10);
       const before = await namespaceSnapshot(kc, namespace, bed().pvRoot);
       // The order the relax takes the constraints in, from the guard's own (read-only) snapshot.
-      const { plan } = await createPolicyActivities({ kube: new Kube(kc) }).snapshotPolicies({
+      const { plan } = await new PolicyGuard({ kube: new Kube(kc) }).snapshotPolicies({
         namespace,
         owner: { workflowId: 'order', runId: 'order' },
       });
@@ -105,7 +105,7 @@ describe('cancellation waits for the step it cancels', () => {
       const failure = await failureOf(
         worker.w.client.workflow.getHandle(`runas-migrate-${namespace}`).result(),
       );
-      expect(failure.type).toBe(RunFailureType.Aborted);
+      expect(failure.type).toBe(FailureType.Aborted);
       const status = await queryStatus(worker.w.client, namespace);
       expect(status.endState).toBe('unchanged');
       expect(writes).toBeGreaterThan(0);

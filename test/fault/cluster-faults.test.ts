@@ -6,14 +6,14 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ownershipJobName } from '../../src/job.js';
-import { OriginalReplicasAnnotation } from '../../src/plan.js';
-import { queryStatus, startRun } from '../../src/runs.js';
+import { ownershipJobName } from '../../src/core/job.js';
+import { OriginalReplicasAnnotation } from '../../src/core/plan.js';
+import { queryStatus, startRun } from '../../src/app/runs.js';
 import { restartApiserver } from '../../testbed/bed.js';
 import { hostRunnerRun, pvDirectory } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import type { MigrationReport } from '../../workflows/messages.js';
-import { RunFailureType } from '../../workflows/migrate.js';
+import type { MigrationReport } from '../../src/workflows/messages.js';
+import { FailureType } from '../../src/core/failures.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
 import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
@@ -62,7 +62,7 @@ describe('fault: a migration Job fails', () => {
 
       const { handle } = await startRun(worker.w.client, inputFor(namespace, 'admission'), { taskQueue });
       const failure = await failureOf(handle.result());
-      expect(failure.type).toBe(RunFailureType.OwnershipJobFailed);
+      expect(failure.type).toBe(FailureType.OwnershipJobFailed);
       expect(failure.message).toContain('ownership Jobs failed after 2 attempts');
       const failedJob = ownershipJobName('timescale', 1);
       expect(failure.message).toContain(failedJob);

@@ -5,14 +5,14 @@
  * with another workflow ID is refused by the namespace's lock with nothing changed.
  */
 import { CoordinationV1Api } from '@kubernetes/client-node';
-import { abortSignal } from '../../workflows/messages.js';
+import { abortSignal } from '../../src/workflows/messages.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NamespaceLockName } from '../../activities/lock.js';
-import { OriginalReplicasAnnotation } from '../../src/plan.js';
-import { queryStatus, startRun } from '../../src/runs.js';
+import { NamespaceLockName } from '../../src/services/namespace-lock.js';
+import { OriginalReplicasAnnotation } from '../../src/core/plan.js';
+import { queryStatus, startRun } from '../../src/app/runs.js';
 import { hostRunnerRun } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import { RunFailureType } from '../../workflows/migrate.js';
+import { FailureType } from '../../src/core/failures.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
 import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
@@ -57,7 +57,7 @@ async function abortDuringChown(namespace: string, recovery: 'roll-forward' | 'r
   );
   await handle.signal(abortSignal, { reason: 'change window closed', by: 'test' });
   const failure = await failureOf(handle.result());
-  expect(failure.type).toBe(RunFailureType.Aborted);
+  expect(failure.type).toBe(FailureType.Aborted);
   const s = await queryStatus(worker.w.client, namespace);
   if (process.env.DEBUG_STATUS) console.log(JSON.stringify({ ...s, plan: null }, null, 1));
   return s;

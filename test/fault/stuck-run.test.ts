@@ -8,13 +8,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MigrationInputRaw } from '../../src/input.js';
-import { queryStatus, runProgress, startRun } from '../../src/runs.js';
-import { connectClient, sweeperScheduleId } from '../../src/worker.js';
+import type { MigrationInputRaw } from '../../src/core/input.js';
+import { queryStatus, runProgress, startRun } from '../../src/app/runs.js';
+import { connectClient, sweeperScheduleId } from '../../src/app/worker.js';
 import { hostRunnerRun } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import { abortSignal } from '../../workflows/messages.js';
-import type { SweepReport } from '../../workflows/sweeper.js';
+import { abortSignal } from '../../src/workflows/messages.js';
+import type { SweepReport } from '../../src/workflows/sweeper.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
 import { failureOf } from '../support/failures.js';

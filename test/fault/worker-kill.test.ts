@@ -5,15 +5,15 @@
  * relaxed is swept back by the Schedule; the Temporal server restarts with the window open and
  * the run goes on.
  */
-import { ownershipJobName } from '../../src/job.js';
+import { ownershipJobName } from '../../src/core/job.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { BatchV1Api, Watch } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RelaxationAnnotation } from '../../src/policy.js';
-import { queryStatus, startRun } from '../../src/runs.js';
-import { connectClient, sweeperScheduleId } from '../../src/worker.js';
-import { workflowBundlePath } from '../../src/workflow-bundle.js';
+import { RelaxationAnnotation } from '../../src/core/policy.js';
+import { queryStatus, startRun } from '../../src/app/runs.js';
+import { connectClient, sweeperScheduleId } from '../../src/app/worker.js';
+import { workflowBundlePath } from '../../src/app/workflow-bundle.js';
 import {
   Gatekeeper,
   hostRunnerRun,
@@ -22,7 +22,7 @@ import {
   waitForFixtureReady,
 } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import { abortSignal, type MigrationReport } from '../../workflows/messages.js';
+import { abortSignal, type MigrationReport } from '../../src/workflows/messages.js';
 import { restartTemporal } from '../../testbed/bed.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import type { KillPoint } from '../support/fault-interceptors.js';
@@ -219,7 +219,7 @@ describe('fault: the worker is killed at every phase boundary', () => {
       const taskQueue = uniqueName('fault-chain');
       const before = await namespaceSnapshot(kc, namespace, bed().pvRoot);
       const watched = await watchForDuplicates(namespace);
-      workflowBundlePath(); // built once here, so each new worker starts in about a second
+      workflowBundlePath(); // npm run build made it: each new worker starts in about a second
       try {
         const { handle } = await startRun(
           client,

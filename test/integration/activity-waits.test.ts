@@ -1,26 +1,38 @@
 /**
- * The waiting steps against the test bed's API server, run in an activity context: a
- * cancellation ends a wait at once (mid-sleep, with the activity's CancelledFailure), and an
- * absolute deadline wins over `timeoutSeconds`, so a retried step does not restart its own clock.
+ * The waiting steps against the test bed's API server. Run as activities (through the adapter
+ * that makes them of the service), a cancellation ends a wait at once (mid-sleep, with the
+ * activity's CancelledFailure); and an absolute deadline wins over `timeoutSeconds`, so a retried
+ * step does not restart its own clock.
  */
 import { BatchV1Api } from '@kubernetes/client-node';
 import { CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMigrationActivities } from '../../activities/migration.js';
-import { createPolicyActivities, type JobRef } from '../../activities/policy.js';
-import { Kube } from '../../src/kube.js';
+import { activitiesOf } from '../../src/activities/adapter.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { TypedFailure } from '../../src/core/failures.js';
+import { OwnershipJobs, type JobRef } from '../../src/services/ownership-jobs.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
-import { failureOf } from '../support/failures.js';
 
 const kc = kubeConfig();
 const batch = kc.makeApiClient(BatchV1Api);
 // Polls far apart: only a prompt reaction to cancellation ends these waits quickly.
-const migration = createMigrationActivities({ kube: new Kube(kc), pollMs: 10_000 });
-const guard = createPolicyActivities({ kube: new Kube(kc), pollMs: 10_000 });
+const ownershipJobs = new OwnershipJobs({ kube: new Kube(kc), pollMs: 10_000 });
+// The same service as the worker registers it (createActivities), with those far-apart polls.
+const activities = activitiesOf(ownershipJobs, ['waitForJobs', 'waitForPodsAdmitted']);
 const namespace = uniqueName('waits');
 let cleanup: () => Promise<void>;
 let job: JobRef;
+
+/** The typed failure a promise rejects with; throws when it resolves or fails otherwise. */
+async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
+  const err = await p.then(
+    () => new Error('expected a failure'),
+    (e: unknown) => e,
+  );
+  if (err instanceof TypedFailure) return err;
+  throw err;
+}
 
 /** Runs `fn` as an activity, cancels it after `afterMs`; returns its error and how long it took to end. */
 async function cancelled(fn: () => Promise<unknown>, afterMs = 300): Promise<{ error: unknown; ms: number }> {
@@ -62,7 +74,7 @@ afterAll(async () => {
 describe('a cancelled wait ends at once with the CancelledFailure', () => {
   it('waitForJobs', async () => {
     const r = await cancelled(() =>
-      migration.waitForJobs({ namespace, jobs: [job], uid: 5000, gid: 5000, timeoutSeconds: 30 }),
+      activities.waitForJobs({ namespace, jobs: [job], uid: 5000, gid: 5000, timeoutSeconds: 30 }),
     );
     expect(r.error).toBeInstanceOf(CancelledFailure);
     expect(r.ms).toBeLessThan(2000);
@@ -70,7 +82,7 @@ describe('a cancelled wait ends at once with the CancelledFailure', () => {
 
   it('waitForPodsAdmitted', async () => {
     const r = await cancelled(() =>
-      guard.waitForPodsAdmitted({ namespace, jobs: [job], timeoutSeconds: 30 }),
+      activities.waitForPodsAdmitted({ namespace, jobs: [job], timeoutSeconds: 30 }),
     );
     expect(r.error).toBeInstanceOf(CancelledFailure);
     expect(r.ms).toBeLessThan(2000);
@@ -83,7 +95,7 @@ describe('an absolute deadline wins over timeoutSeconds', () => {
   it('waitForJobs past its deadline fails at once, not retryable', async () => {
     const started = Date.now();
     const f = await failureOf(
-      migration.waitForJobs({
+      ownershipJobs.waitForJobs({
         namespace,
         jobs: [job],
         uid: 5000,
@@ -94,13 +106,13 @@ describe('an absolute deadline wins over timeoutSeconds', () => {
     );
     expect(Date.now() - started).toBeLessThan(2000);
     expect(f.type).toBe('WaitTimedOut');
-    expect(f.nonRetryable).toBe(true);
+    expect(f.retryable).toBe(false);
     expect(f.message).toBe(`timed out waiting for ownership Jobs to finish (deadline ${past})`);
   });
 
   it('waitForPodsAdmitted past its deadline reports timedOut at once', async () => {
     const started = Date.now();
-    const evidence = await guard.waitForPodsAdmitted({
+    const evidence = await ownershipJobs.waitForPodsAdmitted({
       namespace,
       jobs: [job],
       timeoutSeconds: 30,
@@ -112,9 +124,9 @@ describe('an absolute deadline wins over timeoutSeconds', () => {
 
   it('a deadline that is not a time is refused, not retryable', async () => {
     const f = await failureOf(
-      migration.waitForJobs({ namespace, jobs: [job], uid: 5000, gid: 5000, deadline: 'tomorrow' }),
+      ownershipJobs.waitForJobs({ namespace, jobs: [job], uid: 5000, gid: 5000, deadline: 'tomorrow' }),
     );
     expect(f.type).toBe('InvalidWaitLimit');
-    expect(f.nonRetryable).toBe(true);
+    expect(f.retryable).toBe(false);
   });
 });

@@ -1,17 +1,17 @@
 /**
- * The admission window: the guard can tell when every migration Job's pod has been admitted
+ * The admission window: runas-migrate can tell when every migration Job's pod has been admitted
  * (so the policies can be re-enforced while the Jobs still run), and when one was refused.
  */
 import { BatchV1Api, type V1Job } from '@kubernetes/client-node';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createPolicyActivities, type JobRef } from '../../activities/policy.js';
-import { Kube } from '../../src/kube.js';
-import { PodSecurityLabel } from '../../src/policy.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { PodSecurityLabel } from '../../src/core/policy.js';
+import { OwnershipJobs, type JobRef } from '../../src/services/ownership-jobs.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 
 const kc = kubeConfig();
 const batch = kc.makeApiClient(BatchV1Api);
-const guard = createPolicyActivities({ kube: new Kube(kc), pollMs: 100 });
+const ownershipJobs = new OwnershipJobs({ kube: new Kube(kc), pollMs: 100 });
 const cleanups: (() => Promise<void>)[] = [];
 
 afterAll(async () => {
@@ -58,7 +58,7 @@ describe('waitForPodsAdmitted', () => {
     const jobs = await createJobs(ns, ['pgplatform-0', 'timescale-0', 'timescale-1']);
 
     const started = Date.now();
-    const evidence = await guard.waitForPodsAdmitted({ namespace: ns, jobs, timeoutSeconds: 30 });
+    const evidence = await ownershipJobs.waitForPodsAdmitted({ namespace: ns, jobs, timeoutSeconds: 30 });
     expect(evidence.timedOut).toBe(false);
     expect(evidence.refused).toEqual([]);
     expect(evidence.admitted.map((a) => a.job).sort()).toEqual([
@@ -77,7 +77,7 @@ describe('waitForPodsAdmitted', () => {
     cleanups.push(await createNamespace(kc, ns, { [PodSecurityLabel.Enforce]: 'restricted' }));
     const jobs = await createJobs(ns, ['refused-0']);
 
-    const evidence = await guard.waitForPodsAdmitted({ namespace: ns, jobs, timeoutSeconds: 30 });
+    const evidence = await ownershipJobs.waitForPodsAdmitted({ namespace: ns, jobs, timeoutSeconds: 30 });
     expect(evidence.admitted).toEqual([]);
     expect(evidence.refused).toHaveLength(1);
     expect(evidence.refused[0]!.message).toMatch(/violates PodSecurity "restricted:latest"/);
@@ -86,7 +86,7 @@ describe('waitForPodsAdmitted', () => {
   it('gives up at the timeout and says so', async () => {
     const ns = uniqueName('window');
     cleanups.push(await createNamespace(kc, ns));
-    const evidence = await guard.waitForPodsAdmitted({
+    const evidence = await ownershipJobs.waitForPodsAdmitted({
       namespace: ns,
       jobs: [{ name: 'never-created', uid: 'none' }],
       timeoutSeconds: 1,

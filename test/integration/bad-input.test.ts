@@ -18,13 +18,13 @@ import {
   type V1PolicyRule,
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MigrationInputRaw } from '../../src/input.js';
-import { PodSecurityLabel } from '../../src/policy.js';
-import { createWorker, sweeperScheduleId } from '../../src/worker.js';
+import type { MigrationInputRaw } from '../../src/core/input.js';
+import { PodSecurityLabel } from '../../src/core/policy.js';
+import { createWorker, sweeperScheduleId } from '../../src/app/worker.js';
 import { Gatekeeper, IaxPlatform } from '../../testbed/fixture.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
-import type { MigrationReport, MigrationStatus } from '../../workflows/messages.js';
+import type { MigrationReport, MigrationStatus } from '../../src/workflows/messages.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
 import { outcome, runasMigrate as runasMigrateAt, type Outcome } from '../support/cli.js';

@@ -4,7 +4,8 @@
  * a retryable `KubeConflict` — and counted.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isKubeError, Kube, KubeFailureType, type KubeError } from '../../src/kube.js';
+import { isKubeError, Kube, type KubeError } from '../../src/cluster/kube.js';
+import { FailureType } from '../../src/core/failures.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 
 const kube = new Kube(kubeConfig());
@@ -32,7 +33,7 @@ afterAll(async () => {
 describe('Lease calls', () => {
   it('create, read, replace under its resourceVersion, delete under its resourceVersion', async () => {
     const missing = await errorOf(kube.readLease(namespace, 'lock'));
-    expect(missing.type).toBe(KubeFailureType.NotFound);
+    expect(missing.type).toBe(FailureType.KubeNotFound);
     expect(missing.retryable).toBe(false);
     expect(missing.message).toBe(
       `Lease "${namespace}/lock" not found while trying to get it (HTTP 404). Fix: check its name and namespace`,
@@ -44,7 +45,7 @@ describe('Lease calls', () => {
       spec: { holderIdentity: 'run-a' },
     });
     const again = await errorOf(kube.createLease(namespace, { metadata: { name: 'lock' }, spec: {} }));
-    expect(again.type).toBe(KubeFailureType.Conflict);
+    expect(again.type).toBe(FailureType.KubeConflict);
     expect(again.retryable).toBe(true);
 
     const read = await kube.readLease(namespace, 'lock');
@@ -60,7 +61,7 @@ describe('Lease calls', () => {
     const stale = await errorOf(
       kube.replaceLease(namespace, 'lock', { ...read, spec: { ...read.spec, holderIdentity: 'run-c' } }),
     );
-    expect(stale.type).toBe(KubeFailureType.Conflict);
+    expect(stale.type).toBe(FailureType.KubeConflict);
     expect(stale.retryable).toBe(true);
     expect(stale.message).toMatch(
       new RegExp(`^Lease "${namespace}/lock" changed while trying to replace it \\(HTTP 409\\)`),
@@ -70,10 +71,10 @@ describe('Lease calls', () => {
     ).rejects.toThrow(/resourceVersion is required/);
 
     const staleDelete = await errorOf(kube.deleteLease(namespace, 'lock', read.metadata!.resourceVersion));
-    expect(staleDelete.type).toBe(KubeFailureType.Conflict);
+    expect(staleDelete.type).toBe(FailureType.KubeConflict);
     await kube.deleteLease(namespace, 'lock', replaced.metadata!.resourceVersion);
-    expect((await errorOf(kube.readLease(namespace, 'lock'))).type).toBe(KubeFailureType.NotFound);
-    expect((await errorOf(kube.deleteLease(namespace, 'lock'))).type).toBe(KubeFailureType.NotFound);
+    expect((await errorOf(kube.readLease(namespace, 'lock'))).type).toBe(FailureType.KubeNotFound);
+    expect((await errorOf(kube.deleteLease(namespace, 'lock'))).type).toBe(FailureType.KubeNotFound);
     expect(kube.counts.writes - writes).toBe(7);
   });
 });

@@ -9,9 +9,9 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMigrationActivities } from '../../activities/migration.js';
-import { parseMigrationInput } from '../../src/input.js';
-import { Kube } from '../../src/kube.js';
+import { parseMigrationInput } from '../../src/core/input.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { OwnershipJobs } from '../../src/services/ownership-jobs.js';
 import { HostRunner, HostRunnerNode } from '../../testbed/host-runner/runner.js';
 import { processGroupMembers } from '../../testbed/host-runner/processes.js';
 import { freePort, waitFor } from '../../testbed/process.js';
@@ -22,7 +22,7 @@ import { boundVolume, ownerCounts } from '../support/volume.js';
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const batch = kc.makeApiClient(BatchV1Api);
-const migration = createMigrationActivities({ kube: new Kube(kc), pollMs: 200 });
+const ownershipJobs = new OwnershipJobs({ kube: new Kube(kc), pollMs: 200 });
 const namespace = uniqueName('jobdel');
 const nodeName = `runner-${namespace}`;
 const stateDir = join(bed().dir, 'test-runners', namespace);
@@ -84,7 +84,7 @@ describe('deleteOwnershipJobs', () => {
           tolerations: [{ key: HostRunnerNode.TaintKey, operator: 'Exists', effect: 'NoSchedule' }],
         },
       });
-      const [ref] = await migration.createOwnershipJobs({
+      const [ref] = await ownershipJobs.createOwnershipJobs({
         run,
         owner,
         targets: [
@@ -130,7 +130,7 @@ describe('deleteOwnershipJobs', () => {
         20,
       );
 
-      const deleted = await migration.deleteOwnershipJobs({ namespace, owner, timeoutSeconds: 60 });
+      const deleted = await ownershipJobs.deleteOwnershipJobs({ namespace, owner, timeoutSeconds: 60 });
 
       expect(deleted).toEqual([ref!.name]);
       expect(processGroupMembers(pgid)).toEqual([]);

@@ -1,21 +1,24 @@
 /**
  * The ownership Job exactly as runas-migrate submits it, admitted under PSA `baseline`
- * (invariant 6) and run on the host runner over real volumes: 100k+ files; a Job left by an
+ * (docs/architecture.md, invariant 6) and run on the host runner over real volumes: 100k+ files; a Job left by an
  * earlier run that is never taken for this run's work; a Job that completes without a summary
  * (on a kwok node) that is not a success; a claim mounted twice with subPaths, changed only there.
  */
+import { OwnershipScript } from '../../src/services/ownership-script.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AppsV1Api, BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMigrationActivities } from '../../activities/migration.js';
-import { parseMigrationInput, type MigrationInputRaw } from '../../src/input.js';
-import { buildOwnershipJob, ownershipJobName, parseJobSummary, type JobTarget } from '../../src/job.js';
-import { Kube } from '../../src/kube.js';
+import { parseMigrationInput, type MigrationInputRaw } from '../../src/core/input.js';
+import { buildOwnershipJob, ownershipJobName, parseJobSummary, type JobTarget } from '../../src/core/job.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { TypedFailure } from '../../src/core/failures.js';
+import { OwnershipJobs } from '../../src/services/ownership-jobs.js';
+import { Planner } from '../../src/services/planner.js';
+import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
-import { failureOf } from '../support/failures.js';
 import { makeTree } from '../support/tree.js';
 import { boundVolume, ownerCounts } from '../support/volume.js';
 import { execFileSync } from 'node:child_process';
@@ -24,7 +27,9 @@ const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const batch = kc.makeApiClient(BatchV1Api);
 const apps = kc.makeApiClient(AppsV1Api);
-const migration = createMigrationActivities({ kube: new Kube(kc), pollMs: 200 });
+const kube = new Kube(kc);
+const ownershipJobs = new OwnershipJobs({ kube, pollMs: 200 });
+const planner = new Planner({ kube, policyGuard: new PolicyGuard({ kube }) });
 const namespace = uniqueName('job');
 const cleanups: (() => Promise<void>)[] = [];
 const earlier = { workflowId: 'runas-migrate-earlier', runId: '11111111-1111-4111-8111-111111111111' };
@@ -51,6 +56,16 @@ const target = (statefulSet: string, ordinal: number, claimName: string): JobTar
   volumes: [{ volume: 'data', claimName, mountPath: '/var/lib/postgresql' }],
 });
 
+/** The typed failure a promise rejects with; throws when it resolves or fails otherwise. */
+async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
+  const err = await p.then(
+    () => new Error('expected a failure'),
+    (e: unknown) => e,
+  );
+  if (err instanceof TypedFailure) return err;
+  throw err;
+}
+
 beforeAll(async () => {
   cleanups.push(await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'baseline' }));
 });
@@ -66,7 +81,7 @@ describe('the ownership Job on the host runner', () => {
     async () => {
       let entries = 0;
       const dir = await volume('data-pg-0', (d) => (entries = makeTree(d, 100, 1001)));
-      const job = buildOwnershipJob(runTo(5000), target('pg', 0, 'data-pg-0'), earlier);
+      const job = buildOwnershipJob(runTo(5000), target('pg', 0, 'data-pg-0'), earlier, OwnershipScript);
       await batch.createNamespacedJob({ namespace, body: job });
 
       const pod = await waitFor(
@@ -110,8 +125,12 @@ describe('Job identity: a run counts only its own Jobs', () => {
       const dir = await volume('data-pg-1', (d) => (entries = makeTree(d, 4, 50)));
       const t = target('pg', 1, 'data-pg-1');
 
-      const [first] = await migration.createOwnershipJobs({ run: runTo(5000), targets: [t], owner: earlier });
-      const [done] = await migration.waitForJobs({
+      const [first] = await ownershipJobs.createOwnershipJobs({
+        run: runTo(5000),
+        targets: [t],
+        owner: earlier,
+      });
+      const [done] = await ownershipJobs.waitForJobs({
         namespace,
         jobs: [first!],
         uid: 5000,
@@ -121,11 +140,15 @@ describe('Job identity: a run counts only its own Jobs', () => {
       expect(done).toMatchObject({ succeeded: true, summary: { uid: 5000, gid: 5000 } });
       expect(ownerCounts(dir)).toEqual({ '5000:5000': entries });
       // a retry of the earlier run's own step adopts its Job instead of running it again
-      expect(await migration.createOwnershipJobs({ run: runTo(5000), targets: [t], owner: earlier })).toEqual(
-        [first],
-      );
+      expect(
+        await ownershipJobs.createOwnershipJobs({ run: runTo(5000), targets: [t], owner: earlier }),
+      ).toEqual([first]);
 
-      const [second] = await migration.createOwnershipJobs({ run: runTo(6000), targets: [t], owner: later });
+      const [second] = await ownershipJobs.createOwnershipJobs({
+        run: runTo(6000),
+        targets: [t],
+        owner: later,
+      });
       expect(second!.name).toBe(ownershipJobName('pg', 1));
       expect(second!.uid).not.toBe(first!.uid);
       const job = await batch.readNamespacedJob({ name: second!.name, namespace });
@@ -142,7 +165,7 @@ describe('Job identity: a run counts only its own Jobs', () => {
           })
         ).items,
       ).toEqual([]);
-      const [outcome] = await migration.waitForJobs({
+      const [outcome] = await ownershipJobs.waitForJobs({
         namespace,
         jobs: [second!],
         uid: 6000,
@@ -161,17 +184,17 @@ describe('Job identity: a run counts only its own Jobs', () => {
     // no node matches: the Job stays active, its pod Pending
     const nowhere = runTo(5000, { nodeSelector: { 'runas-migrate.dev/nowhere': 'true' } });
     const t = target('pending', 0, 'data-pending-0');
-    const [ref] = await migration.createOwnershipJobs({ run: nowhere, targets: [t], owner: earlier });
+    const [ref] = await ownershipJobs.createOwnershipJobs({ run: nowhere, targets: [t], owner: earlier });
 
     const f = await failureOf(
-      migration.createOwnershipJobs({
+      ownershipJobs.createOwnershipJobs({
         run: { ...nowhere, uid: 6000, gid: 6000 },
         targets: [t],
         owner: later,
       }),
     );
     expect(f.type).toBe('JobOfAnotherRun');
-    expect(f.nonRetryable).toBe(true);
+    expect(f.retryable).toBe(false);
     expect(f.message).toBe(
       `Job ${namespace}/${ref!.name} of run ${earlier.runId} (workflow ${earlier.workflowId}) to 5000:5000 is still running: wait for it to finish or delete it (kubectl delete job -n ${namespace} ${ref!.name} --cascade=foreground), then run again`,
     );
@@ -179,7 +202,7 @@ describe('Job identity: a run counts only its own Jobs', () => {
     expect(
       (
         await failureOf(
-          migration.createOwnershipJobs({
+          ownershipJobs.createOwnershipJobs({
             run: { ...nowhere, uid: 6000, gid: 6000 },
             targets: [t],
             owner: earlier,
@@ -189,7 +212,7 @@ describe('Job identity: a run counts only its own Jobs', () => {
     ).toBe('JobOfAnotherRun');
     expect((await batch.readNamespacedJob({ name: ref!.name, namespace })).metadata?.uid).toBe(ref!.uid);
 
-    await migration.deleteOwnershipJobs({
+    await ownershipJobs.deleteOwnershipJobs({
       namespace,
       owner: earlier,
       names: [ref!.name],
@@ -203,7 +226,7 @@ describe('Job identity: a run counts only its own Jobs', () => {
   it('a Job that completes without a summary (its pod on a kwok node) is not a success', async () => {
     await volume('data-nosummary-0', (d) => mkdirSync(d, { recursive: true }));
     const onKwok = runTo(5000, { nodeSelector: { type: 'kwok' } });
-    const [ref] = await migration.createOwnershipJobs({
+    const [ref] = await ownershipJobs.createOwnershipJobs({
       run: onKwok,
       targets: [target('nosummary', 0, 'data-nosummary-0')],
       owner: earlier,
@@ -216,7 +239,7 @@ describe('Job identity: a run counts only its own Jobs', () => {
         ),
       60_000,
     );
-    const [outcome] = await migration.waitForJobs({
+    const [outcome] = await ownershipJobs.waitForJobs({
       namespace,
       jobs: [ref!],
       uid: 5000,
@@ -284,7 +307,7 @@ describe('a claim mounted twice with subPaths', () => {
         databases: [{ statefulSet: 'pgsub', container: 'postgres' }],
         job: { ...HostRunnerPlacement },
       });
-      const plan = await migration.planMigration({ run, owner: later });
+      const plan = await planner.planMigration({ run, owner: later });
       expect(plan.preflight).toEqual([]);
       const targets = plan.databases[0]!.jobs;
       expect(targets.map((j) => j.volumes)).toEqual([
@@ -299,8 +322,8 @@ describe('a claim mounted twice with subPaths', () => {
         ],
       ]);
 
-      const refs = await migration.createOwnershipJobs({ run, targets, owner: later });
-      const [outcome] = await migration.waitForJobs({
+      const refs = await ownershipJobs.createOwnershipJobs({ run, targets, owner: later });
+      const [outcome] = await ownershipJobs.waitForJobs({
         namespace,
         jobs: refs,
         uid: 5000,

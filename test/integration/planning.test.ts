@@ -8,14 +8,15 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMigrationActivities } from '../../activities/migration.js';
-import { parseMigrationInput, type MigrationInputRaw } from '../../src/input.js';
-import { ownershipJobName } from '../../src/job.js';
-import { Kube } from '../../src/kube.js';
+import { parseMigrationInput, type MigrationInputRaw } from '../../src/core/input.js';
+import { ownershipJobName } from '../../src/core/job.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { TypedFailure } from '../../src/core/failures.js';
+import { Planner } from '../../src/services/planner.js';
+import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { removeFixture, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
-import { failureOf } from '../support/failures.js';
 import { namespaceSnapshot } from '../support/snapshot.js';
 
 const exec = promisify(execFile);
@@ -30,7 +31,8 @@ class RecordingKube extends Kube {
     return super.call(verb, object, mutating, fn);
   }
 }
-const migration = createMigrationActivities({ kube: new RecordingKube(kc) });
+const kube = new RecordingKube(kc);
+const planner = new Planner({ kube, policyGuard: new PolicyGuard({ kube }) });
 const namespace = uniqueName('plan');
 const owner = { workflowId: 'plan-test', runId: 'r' };
 const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
@@ -47,8 +49,18 @@ async function local(): Promise<unknown> {
   return { ...s, policies: { ...s.policies, constraints: mentions } };
 }
 
+/** The typed failure a promise rejects with; throws when it resolves or fails otherwise. */
+async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
+  const err = await p.then(
+    () => new Error('expected a failure'),
+    (e: unknown) => e,
+  );
+  if (err instanceof TypedFailure) return err;
+  throw err;
+}
+
 const plan = (raw: Partial<MigrationInputRaw>) =>
-  migration.planMigration({ run: parseMigrationInput({ namespace, uid: 5000, gid: 5000, ...raw }), owner });
+  planner.planMigration({ run: parseMigrationInput({ namespace, uid: 5000, gid: 5000, ...raw }), owner });
 
 beforeAll(async () => {
   await seedItrsFixture(kc, { namespace, pvRoot: bed().pvRoot, filesPerVolume: 2 });
@@ -173,7 +185,7 @@ describe('planMigration on the test bed', () => {
     it(`names what is missing (${what}): PlanningFailed, not retryable`, async () => {
       const f = await failureOf(plan(raw));
       expect(f.type).toBe('PlanningFailed');
-      expect(f.nonRetryable).toBe(true);
+      expect(f.retryable).toBe(false);
       expect(f.message).toMatch(message);
     });
   }
@@ -203,7 +215,7 @@ describe('planMigration on the test bed', () => {
 
   it('names a namespace that does not exist', async () => {
     const f = await failureOf(
-      migration.planMigration({
+      planner.planMigration({
         run: parseMigrationInput({ namespace: 'no-such-ns', uid: 5000, gid: 5000 }),
         owner,
       }),

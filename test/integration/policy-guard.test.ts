@@ -17,15 +17,15 @@ import {
   type V1Pod,
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPolicyActivities } from '../../activities/policy.js';
-import { Kube } from '../../src/kube.js';
-import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/policy.js';
-import { recordConfigMapName } from '../../src/records.js';
-import { connectClient } from '../../src/worker.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { TypedFailure } from '../../src/core/failures.js';
+import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/core/policy.js';
+import { recordConfigMapName } from '../../src/core/records.js';
+import { connectClient } from '../../src/app/worker.js';
+import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { Gatekeeper } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
-import { failureOf } from '../support/failures.js';
 import { policyState } from '../support/policy-state.js';
 import {
   aliveRun,
@@ -42,11 +42,23 @@ const core = kc.makeApiClient(CoreV1Api);
 const custom = kc.makeApiClient(CustomObjectsApi);
 const cleanups: (() => Promise<void>)[] = [];
 const guard = (kube = new Kube(kc), constraintGroup?: string, recordsNamespace?: string) =>
-  createPolicyActivities({
+  new PolicyGuard({
     kube,
     ...(constraintGroup ? { constraintGroup } : {}),
     ...(recordsNamespace ? { recordsNamespace } : {}),
   });
+
+/** The typed failure a guard call rejects with; throws when it resolves or fails otherwise. */
+async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof TypedFailure) return err;
+    throw err;
+  }
+  throw new Error('expected a failure');
+}
+
 // Runs that stay open, so that no sweeper on the shared bed takes these relaxations for orphans.
 let owner: RunRef;
 let otherOwner: RunRef;
@@ -431,7 +443,7 @@ describe('bad input changes nothing', () => {
   it('an unknown namespace: KubeNotFound, not retryable, naming it', async () => {
     const f = await failureOf(guard().relaxPolicies({ namespace: 'no-such-namespace', owner }));
     expect(f.type).toBe('KubeNotFound');
-    expect(f.nonRetryable).toBe(true);
+    expect(f.retryable).toBe(false);
     expect(f.message).toContain('namespace "no-such-namespace" not found');
   });
 
@@ -488,7 +500,7 @@ describe('bad input changes nothing', () => {
 
     const f = await failureOf(guard(new Kube(kc), group).relaxPolicies({ namespace: ns, owner }));
     expect(f.type).toBe('MalformedConstraint');
-    expect(f.nonRetryable).toBe(true);
+    expect(f.retryable).toBe(false);
     expect(f.message).toMatch(
       /K8sLoose\/broken is malformed \(spec\.match\.excludedNamespaces: .*expected array/,
     );
@@ -538,7 +550,7 @@ describe('bad input changes nothing', () => {
 
     const f = await failureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
     expect(f.type).toBe('KubeForbidden');
-    expect(f.nonRetryable).toBe(true);
+    expect(f.retryable).toBe(false);
     // the protected record is read first: without rights on it, nothing is even looked at
     expect(f.message).toContain(`forbidden to get ConfigMap "runas-migrate/${recordConfigMapName(ns)}"`);
     expect(await policyState(kc, ns)).toEqual(before);
@@ -585,7 +597,7 @@ describe('bad input changes nothing', () => {
       guard(new Kube(kc), undefined, 'no-such-records').relaxPolicies({ namespace: ns, owner }),
     );
     expect(f.type).toBe('RecordsNamespaceMissing');
-    expect(f.nonRetryable).toBe(true);
+    expect(f.retryable).toBe(false);
     expect(f.message).toContain('RUNAS_MIGRATE_RECORDS_NAMESPACE');
     expect(await policyState(kc, ns)).toEqual(before);
   });
@@ -743,7 +755,7 @@ describe('trust nothing a tenant can write: the annotation is a beacon, not an a
 
       const f = await failureOf(g.relaxPolicies({ namespace: tenant, owner }));
       expect(f.type).toBe('UnverifiedRelaxationRecord');
-      expect(f.nonRetryable).toBe(true);
+      expect(f.retryable).toBe(false);
 
       expect(await policyState(kc, tenant)).toEqual(tenantBefore);
       expect(await policyState(kc, victim)).toEqual(victimBefore);

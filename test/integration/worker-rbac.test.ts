@@ -25,12 +25,12 @@ import {
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { PodSecurityLabel, RelaxationAnnotation } from '../../src/policy.js';
-import { queryStatus, startRun } from '../../src/runs.js';
-import { sweeperScheduleId } from '../../src/worker.js';
+import { PodSecurityLabel, RelaxationAnnotation } from '../../src/core/policy.js';
+import { queryStatus, startRun } from '../../src/app/runs.js';
+import { sweeperScheduleId } from '../../src/app/worker.js';
 import { hostRunnerRun } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import type { MigrationReport } from '../../workflows/messages.js';
+import type { MigrationReport } from '../../src/workflows/messages.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
 import { namespacePolicies } from '../support/policy-state.js';

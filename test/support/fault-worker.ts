@@ -3,7 +3,7 @@
  * `node --import tsx test/support/fault-worker.ts <task queue> [before|after:<activity>]`,
  * with KUBECONFIG and TEMPORAL_ADDRESS of the test bed.
  */
-import { createWorker } from '../../src/worker.js';
+import { createWorker } from '../../src/app/worker.js';
 import { killAt, type KillPoint } from './fault-interceptors.js';
 
 const [taskQueue, at] = process.argv.slice(2);

@@ -3,8 +3,8 @@
  * annotations, and the spec of every Gatekeeper constraint in the cluster.
  */
 import type { KubeConfig } from '@kubernetes/client-node';
-import { Kube } from '../../src/kube.js';
-import { GatekeeperConstraintGroup } from '../../src/policy.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { GatekeeperConstraintGroup } from '../../src/core/policy.js';
 
 /** The comparable policy state of a namespace and the cluster's constraints. */
 export interface PolicyState {

@@ -17,13 +17,13 @@ import {
   RelaxationAnnotation,
   type RelaxationRecord,
   type RunRef,
-} from '../../src/policy.js';
+} from '../../src/core/policy.js';
 import {
   DefaultRecordsNamespace,
   RecordAlarm,
   recordConfigMapName,
   RecordDataKey,
-} from '../../src/records.js';
+} from '../../src/core/records.js';
 import { Gatekeeper } from '../../testbed/fixture.js';
 import { uniqueName } from './bed.js';
 

@@ -1,9 +1,14 @@
 /**
  * A runas-migrate worker against the test bed, on its own task queue, for e2e tests.
  */
-import { createWorker, sweeperScheduleId, type RunningWorker, type WorkerOptions } from '../../src/worker.js';
+import {
+  createWorker,
+  sweeperScheduleId,
+  type RunningWorker,
+  type WorkerOptions,
+} from '../../src/app/worker.js';
 import { waitFor } from '../../testbed/process.js';
-import type { SweepReport } from '../../workflows/sweeper.js';
+import type { SweepReport } from '../../src/workflows/sweeper.js';
 import { bed } from './bed.js';
 
 /** A running worker and how to stop it (its sweeper Schedule is deleted too). */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { InvalidInputError, parseDuration, parseMigrationInput } from '../../src/input.js';
+import { InvalidInputError, parseDuration, parseMigrationInput } from '../../src/core/input.js';
 
 const ok = { namespace: 'itrs', uid: 5000, gid: 5000 };
 const problem = (raw: unknown) => {

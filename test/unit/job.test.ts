@@ -1,10 +1,11 @@
+import { OwnershipScript } from '../../src/services/ownership-script.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { lstatSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { V1PersistentVolumeClaim, V1StatefulSet, V1VolumeMount } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { parseMigrationInput } from '../../src/input.js';
+import { parseMigrationInput } from '../../src/core/input.js';
 import {
   buildOwnershipJob,
   jobOwnership,
@@ -13,9 +14,9 @@ import {
   parseJobSummary,
   type JobSummary,
   type JobTarget,
-} from '../../src/job.js';
-import { planDatabase, PlanningError, preflight } from '../../src/plan.js';
-import type { RelaxationRecord } from '../../src/policy.js';
+} from '../../src/core/job.js';
+import { planDatabase, PlanningError, preflight } from '../../src/core/plan.js';
+import type { RelaxationRecord } from '../../src/core/policy.js';
 import { identityOf, launchScript } from '../../testbed/host-runner/launch.js';
 import { makeTree } from '../support/tree.js';
 
@@ -40,7 +41,12 @@ const target = (paths: string[]): JobTarget => ({
 
 describe('buildOwnershipJob', () => {
   it("runs as root with only CHOWN, FOWNER and DAC_OVERRIDE, once, with the replica's volumes", () => {
-    const job = buildOwnershipJob(input, target(['/var/lib/postgresql', '/var/lib/postgresql/wal']), owner);
+    const job = buildOwnershipJob(
+      input,
+      target(['/var/lib/postgresql', '/var/lib/postgresql/wal']),
+      owner,
+      OwnershipScript,
+    );
     const pod = job.spec!.template.spec!;
     const c = pod.containers[0]!;
     expect(job.metadata?.name).toBe('runas-migrate-timescale-1-0j6tql2');
@@ -299,7 +305,12 @@ describe('a claim mounted twice with subPaths', () => {
   });
 
   it('gives the Job one volume per claim, mounted with the same subPaths at the same paths', () => {
-    const job = buildOwnershipJob(input, planDatabase(twice, 'postgres', undefined, claims).jobs[0]!, owner);
+    const job = buildOwnershipJob(
+      input,
+      planDatabase(twice, 'postgres', undefined, claims).jobs[0]!,
+      owner,
+      OwnershipScript,
+    );
     const pod = job.spec!.template.spec!;
     expect(pod.volumes).toEqual([{ name: 'data', persistentVolumeClaim: { claimName: 'data-pg-0' } }]);
     expect(pod.containers[0]?.volumeMounts).toEqual([
@@ -340,6 +351,7 @@ describe('a claim mounted twice with subPaths', () => {
       input,
       planDatabase(mounted, 'postgres', undefined, claims).jobs[0]!,
       owner,
+      OwnershipScript,
     );
     const c = job.spec!.template.spec!.containers[0]!;
     const term = join(root, 'termination-log');
@@ -446,6 +458,7 @@ function runJob(
       ],
     },
     owner,
+    OwnershipScript,
   );
   const pod = job.spec!.template.spec!;
   const c = {

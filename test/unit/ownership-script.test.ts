@@ -23,7 +23,8 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OwnershipScript, parseJobSummary, type JobSummary } from '../../src/job.js';
+import { parseJobSummary, type JobSummary } from '../../src/core/job.js';
+import { OwnershipScript } from '../../src/services/ownership-script.js';
 
 const uid = 5000;
 const gid = 5000;

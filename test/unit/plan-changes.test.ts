@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { planChanges } from '../../src/plan-changes.js';
-import type { MigrationPlan } from '../../src/plan.js';
+import { planChanges } from '../../src/core/plan-changes.js';
+import type { MigrationPlan } from '../../src/core/plan.js';
 
 const db = (statefulSet: string, replicas: number, image = 'pg:15') => ({
   statefulSet,

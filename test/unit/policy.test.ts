@@ -19,7 +19,7 @@ import {
   type ConstraintView,
   type PolicySnapshot,
   type RelaxationRecord,
-} from '../../src/policy.js';
+} from '../../src/core/policy.js';
 
 const runId = '7b0c3c64-5f1e-4b8e-9a4f-3d2b1c0e9f8a';
 const ref: ConstraintRef = {

@@ -12,7 +12,7 @@ import {
   RelaxationRecordError,
   sameRecord,
   type RelaxationRecord,
-} from '../../src/policy.js';
+} from '../../src/core/policy.js';
 import {
   DefaultRecordsNamespace,
   parseRecordConfigMap,
@@ -20,7 +20,7 @@ import {
   RecordLabel,
   recordsNamespaceOf,
   RecordsNamespaceEnv,
-} from '../../src/records.js';
+} from '../../src/core/records.js';
 
 const ref = (kind: string, plural: string, name: string) => ({
   group: 'constraints.gatekeeper.sh',

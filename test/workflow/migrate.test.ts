@@ -12,24 +12,24 @@ import { Context } from '@temporalio/activity';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
-import { SearchAttribute } from '../../src/names.js';
+import { SearchAttribute } from '../../src/core/names.js';
 import { historyToJSON } from '../support/histories.js';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
-import type { Activities } from '../../activities/index.js';
-import type { MigrationInputRaw } from '../../src/input.js';
-import type { MigrationPlan } from '../../src/plan.js';
-import type { RelaxationRecord } from '../../src/policy.js';
+import type { Activities } from '../../src/activities/index.js';
+import type { MigrationInputRaw } from '../../src/core/input.js';
+import type { MigrationPlan } from '../../src/core/plan.js';
+import type { RelaxationRecord } from '../../src/core/policy.js';
 import {
   abortSignal,
   approveSignal,
   statusQuery,
   type MigrationReport,
   type MigrationStatus,
-} from '../../workflows/messages.js';
+} from '../../src/workflows/messages.js';
 
 let env: TestWorkflowEnvironment;
-const workflowsPath = fileURLToPath(new URL('../../workflows/index.ts', import.meta.url));
+const workflowsPath = fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url));
 const historiesDir = fileURLToPath(new URL('../histories', import.meta.url));
 
 beforeAll(async () => {

@@ -22,7 +22,7 @@ describe('replay of recorded histories', () => {
   it('replays every one without a non-determinism error', { timeout: 120_000 }, async () => {
     const results: { workflowId: string; error?: unknown }[] = [];
     for await (const r of Worker.runReplayHistories(
-      { workflowsPath: fileURLToPath(new URL('../../workflows/index.ts', import.meta.url)) },
+      { workflowsPath: fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url)) },
       files.map((f) => ({
         workflowId: f,
         history: historyFromJSON(JSON.parse(readFileSync(join(dir, f), 'utf8'))),

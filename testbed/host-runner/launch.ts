@@ -72,6 +72,25 @@ export function identityOf(pod: V1Pod, container: V1Container): ContainerIdentit
   };
 }
 
+/**
+ * The environment a container's command gets: a base PATH, HOSTNAME and HOME, then its `env`
+ * entries — plain values and the pod's name or namespace by fieldRef; other sources are ignored.
+ */
+export function containerEnv(pod: V1Pod, container: V1Container): Record<string, string> {
+  const env: Record<string, string> = {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    HOSTNAME: pod.metadata!.name!,
+    HOME: '/root',
+  };
+  for (const e of container.env ?? []) {
+    if (e.value !== undefined) env[e.name] = e.value;
+    else if (e.valueFrom?.fieldRef?.fieldPath === 'metadata.name') env[e.name] = pod.metadata!.name!;
+    else if (e.valueFrom?.fieldRef?.fieldPath === 'metadata.namespace')
+      env[e.name] = pod.metadata!.namespace!;
+  }
+  return env;
+}
+
 /** Quotes a string for a POSIX shell. */
 export function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;

@@ -1,9 +1,13 @@
 /**
- * The process groups the host runner starts its containers in: who is still in one (from
- * `/proc`), and how a group is stopped as a kubelet stops a container — SIGTERM, then SIGKILL
- * after the grace period — until not one of its processes is left, children included.
+ * The process groups the host runner starts its containers in: how a container's launch script
+ * is started in its own group (output to its log file, the group recorded on disk), who is still
+ * in a group (from `/proc`), and how a group is stopped as a kubelet stops a container — SIGTERM,
+ * then SIGKILL after the grace period — until not one of its processes is left, children included.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 
 /** Parses `/proc/<pid>/stat`: the process state and its process group (the command may hold spaces and parentheses). */
 export function parseProcStat(stat: string): { state: string; pgid: number; startTicks: number } | undefined {
@@ -44,7 +48,8 @@ export function processGroupMembers(pgid: number): number[] {
   return members;
 }
 
-function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+/** Sends a signal to every process of a group, if any is left. */
+export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(-pgid, signal);
   } catch {
@@ -76,4 +81,90 @@ export async function stopProcessGroup(pgid: number, graceMs: number, pollMs = 5
     }
     await sleep(pollMs);
   }
+}
+
+/** A container's process group the host runner started, and its files. */
+export interface RunningContainer {
+  /** The launch script's process; undefined once it has exited. */
+  child?: ChildProcess;
+  /** The container's process group (its first process is the leader). */
+  pgid: number;
+  logFile: string;
+  terminationFile: string;
+  startedAt: Date;
+  /** Settles once the process has exited and `onExit` is done with it. */
+  done: Promise<void>;
+}
+
+/** How to start one container's process group. */
+export interface ContainerProcessSpec {
+  /** The container's folder: its launch script, log file and process group record go there. */
+  dir: string;
+  /** The bash script (see launch.ts) that runs the container. */
+  script: string;
+  terminationFile: string;
+  startedAt: Date;
+  /** Called with the exit code once the launch script's process has exited. */
+  onExit: (exitCode: number) => Promise<void>;
+}
+
+/**
+ * Starts a container's launch script under `unshare` in a process group of its own, records the
+ * group in the container's folder and writes its output, as CRI log records, to its log file.
+ */
+export function startContainerProcess(spec: ContainerProcessSpec): RunningContainer {
+  const launchFile = join(spec.dir, 'launch.sh');
+  writeFileSync(launchFile, spec.script);
+  const logFile = join(spec.dir, 'container.log');
+  const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'bash', launchFile], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  // detached: the container is its own process group, so a stop reaches every process it forks.
+  const pgid = child.pid!;
+  // The runner's record of the group, for a runner restarted while the container runs.
+  writeFileSync(join(spec.dir, 'pid'), `${pgid} ${processStartTicks(pgid) ?? ''}\n`);
+  const out = createWriteStream(logFile, { flags: 'a' });
+  const pipe = (stream: NodeJS.ReadableStream, name: string) =>
+    createInterface({ input: stream }).on('line', (line) =>
+      out.write(`${new Date().toISOString()} ${name} F ${line}\n`),
+    );
+  pipe(child.stdout, 'stdout');
+  pipe(child.stderr, 'stderr');
+  const running: RunningContainer = {
+    child,
+    pgid,
+    logFile,
+    terminationFile: spec.terminationFile,
+    startedAt: spec.startedAt,
+    done: Promise.resolve(),
+  };
+  running.done = new Promise<void>((resolve) => {
+    child.on('close', (code, signal) => {
+      out.end();
+      running.child = undefined;
+      const exitCode = code ?? (signal ? 128 + (signal === 'SIGKILL' ? 9 : 15) : 1);
+      void spec.onExit(exitCode).finally(resolve);
+    });
+  });
+  return running;
+}
+
+/**
+ * The process groups a previous runner process recorded in a pod's folder and that still run:
+ * the leader with the recorded start time, or, the leader gone, members of its group (a process
+ * group ID is not reused while any member lives).
+ */
+export function recordedGroups(podDir: string): number[] {
+  if (!existsSync(podDir)) return [];
+  const groups: number[] = [];
+  for (const container of readdirSync(podDir)) {
+    const file = join(podDir, container, 'pid');
+    if (!existsSync(file)) continue;
+    const [pid, ticks] = readFileSync(file, 'utf8').trim().split(' ').map(Number);
+    if (!pid) continue;
+    const now = processStartTicks(pid);
+    if (now === undefined ? processGroupMembers(pid).length > 0 : now === ticks) groups.push(pid);
+  }
+  return groups;
 }

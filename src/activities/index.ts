@@ -1,0 +1,82 @@
+/**
+ * Every activity of runas-migrate: the services' steps, adapted in one place
+ * ({@link activitiesOf}). Built from its dependencies (`createActivities({ kube, client, log })`),
+ * so tests can hand it a client pointed at the test bed. The workflows call them by these names.
+ */
+import type { Client } from '@temporalio/client';
+import type { Kube } from '../cluster/kube.js';
+import { NamespaceLock } from '../services/namespace-lock.js';
+import { OwnershipJobs } from '../services/ownership-jobs.js';
+import { Planner } from '../services/planner.js';
+import { PolicyGuard } from '../services/policy-guard.js';
+import { RunRegistry } from '../services/runs.js';
+import { StatefulSets } from '../services/statefulsets.js';
+import { activitiesOf } from './adapter.js';
+
+/** What the activities need. */
+export interface ActivityDeps {
+  kube: Kube;
+  client: Client;
+  log?: (message: string) => void;
+  /** Namespace of the protected relaxation records: the worker's own. */
+  recordsNamespace?: string;
+  /** Temporal namespace the worker serves. */
+  temporalNamespace?: string;
+}
+
+/** The services behind the activities, built once per worker. */
+export function createServices(deps: ActivityDeps) {
+  const { kube, log } = deps;
+  const policyGuard = new PolicyGuard({
+    kube,
+    log,
+    recordsNamespace: deps.recordsNamespace,
+    temporalNamespace: deps.temporalNamespace,
+  });
+  const runs = new RunRegistry({ client: deps.client });
+  return {
+    policyGuard,
+    runs,
+    lock: new NamespaceLock({ kube, runs, log }),
+    planner: new Planner({ kube, policyGuard, log }),
+    statefulSets: new StatefulSets({ kube, log }),
+    ownershipJobs: new OwnershipJobs({ kube, log }),
+  };
+}
+
+/** Builds every activity the worker registers. */
+export function createActivities(deps: ActivityDeps) {
+  const s = createServices(deps);
+  return {
+    ...activitiesOf(s.policyGuard, [
+      'snapshotPolicies',
+      'relaxPolicies',
+      'restorePolicies',
+      'findRelaxations',
+      'describeRelaxation',
+    ]),
+    ...activitiesOf(s.runs, ['isRunOpen']),
+    ...activitiesOf(s.lock, ['acquireNamespaceLock', 'releaseNamespaceLock']),
+    ...activitiesOf(s.planner, ['planMigration']),
+    ...activitiesOf(s.statefulSets, [
+      'readPodIds',
+      'patchPodIds',
+      'helmUpgrade',
+      'verifySecurityContext',
+      'scaleDown',
+      'scaleUp',
+      'waitForPlatform',
+      'verifyDatabases',
+    ]),
+    ...activitiesOf(s.ownershipJobs, [
+      'createOwnershipJobs',
+      'waitForPodsAdmitted',
+      'waitForJobs',
+      'findOwnershipJobs',
+      'deleteOwnershipJobs',
+    ]),
+  };
+}
+
+/** All activities, for `proxyActivities<Activities>()` in workflows. */
+export type Activities = ReturnType<typeof createActivities>;

@@ -1,0 +1,445 @@
+/**
+ * `runas-migrate`: the operator's command line.
+ */
+import { Command, Option } from 'commander';
+import { PolicyGuard, type RestoreReport } from '../services/policy-guard.js';
+import { isKubeError, Kube } from '../cluster/kube.js';
+import { RecordsNamespaceEnv } from '../core/records.js';
+import { connectClient, createWorker, temporalTarget } from './worker.js';
+import { ApplicationFailure } from '@temporalio/common';
+import { DefaultLogger, Runtime, type LogLevel } from '@temporalio/worker';
+import { WorkflowFailedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { Planner } from '../services/planner.js';
+import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
+import { reasonOf } from '../core/failure-reason.js';
+import { InvalidInputError, parseMigrationInput } from '../core/input.js';
+import { TaskQueue } from '../core/names.js';
+import {
+  followRun,
+  queryStatus,
+  readInputFile,
+  runningRun,
+  runProgress,
+  StatusQueryTimeoutMs,
+  startRun,
+  webUiLink,
+  workflowIdOf,
+} from './runs.js';
+import { renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
+
+// The worker's own logs stay at warnings; the CLI says what matters.
+Runtime.install({
+  logger: new DefaultLogger((process.env.RUNAS_MIGRATE_LOG_LEVEL as LogLevel | undefined) ?? 'WARN'),
+});
+
+const program = new Command('runas-migrate').description(
+  'Change the UID/GID of PostgreSQL/TimescaleDB StatefulSets behind strict security policies, durably, on Temporal.',
+);
+
+const temporalOptions = (cmd: Command) =>
+  cmd
+    .addOption(new Option('--address <host:port>', 'Temporal frontend').env('TEMPORAL_ADDRESS'))
+    .addOption(new Option('--temporal-namespace <name>', 'Temporal namespace').env('TEMPORAL_NAMESPACE'));
+
+const kubeOption = (cmd: Command) =>
+  cmd.addOption(new Option('--kubeconfig <path>', 'kubeconfig file').env('KUBECONFIG'));
+
+const recordsOption = (cmd: Command) =>
+  cmd.addOption(
+    new Option(
+      '--records-namespace <name>',
+      "namespace of the protected relaxation records: the worker's own [runas-migrate]",
+    ).env(RecordsNamespaceEnv),
+  );
+
+/** Prints a restore report as the operator reads it. */
+function printRestore(r: RestoreReport): void {
+  const alarms = r.alarms.map((a) => `  ALARM: ${a}`);
+  if (r.refused) {
+    process.stderr.write([`${r.namespace}: refused: ${r.refused}`, ...alarms].join('\n') + '\n');
+    return;
+  }
+  if (!r.restored) {
+    process.stdout.write(
+      [`${r.namespace}: no relaxation recorded: nothing to restore`, ...alarms].join('\n') + '\n',
+    );
+    return;
+  }
+  const from = r.source === 'run-copy' ? "the run's copy of the record" : 'the protected record';
+  const lines = [
+    `${r.namespace}: policies restored and verified from ${from} (recorded by run ${r.owner?.workflowId}/${r.owner?.runId})`,
+    `  pod security enforce: ${r.podSecurity}`,
+    ...r.constraints.map((c) => `  ${c.constraint}: ${c.result}`),
+    ...r.keptForeignChanges.map((c) => `  kept (not ours): ${c}`),
+    ...alarms,
+    `  ${r.apiCalls} API calls`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+async function retryTransient<T>(what: string, fn: () => Promise<T>, deadlineMs = 120_000): Promise<T> {
+  const deadline = Date.now() + deadlineMs;
+  for (let delay = 500; ; delay = Math.min(delay * 2, 10_000)) {
+    try {
+      return await fn();
+    } catch (err) {
+      const retryable =
+        err instanceof ApplicationFailure ? !err.nonRetryable : isKubeError(err) ? err.retryable : false;
+      if (!retryable || Date.now() + delay > deadline) throw err;
+      process.stderr.write(`${what}: ${(err as Error).message}; retrying in ${delay} ms\n`);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+/** Asks Temporal for the run's status: its name, or why it cannot be told. */
+async function runStatus(
+  opts: { address?: string; temporalNamespace?: string },
+  workflowId: string,
+  runId: string,
+): Promise<{ status?: string; problem?: string }> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('no answer within 5 s')), 5_000);
+  });
+  let client: Awaited<ReturnType<typeof connectClient>> | undefined;
+  try {
+    client = await Promise.race([
+      connectClient({ address: opts.address, namespace: opts.temporalNamespace }),
+      timeout,
+    ]);
+    const d = await Promise.race([client.workflow.getHandle(workflowId, runId).describe(), timeout]);
+    return { status: d.status.name };
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) return { status: 'NOT_FOUND' };
+    return { problem: err instanceof Error ? err.message : String(err) };
+  } finally {
+    clearTimeout(timer);
+    await client?.connection.close();
+  }
+}
+
+recordsOption(
+  kubeOption(
+    temporalOptions(
+      program
+        .command('restore')
+        .description(
+          "put a namespace's policies back from its protected relaxation record (no worker needed)",
+        )
+        .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace to restore')
+        .option('--force', 'restore even while the run that relaxed it is still running'),
+    ),
+  ),
+).action(
+  async (opts: {
+    namespace: string;
+    force?: boolean;
+    kubeconfig?: string;
+    address?: string;
+    temporalNamespace?: string;
+    recordsNamespace?: string;
+  }) => {
+    const kube = Kube.fromKubeconfig(opts.kubeconfig);
+    const guard = new PolicyGuard({
+      kube,
+      log: (m) => process.stderr.write(`${m}\n`),
+      ...(opts.recordsNamespace ? { recordsNamespace: opts.recordsNamespace } : {}),
+    });
+    const found = await retryTransient('read the record', () =>
+      guard.describeRelaxation({ namespace: opts.namespace }),
+    );
+    // Nothing recorded: an unknown namespace is named, not taken for a restored one.
+    if (!found) await kube.readNamespace(opts.namespace);
+    if (found?.owner) {
+      const { owner } = found;
+      // Ask the Temporal namespace the run belongs to, whatever the flags say.
+      const temporalNamespace = found.temporalNamespace ?? opts.temporalNamespace;
+      const { status, problem } = await runStatus(
+        { address: opts.address, temporalNamespace },
+        owner.workflowId,
+        owner.runId,
+      );
+      if (status === 'RUNNING' && !opts.force) {
+        process.stderr.write(
+          `run ${owner.workflowId}/${owner.runId} is still running and will restore ${opts.namespace} itself; ` +
+            `abort it (runas-migrate abort) or pass --force to restore now\n`,
+        );
+        process.exitCode = 2;
+        return;
+      }
+      if (problem) {
+        process.stderr.write(
+          `cannot tell from Temporal at ${temporalTarget(opts).address} (namespace ${temporalNamespace ?? 'default'}) whether run ${owner.workflowId} is alive (${problem}); restoring\n`,
+        );
+      }
+    }
+    // Only the relaxation whose run was just judged, should another have replaced it meanwhile.
+    const report = await retryTransient('restore', () =>
+      guard.restorePolicies({ namespace: opts.namespace, ...(found?.owner ? { owner: found.owner } : {}) }),
+    );
+    printRestore(report);
+    if (report.refused) process.exitCode = 3;
+  },
+);
+
+recordsOption(
+  kubeOption(
+    temporalOptions(
+      program
+        .command('worker')
+        .description(
+          'run a worker on the runas-migrate task queue (and create the sweeper Schedule if missing)',
+        )
+        .option('--task-queue <name>', 'task queue', TaskQueue),
+    ),
+  ),
+).action(
+  async (opts: {
+    taskQueue: string;
+    kubeconfig?: string;
+    address?: string;
+    temporalNamespace?: string;
+    recordsNamespace?: string;
+  }) => {
+    const w = await createWorker({
+      address: opts.address,
+      namespace: opts.temporalNamespace,
+      taskQueue: opts.taskQueue,
+      kubeconfig: opts.kubeconfig,
+      recordsNamespace: opts.recordsNamespace,
+    });
+    process.stderr.write(
+      `[runas-migrate] worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}\n`,
+    );
+    await w.worker.run();
+    await w.close();
+  },
+);
+
+interface InputFlags {
+  inputFile?: string;
+  input?: string;
+  namespace?: string;
+  uid?: string;
+  gid?: string;
+  dryRun?: boolean;
+}
+
+const inputOptions = (cmd: Command) =>
+  cmd
+    .option(
+      '-f, --input-file <path>',
+      'run input (JSON or YAML), as for temporal workflow start --input-file',
+    )
+    .option('--input <json>', 'run input as inline JSON')
+    .option('-n, --namespace <namespace>', 'Kubernetes namespace (overrides the input)')
+    .option('--uid <uid>', 'target user ID (overrides the input)')
+    .option('--gid <gid>', 'target group ID (overrides the input)')
+    .option('--dry-run', 'plan only: change nothing');
+
+function inlineInput(json: string): unknown {
+  try {
+    return JSON.parse(json) as unknown;
+  } catch (err) {
+    throw new InvalidInputError(`invalid input: --input is not valid JSON (${(err as Error).message})`);
+  }
+}
+
+/** The raw input from a file or inline JSON, with flag overrides. */
+function rawInput(flags: InputFlags): unknown {
+  const base = flags.inputFile ? readInputFile(flags.inputFile) : flags.input ? inlineInput(flags.input) : {};
+  // Spreading a string or a list would turn it into an object of indices: let the schema name it.
+  if (typeof base !== 'object' || base === null || Array.isArray(base)) return base;
+  const num = (v: string, name: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n))
+      throw new InvalidInputError(`invalid input: ${name}: must be a number, got "${v}"`);
+    return n;
+  };
+  return {
+    ...base,
+    ...(flags.namespace ? { namespace: flags.namespace } : {}),
+    ...(flags.uid !== undefined ? { uid: num(flags.uid, 'uid') } : {}),
+    ...(flags.gid !== undefined ? { gid: num(flags.gid, 'gid') } : {}),
+    ...(flags.dryRun ? { dryRun: true } : {}),
+  };
+}
+
+type TemporalFlags = { address?: string; temporalNamespace?: string };
+const client = (o: TemporalFlags): Promise<Client> =>
+  connectClient({ address: o.address, namespace: o.temporalNamespace });
+
+/** Prints the status view, redrawn in place on a terminal. */
+function statusPrinter(workflowId: string): (s: Parameters<typeof renderStatus>[0]) => void {
+  let last = '';
+  return (s) => {
+    const text = renderStatus(s, workflowId);
+    if (text === last) return;
+    last = text;
+    process.stdout.write(process.stdout.isTTY ? `\x1b[2J\x1b[H${text}\n` : `${text}\n\n`);
+  };
+}
+
+kubeOption(
+  inputOptions(
+    program.command('plan').description('discover and print what a run would do; changes nothing'),
+  ),
+).action(async (flags: InputFlags & { kubeconfig?: string }) => {
+  const input = parseMigrationInput(rawInput(flags));
+  const kube = Kube.fromKubeconfig(flags.kubeconfig);
+  const planner = new Planner({ kube, policyGuard: new PolicyGuard({ kube }) });
+  const plan = await planner.planMigration({ run: input, owner: { workflowId: 'plan', runId: 'plan' } });
+  process.stdout.write(renderPlan(plan) + '\n');
+  if (input.job.image)
+    process.stdout.write(
+      `Job image: ${input.job.image} (asked for in job.image instead of each StatefulSet's own image; it runs as root with DAC_OVERRIDE over the database volumes)\n`,
+    );
+  process.stdout.write(`If the run stops after its Jobs started: ${input.recovery}\n`);
+  if (plan.preflight.length) process.exitCode = 3;
+});
+
+temporalOptions(
+  inputOptions(
+    program
+      .command('start')
+      .description('start a migration run (workflow ID runas-migrate-<namespace>)')
+      .option('--task-queue <name>', 'task queue', TaskQueue)
+      .option('--follow', 'show live progress until the run ends'),
+  ),
+).action(async (flags: InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean }) => {
+  const c = await client(flags);
+  const { input, handle } = await startRun(c, rawInput(flags), { taskQueue: flags.taskQueue });
+  process.stdout.write(`started ${handle.workflowId} for namespace ${input.namespace}\n`);
+  if (process.env.TEMPORAL_UI) {
+    const { runId } = await handle.describe();
+    process.stdout.write(
+      `Web UI: ${webUiLink(process.env.TEMPORAL_UI, flags.temporalNamespace ?? 'default', handle.workflowId, runId)}\n`,
+    );
+  }
+  if (input.approvals.length) {
+    process.stdout.write(
+      `it waits for: ${input.approvals.map((g) => `runas-migrate approve -n ${input.namespace} --gate ${g}`).join(', then ')}\n`,
+    );
+  }
+  if (flags.follow)
+    process.stdout.write(renderReport(await followRun(handle, statusPrinter(handle.workflowId))) + '\n');
+  await c.connection.close();
+});
+
+temporalOptions(
+  program
+    .command('approve')
+    .description("approve a gate of the namespace's run (plan or relax)")
+    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .requiredOption('--gate <gate>', 'plan | relax')
+    .option('--by <name>', 'who approves', process.env.USER ?? 'operator')
+    .option('--comment <text>', 'why'),
+).action(async (flags: TemporalFlags & { namespace: string; gate: string; by: string; comment?: string }) => {
+  const c = await client(flags);
+  const handle = await runningRun(c, flags.namespace, 'approve');
+  const before = await queryStatus(c, flags.namespace);
+  const refusal = approvalRefusal(before.gates, flags.gate, before.phase);
+  const gate = before.gates.find((g) => g.gate === flags.gate);
+  if (refusal?.kind === 'not-a-gate')
+    throw new Error(
+      `the run of ${flags.namespace} has no gate "${flags.gate}": its gates are ${
+        before.gates
+          .filter((g) => g.required)
+          .map((g) => g.gate)
+          .join(', ') || 'none'
+      }: approve one of those (plan comes before relax)`,
+    );
+  if (refusal?.kind === 'approved')
+    throw new Error(
+      `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate?.by} at ${gate?.at}`,
+    );
+  if (refusal?.kind === 'not-reached')
+    throw new Error(
+      `gate "${flags.gate}" of ${flags.namespace} is not reached yet (the run is ${before.phase}): approve it when \`runas-migrate status\` shows it waiting`,
+    );
+  if (refusal) throw new Error(`gate "${flags.gate}" of ${flags.namespace}: ${refusal.message}`);
+  await handle.signal(approveSignal, {
+    gate: flags.gate,
+    by: flags.by,
+    ...(flags.comment ? { comment: flags.comment } : {}),
+  });
+  process.stdout.write(`approved gate ${flags.gate} of ${flags.namespace} as ${flags.by}\n`);
+  await c.connection.close();
+});
+
+temporalOptions(
+  program
+    .command('abort')
+    .description(
+      "abort the namespace's run: it compensates (policies re-enforced, replicas and template restored)",
+    )
+    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .requiredOption('--reason <text>', 'why')
+    .option('--by <name>', 'who aborts', process.env.USER ?? 'operator'),
+).action(async (flags: TemporalFlags & { namespace: string; reason: string; by: string }) => {
+  const c = await client(flags);
+  await (
+    await runningRun(c, flags.namespace, 'abort')
+  ).signal(abortSignal, { reason: flags.reason, by: flags.by });
+  process.stdout.write(
+    `asked the run of ${flags.namespace} to abort; follow it with runas-migrate status -n ${flags.namespace} --watch\n`,
+  );
+  await c.connection.close();
+});
+
+temporalOptions(
+  program
+    .command('status')
+    .description("show the status of the namespace's run")
+    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .option('--watch', 'refresh until the run ends')
+    .option('--json', 'print the raw status query result'),
+).action(async (flags: TemporalFlags & { namespace: string; watch?: boolean; json?: boolean }) => {
+  const c = await client(flags);
+  const id = workflowIdOf(flags.namespace);
+  if (flags.json) process.stdout.write(JSON.stringify(await queryStatus(c, flags.namespace), null, 2) + '\n');
+  else if (flags.watch) {
+    try {
+      process.stdout.write(renderReport(await followRun(c.workflow.getHandle(id), statusPrinter(id))) + '\n');
+    } catch (err) {
+      if (!(err instanceof WorkflowFailedError)) throw err;
+      process.stdout.write(`run ended: ${reasonOf(err.cause ?? err)}\n`);
+      process.exitCode = 1;
+    }
+  } else {
+    const progress = await runProgress(c, flags.namespace);
+    try {
+      const status = await c.connection.withDeadline(Date.now() + StatusQueryTimeoutMs, () =>
+        queryStatus(c, flags.namespace),
+      );
+      process.stdout.write(
+        [renderStatus(status, id), renderProgress(progress)].filter(Boolean).join('\n') + '\n',
+      );
+    } catch (err) {
+      if (progress.status !== 'RUNNING') throw err;
+      // A stuck run cannot answer: Temporal's own view of it is all there is.
+      process.stdout.write(
+        [
+          `run ${id} — ${progress.status} on task queue ${progress.taskQueue} — it did not answer its status query within ${StatusQueryTimeoutMs / 1000} s (${reasonOf(err)})`,
+          renderProgress(progress),
+        ]
+          .filter(Boolean)
+          .join('\n') + '\n',
+      );
+      process.exitCode = 2;
+    }
+  }
+  await c.connection.close();
+});
+
+program.parseAsync().catch((err: unknown) => {
+  const message =
+    err instanceof WorkflowFailedError
+      ? `run failed: ${reasonOf(err.cause ?? err)}`
+      : err instanceof Error
+        ? err.message
+        : String(err);
+  process.stderr.write(`runas-migrate: ${message}\n`);
+  process.exit(1);
+});

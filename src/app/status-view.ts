@@ -1,0 +1,140 @@
+/**
+ * Renders a run's status (the `status` query) and a plan for a terminal, with cli-table3.
+ */
+import CliTable from 'cli-table3';
+import type { MigrationReport, MigrationStatus } from '../workflows/messages.js';
+import type { MigrationPlan } from '../core/plan.js';
+import type { RunProgress } from './runs.js';
+
+/** A table, colourless unless stdout is a terminal. */
+class Table extends CliTable {
+  constructor(opts: { head: string[] }) {
+    super({ ...opts, style: process.stdout.isTTY ? {} : { head: [], border: [] } });
+  }
+}
+
+const since = (iso: string | undefined, until?: string) =>
+  iso ? `${((Date.parse(until ?? new Date().toISOString()) - Date.parse(iso)) / 1000).toFixed(1)} s` : '';
+
+/** The plan as tables: one row per Job with its volumes, then the policies it will relax. */
+export function renderPlan(plan: MigrationPlan): string {
+  const jobs = new Table({
+    head: ['Job', 'StatefulSet', 'replica', 'image', 'volumes (claim → mount path)'],
+  });
+  for (const db of plan.databases) {
+    for (const j of db.jobs) {
+      jobs.push([
+        j.name,
+        db.statefulSet,
+        String(j.ordinal),
+        j.image,
+        j.volumes.map((v) => `${v.claimName} → ${v.mountPath}`).join('\n'),
+      ]);
+    }
+  }
+  const rec = plan.policies;
+  const policies = new Table({ head: ['policy', 'now', 'during the window'] });
+  policies.push([
+    'PSA enforce',
+    rec.snapshot.podSecurity['pod-security.kubernetes.io/enforce'] ?? '(absent)',
+    rec.plan.podSecurityEnforce ?? '(unchanged)',
+  ]);
+  for (const c of rec.snapshot.constraints) {
+    const action = rec.plan.constraints.find(
+      (p) => p.ref.name === c.ref.name && p.ref.kind === c.ref.kind,
+    )?.action;
+    policies.push([
+      `${c.ref.kind}/${c.ref.name}`,
+      c.excludedNamespaces === null
+        ? 'excludedNamespaces absent'
+        : `excludes ${c.excludedNamespaces.join(', ') || '(empty)'}`,
+      action
+        ? `${action === 'create' ? 'create list with' : 'add'} ${plan.namespace}`
+        : `already excluded by "${c.excludedBy}"`,
+    ]);
+  }
+  const lines = [
+    `Plan for namespace ${plan.namespace}: ownership to ${plan.uid}:${plan.gid} (supplementalGroups ${plan.supplementalGroups.join(',')})`,
+    jobs.toString(),
+    policies.toString(),
+    ...plan.databases.map(
+      (d) =>
+        `${d.statefulSet}: ${d.replicas} replicas, runs as ${d.currentIds.runAsUser ?? '?'}:${d.currentIds.runAsGroup ?? '?'} (fsGroup ${d.currentIds.fsGroup ?? '?'}) today`,
+    ),
+    plan.platform
+      ? `platform ${plan.platform.plural}/${plan.platform.name}: ${plan.platform.status ?? '(not found)'} (ready when ${plan.platform.ready})`
+      : '',
+    ...rec.snapshot.skipped.map((s) => `not relaxed: ${s.ref.kind}/${s.ref.name}: ${s.reason}`),
+    plan.preflight.length
+      ? `PREFLIGHT FAILED:\n  ${plan.preflight.join('\n  ')}`
+      : 'preflight: the target IDs satisfy every policy that will be re-enforced',
+  ];
+  return lines.filter(Boolean).join('\n');
+}
+
+/** The live status of a run. */
+export function renderStatus(s: MigrationStatus, workflowId: string): string {
+  const gates = s.gates.map((g) => `${g.gate}: ${g.state}${g.by ? ` by ${g.by}` : ''}`).join(', ') || '—';
+  const jobs = new Table({ head: ['Job', 'state', 'attempts', 'scanned', 'changed', 'seconds', 'note'] });
+  for (const j of s.jobs) {
+    jobs.push([
+      j.name,
+      j.state,
+      String(j.attempts),
+      j.summary ? String(j.summary.scanned) : '',
+      j.summary ? String(j.summary.changed) : '',
+      j.summary ? String(j.summary.seconds) : '',
+      j.state === 'failed' ? (j.message ?? '') : (j.pod ?? ''),
+    ]);
+  }
+  const windows = s.windows.map(
+    (w, i) =>
+      `#${i + 1} opened ${w.openedAt}${w.closedAt ? `, closed after ${since(w.openedAt, w.closedAt)} (${w.closedBecause})` : `, OPEN for ${since(w.openedAt)}`}`,
+  );
+  return [
+    `run ${workflowId} — namespace ${s.namespace ?? '?'} — phase ${s.phase}${s.phaseSince && !s.endState ? ` for ${since(s.phaseSince)}` : ''}`,
+    `gates: ${gates}`,
+    `policies: ${s.policies.state}${s.windowMode ? ` (window mode ${s.windowMode})` : ''}`,
+    ...windows.map((w) => `window ${w}`),
+    s.jobs.length ? jobs.toString() : '',
+    s.compensations.length ? `compensations run: ${s.compensations.join(' → ')}` : '',
+    ...s.rejectedSignals.map((r) => `ignored signal: ${r}`),
+    s.error ? `error: ${s.error}` : '',
+    s.endState ? `ended: ${s.endState}${s.recovery ? ` (recovery ${s.recovery})` : ''}` : '',
+    ...(s.leftToDo ?? []).map((t) => `LEFT TO DO: ${t}`),
+    ...(s.alarms ?? []).map((a) => `ALARM: ${a}`),
+  ]
+    .filter(Boolean)
+    .join('\n');
+}
+
+/** Temporal's view of a run that may be stuck: why it looks stuck, and the steps that retry. */
+export function renderProgress(p: RunProgress): string {
+  return [
+    ...p.stuck.map((s) => `STUCK: ${s}`),
+    ...p.steps
+      .filter((s) => s.attempt > 1 && s.attempt < 3)
+      .map(
+        (s) => `retrying: ${s.activity} attempt ${s.attempt}${s.lastFailure ? ` (${s.lastFailure})` : ''}`,
+      ),
+  ].join('\n');
+}
+
+/** The final report of a run. */
+export function renderReport(r: MigrationReport): string {
+  if (r.dryRun) return `dry run of ${r.namespace}: nothing was changed\n${renderPlan(r.plan)}`;
+  const volumes = new Table({ head: ['Job', 'volume', 'scanned', 'changed'] });
+  for (const v of r.volumes)
+    volumes.push([
+      v.job,
+      v.skipped ? `${v.path} (empty: skipped)` : v.path,
+      String(v.scanned),
+      String(v.changed),
+    ]);
+  return [
+    `namespace ${r.namespace} now owned by ${r.uid}:${r.gid} (${r.startedAt} → ${r.finishedAt})`,
+    volumes.toString(),
+    `policies relaxed for ${r.windowSeconds.toFixed(1)} s in ${r.windows.length} window(s)`,
+    `approvals: ${r.approvals.map((a) => `${a.gate}=${a.state}${a.by ? ` by ${a.by} at ${a.at}` : ''}`).join(', ')}`,
+  ].join('\n');
+}

@@ -1,0 +1,148 @@
+/**
+ * The runas-migrate worker: registers every workflow and activity on the task queue, and
+ * makes sure the sweeper's Schedule exists.
+ */
+import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
+import { NativeConnection, Worker, type WorkerInterceptors } from '@temporalio/worker';
+import { createActivities } from '../activities/index.js';
+import { isKubeError, Kube } from '../cluster/kube.js';
+import { FailureType } from '../core/failures.js';
+import { TaskQueue, WorkflowType } from '../core/names.js';
+import { recordsNamespaceOf } from '../core/records.js';
+import { workflowBundlePath } from './workflow-bundle.js';
+
+/** Where the worker connects. */
+export interface WorkerOptions {
+  /** Temporal frontend, `host:port`. @default $TEMPORAL_ADDRESS or localhost:7233 */
+  address?: string;
+  /** Temporal namespace. @default $TEMPORAL_NAMESPACE or "default" */
+  namespace?: string;
+  /** @default "runas-migrate" */
+  taskQueue?: string;
+  /** Path of the kubeconfig; the default loading rules when absent (in-cluster too). */
+  kubeconfig?: string;
+  /**
+   * Namespace of the protected relaxation records: the worker's own, which tenants cannot
+   * write. @default $RUNAS_MIGRATE_RECORDS_NAMESPACE, else "runas-migrate"
+   */
+  recordsNamespace?: string;
+  /** Interval of the sweeper Schedule. @default "1 minute" */
+  sweepEvery?: string;
+  log?: (message: string) => void;
+  /**
+   * Path of a workflow bundle made with `bundleWorkflowCode`. @default the one `npm run build`
+   * made ({@link workflowBundlePath})
+   */
+  workflowBundlePath?: string;
+  /**
+   * How long a run's next workflow task waits for this worker (its sticky cache) before any
+   * worker may take it: after a crash, the run moves on after this. @default "10s"
+   */
+  stickyQueueScheduleToStartTimeout?: string;
+  /** Temporal worker interceptors (fault tests use them to stop a worker at a chosen step). */
+  interceptors?: WorkerInterceptors;
+}
+
+/** Temporal connection settings from options and the `temporal` CLI's environment variables. */
+export function temporalTarget(opts: { address?: string; namespace?: string }): {
+  address: string;
+  namespace: string;
+} {
+  return {
+    address: opts.address ?? process.env.TEMPORAL_ADDRESS ?? 'localhost:7233',
+    namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default',
+  };
+}
+
+/** Connects a client (for the CLI and for the activities that ask about runs). */
+export async function connectClient(opts: { address?: string; namespace?: string }): Promise<Client> {
+  const target = temporalTarget(opts);
+  const connection = await Connection.connect({ address: target.address });
+  return new Client({ connection, namespace: target.namespace });
+}
+
+/** Schedule ID of the sweeper for a task queue. */
+export function sweeperScheduleId(taskQueue: string): string {
+  return `${taskQueue}-sweeper`;
+}
+
+/**
+ * Creates the sweeper Schedule when it is missing: `sweepRelaxations` every minute, never
+ * two at once.
+ *
+ * @returns whether it was created now.
+ */
+export async function ensureSweeperSchedule(
+  client: Client,
+  taskQueue: string,
+  every = '1 minute',
+): Promise<boolean> {
+  try {
+    await client.schedule.create({
+      scheduleId: sweeperScheduleId(taskQueue),
+      spec: { intervals: [{ every }] },
+      action: { type: 'startWorkflow', workflowType: WorkflowType.SweepRelaxations, taskQueue, args: [] },
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 minute' },
+      memo: { purpose: 'restores the policies of namespaces whose migration run is gone' },
+    });
+    return true;
+  } catch (err) {
+    if (err instanceof ScheduleAlreadyRunning) return false;
+    throw err;
+  }
+}
+
+/** A created worker and what it holds open. */
+export interface RunningWorker {
+  worker: Worker;
+  client: Client;
+  close(): Promise<void>;
+}
+
+/** Creates the worker (not yet running) and ensures the sweeper Schedule. */
+export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWorker> {
+  const target = temporalTarget(opts);
+  const taskQueue = opts.taskQueue ?? TaskQueue;
+  const log = opts.log ?? ((m: string) => process.stderr.write(`[runas-migrate] ${m}\n`));
+  const client = await connectClient(target);
+  const connection = await NativeConnection.connect({ address: target.address });
+  const kube = Kube.fromKubeconfig(opts.kubeconfig ?? process.env.KUBECONFIG);
+  const recordsNamespace = recordsNamespaceOf(opts.recordsNamespace);
+  await kube.readNamespace(recordsNamespace).catch((err: unknown) => {
+    // Not fatal here: a run says so before it changes anything.
+    if (isKubeError(err, FailureType.KubeNotFound))
+      log(
+        `records namespace ${recordsNamespace} does not exist: every relaxation will be refused until it does`,
+      );
+  });
+  const worker = await Worker.create({
+    connection,
+    namespace: target.namespace,
+    taskQueue,
+    workflowBundle: { codePath: opts.workflowBundlePath ?? workflowBundlePath() },
+    // A step learns of an abort only from a heartbeat's answer; the SDK holds heartbeats back for
+    // up to 0.8 × heartbeatTimeout (24 s by default), and every step now waits for its cancellation.
+    maxHeartbeatThrottleInterval: '1 second',
+    activities: createActivities({
+      kube,
+      client,
+      log,
+      recordsNamespace,
+      temporalNamespace: target.namespace,
+    }),
+    ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
+    ...(opts.stickyQueueScheduleToStartTimeout
+      ? { stickyQueueScheduleToStartTimeout: opts.stickyQueueScheduleToStartTimeout }
+      : {}),
+  });
+  if (await ensureSweeperSchedule(client, taskQueue, opts.sweepEvery))
+    log(`created Schedule ${sweeperScheduleId(taskQueue)}`);
+  return {
+    worker,
+    client,
+    async close() {
+      await connection.close();
+      await client.connection.close();
+    },
+  };
+}

@@ -1,0 +1,134 @@
+/**
+ * What a service call knows about the step it runs in: where to report progress, whether it was
+ * cancelled, which Temporal namespace it serves. The activities set it (src/activities/adapter.ts);
+ * called directly (the CLI, tests) a service runs with none, and these helpers do nothing special.
+ * Services therefore never import the Temporal activity API.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { FailureType, TypedFailure } from '../core/failures.js';
+
+/** The step a service call runs in. */
+export interface StepContext {
+  /** Reports progress (an activity heartbeats it; a retry sees the last one). */
+  progress(details: unknown): void;
+  /** Aborted when the step is cancelled; its reason is what to throw. */
+  readonly cancelled: AbortSignal;
+  /** The Temporal namespace of the run. */
+  readonly temporalNamespace?: string;
+}
+
+const current = new AsyncLocalStorage<StepContext>();
+
+/** Runs `fn` as a step: the helpers below see `ctx` in everything it awaits. */
+export function runInStep<T>(ctx: StepContext, fn: () => Promise<T>): Promise<T> {
+  return current.run(ctx, fn);
+}
+
+/** The current step, if the call runs in one. */
+export function currentStep(): StepContext | undefined {
+  return current.getStore();
+}
+
+/** Reports progress of the current step; a no-op outside one. */
+export function progress(details: unknown): void {
+  current.getStore()?.progress(details);
+}
+
+/** Throws the step's cancellation once it has arrived. */
+export function throwIfCancelled(): void {
+  const signal = current.getStore()?.cancelled;
+  if (signal?.aborted) throw signal.reason;
+}
+
+/** Resolves after `ms`; in a step, rejects with its cancellation as soon as it arrives. */
+export function pause(ms: number): Promise<void> {
+  const signal = current.getStore()?.cancelled;
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason as Error);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Awaits `p`, or rejects with the step's cancellation as soon as it arrives. */
+export function unlessCancelled<T>(p: Promise<T>): Promise<T> {
+  const signal = current.getStore()?.cancelled;
+  if (!signal) return p;
+  throwIfCancelled();
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) =>
+      signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true }),
+    ),
+  ]);
+}
+
+/**
+ * How long a wait may last: an absolute `deadline` (ISO 8601; wins when both are given), which
+ * a retried step keeps, or `timeoutSeconds` counted from the start of this attempt.
+ */
+export type WaitLimit =
+  { deadline: string; timeoutSeconds?: number } | { deadline?: string; timeoutSeconds: number };
+
+/**
+ * The epoch milliseconds a wait ends at.
+ *
+ * @throws `InvalidWaitLimit` (non-retryable) when the deadline does not parse, or neither is given
+ * and there is no default.
+ */
+export function deadlineOf(limit: Partial<WaitLimit>, defaultSeconds?: number): number {
+  if (limit.deadline !== undefined) {
+    const at = Date.parse(limit.deadline);
+    if (Number.isNaN(at))
+      throw TypedFailure.nonRetryable(
+        `deadline "${limit.deadline}" is not an ISO 8601 time`,
+        FailureType.InvalidWaitLimit,
+      );
+    return at;
+  }
+  const seconds = limit.timeoutSeconds ?? defaultSeconds;
+  if (seconds === undefined)
+    throw TypedFailure.nonRetryable(
+      'a wait needs a deadline or timeoutSeconds',
+      FailureType.InvalidWaitLimit,
+    );
+  return Date.now() + seconds * 1000;
+}
+
+/** What {@link pollUntil} waits for. */
+export interface PollOptions<T> {
+  /** Reads the state; returns the result when done, undefined to poll again. */
+  check: () => Promise<T | undefined>;
+  /** Pause between checks, in milliseconds. */
+  everyMs: number;
+  /** Epoch milliseconds after which the wait fails. */
+  until: number;
+  /** What the wait is for, in the failure and the progress. */
+  what: string;
+  /** Progress details after each check that found nothing yet. */
+  progress?: () => unknown;
+}
+
+/**
+ * Polls until `check` returns a result, reporting progress and honouring cancellation.
+ *
+ * @throws `WaitTimedOut` (non-retryable) when `until` passes first.
+ */
+export async function pollUntil<T>(o: PollOptions<T>): Promise<T> {
+  for (;;) {
+    throwIfCancelled();
+    const v = await unlessCancelled(o.check());
+    if (v !== undefined) return v;
+    if (Date.now() >= o.until)
+      throw TypedFailure.nonRetryable(`timed out waiting for ${o.what}`, FailureType.WaitTimedOut);
+    progress(o.progress ? o.progress() : { waitingFor: o.what });
+    await pause(Math.max(1, Math.min(o.everyMs, o.until - Date.now())));
+  }
+}

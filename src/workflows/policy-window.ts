@@ -1,0 +1,122 @@
+/**
+ * The security window, seen from the run: relaxing the policies opens it, re-enforcing closes
+ * it (once, however many callers ask), `window.max` closes it on a timer, and the sweeper may
+ * close it for a stuck run.
+ */
+import * as wf from '@temporalio/workflow';
+import type { MigrationInput } from '../core/input.js';
+import type { RelaxationRecord, RunRef } from '../core/policy.js';
+import { reasonOf } from '../core/failure-reason.js';
+import type { WindowClosedBySweeper } from './messages.js';
+import { nowIso, type RunState } from './run-state.js';
+import { act, type Steps } from './steps.js';
+import { parseDuration } from '../core/input.js';
+
+const ms = (d: string) => parseDuration(d) ?? 0;
+
+/** One run's security windows. */
+export class PolicyWindow {
+  /** The run's own copy of the latest relaxation record. */
+  private record: RelaxationRecord | null = null;
+  private restoring: Promise<void> | undefined;
+  /** Set before each relax call: a relax that failed half-way must be restored too. */
+  private mayBeRelaxed = false;
+
+  constructor(
+    private readonly state: RunState,
+    private readonly stubs: Steps,
+    private readonly input: MigrationInput,
+    private readonly owner: RunRef,
+  ) {
+    state.onWindowClosedBySweeper = (s) => this.closedBySweeper(s);
+  }
+
+  /**
+   * Relaxes the policies and opens a window, closed by `window.max` at the latest. Returns when
+   * it opened and a promise that settles once the `window.max` timer is done with.
+   */
+  async open(): Promise<{ relaxedAt: string; closeTimer: () => Promise<void> }> {
+    const { state, input } = this;
+    const namespace = input.namespace;
+    this.mayBeRelaxed = true;
+    const relaxed = await act(this.stubs.steps.relaxPolicies, `relax the policies of ${namespace}`, {
+      namespace,
+      owner: this.owner,
+      closeWithinSeconds: (ms(input.window.max) + ms(input.window.grace)) / 1000,
+      podSecurity: input.policies.podSecurity,
+      gatekeeper: input.policies.gatekeeper,
+    });
+    this.record = relaxed.record;
+    state.status.policies.record = relaxed.record;
+    state.status.policies.state = 'relaxed';
+    state.status.windows.push({ openedAt: relaxed.relaxedAt });
+    const timer = new wf.CancellationScope();
+    // Handled at once: a restore that fails here is reported, never thrown into the workflow task.
+    const maxTimer = timer
+      .run(() => wf.sleep(ms(input.window.max)))
+      .then(
+        () => this.reEnforce(`window.max ${input.window.max} reached`),
+        () => undefined,
+      )
+      .catch((err: unknown) => {
+        state.status.compensationFailures.push(`re-enforce at window.max: ${reasonOf(err)}`);
+      });
+    return {
+      relaxedAt: relaxed.relaxedAt,
+      closeTimer: async () => {
+        timer.cancel();
+        await maxTimer;
+      },
+    };
+  }
+
+  /** Re-enforces the policies once per window; concurrent callers share the same restore. */
+  reEnforce(because: string): Promise<void> {
+    if (!this.mayBeRelaxed && !this.restoring) return Promise.resolve();
+    this.restoring ??= this.restore(because).finally(() => {
+      this.restoring = undefined;
+    });
+    return this.restoring;
+  }
+
+  private async restore(because: string): Promise<void> {
+    const { status } = this.state;
+    const namespace = this.input.namespace;
+    status.policies.state = 'restoring';
+    const report = await wf.CancellationScope.nonCancellable(() =>
+      act(this.stubs.policies.restorePolicies, `re-enforce the policies of ${namespace} (${because})`, {
+        namespace,
+        owner: this.owner,
+        ...(this.record ? { record: this.record } : {}),
+      }),
+    );
+    status.policies.lastRestore = report;
+    for (const alarm of [...report.alarms, ...(report.refused ? [`restore refused: ${report.refused}`] : [])])
+      this.state.alarm(alarm);
+    status.policies.state = 'restored';
+    this.mayBeRelaxed = false;
+    const w = status.windows.at(-1);
+    if (w && !w.closedAt) Object.assign(w, { closedAt: nowIso(), closedBecause: because });
+  }
+
+  private closedBySweeper(s: WindowClosedBySweeper): void {
+    const { status } = this.state;
+    const latest = status.windows.at(-1);
+    // Only the window of the record the sweeper restored; a later one is this run's to close.
+    if (!latest || status.policies.record?.snapshot.takenAt !== s?.takenAt) return;
+    // The run's own (then empty) restore may have come first when it woke up: the sweeper's is
+    // the one that closed the window.
+    if (!latest.closedAt || Date.parse(s.restoredAt) < Date.parse(latest.closedAt))
+      Object.assign(latest, {
+        closedAt: s.restoredAt,
+        closedBecause: `the sweeper restored the policies after notAfter ${s.notAfter}: the run had made no progress`,
+      });
+    status.alarms.push(
+      `the window opened at ${latest.openedAt} outlived window.max + window.grace (notAfter ${s.notAfter}) and was closed by the sweeper at ${s.restoredAt}`,
+    );
+    if (!this.restoring) {
+      this.mayBeRelaxed = false;
+      status.policies.state = 'restored';
+    }
+  }
+}
