@@ -22,12 +22,7 @@ export interface DatabasePlan {
   /** Replicas to scale back to. */
   replicas: number;
   /** Pod-level IDs of the template before the run. */
-  currentIds: {
-    runAsUser: number | null;
-    runAsGroup: number | null;
-    fsGroup: number | null;
-    supplementalGroups: number[];
-  };
+  currentIds: PodIds & { supplementalGroups: number[] };
   jobs: (JobTarget & { name: string })[];
 }
 
@@ -47,6 +42,14 @@ export interface MigrationPlan {
   policies: RelaxationRecord;
   /** Problems that would make the databases refused after the run; non-empty stops the run. */
   preflight: string[];
+}
+
+/** The pod-level IDs of a template, as they were (null: absent). */
+export interface PodIds {
+  runAsUser: number | null;
+  runAsGroup: number | null;
+  fsGroup: number | null;
+  supplementalGroups: number[] | null;
 }
 
 /** Thrown when the cluster does not hold what the input names; nothing is changed. */

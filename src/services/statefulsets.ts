@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { PatchStrategy, type V1PodSecurityContext, type V1StatefulSet } from '@kubernetes/client-node';
 import type { Kube } from '../cluster/kube.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
-import { OriginalReplicasAnnotation, type PlatformPlan } from '../core/plan.js';
+import { OriginalReplicasAnnotation, type PlatformPlan, type PodIds } from '../core/plan.js';
 import type { WaitLimit } from './step.js';
 import { getPath, waitUntil } from './workloads.js';
 
@@ -22,13 +22,8 @@ export interface StatefulSetsDeps {
   helm?: string;
 }
 
-/** The pod-level IDs of a template, as they were (null: absent). */
-export interface PodIds {
-  runAsUser: number | null;
-  runAsGroup: number | null;
-  fsGroup: number | null;
-  supplementalGroups: number[] | null;
-}
+/** The pod-level IDs of a template (src/core/plan.ts). */
+export type { PodIds };
 
 /** Which StatefulSets of a namespace should run as uid:gid. */
 export interface IdsCheck {

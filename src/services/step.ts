@@ -101,34 +101,3 @@ export function deadlineOf(limit: Partial<WaitLimit>, defaultSeconds?: number): 
     );
   return Date.now() + seconds * 1000;
 }
-
-/** What {@link pollUntil} waits for. */
-export interface PollOptions<T> {
-  /** Reads the state; returns the result when done, undefined to poll again. */
-  check: () => Promise<T | undefined>;
-  /** Pause between checks, in milliseconds. */
-  everyMs: number;
-  /** Epoch milliseconds after which the wait fails. */
-  until: number;
-  /** What the wait is for, in the failure and the progress. */
-  what: string;
-  /** Progress details after each check that found nothing yet. */
-  progress?: () => unknown;
-}
-
-/**
- * Polls until `check` returns a result, reporting progress and honouring cancellation.
- *
- * @throws `WaitTimedOut` (non-retryable) when `until` passes first.
- */
-export async function pollUntil<T>(o: PollOptions<T>): Promise<T> {
-  for (;;) {
-    throwIfCancelled();
-    const v = await unlessCancelled(o.check());
-    if (v !== undefined) return v;
-    if (Date.now() >= o.until)
-      throw TypedFailure.nonRetryable(`timed out waiting for ${o.what}`, FailureType.WaitTimedOut);
-    progress(o.progress ? o.progress() : { waitingFor: o.what });
-    await pause(Math.max(1, Math.min(o.everyMs, o.until - Date.now())));
-  }
-}

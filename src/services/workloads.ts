@@ -19,9 +19,8 @@ export function getPath(obj: unknown, path: string): unknown {
  * Polls `check` every `everyMs` until it answers or `limit` passes, reporting progress. A
  * cancellation of the step ends the wait at once, mid-sleep or mid-call.
  *
- * Unlike `pollUntil` (./step.ts) the timeout names the deadline, and is retryable when the limit was
- * only `timeoutSeconds`: a retry gets a fresh attempt's time, while past an absolute deadline a
- * retry cannot help.
+ * The timeout names the deadline, and is retryable when the limit was only `timeoutSeconds`: a
+ * retry gets a fresh attempt's time, while past an absolute deadline a retry cannot help.
  *
  * @throws `WaitTimedOut` when the limit passes first; `InvalidWaitLimit` for an unusable limit.
  */

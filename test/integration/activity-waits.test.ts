@@ -4,13 +4,13 @@
  * activity's CancelledFailure); and an absolute deadline wins over `timeoutSeconds`, so a retried
  * step does not restart its own clock.
  */
+import { typedFailureOf } from '../support/failures.js';
 import { BatchV1Api } from '@kubernetes/client-node';
 import { CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { activitiesOf } from '../../src/activities/adapter.js';
 import { Kube } from '../../src/cluster/kube.js';
-import { TypedFailure } from '../../src/core/failures.js';
 import { OwnershipJobs, type JobRef } from '../../src/services/ownership-jobs.js';
 import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 
@@ -23,16 +23,6 @@ const activities = activitiesOf(ownershipJobs, ['waitForJobs', 'waitForPodsAdmit
 const namespace = uniqueName('waits');
 let cleanup: () => Promise<void>;
 let job: JobRef;
-
-/** The typed failure a promise rejects with; throws when it resolves or fails otherwise. */
-async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
-  const err = await p.then(
-    () => new Error('expected a failure'),
-    (e: unknown) => e,
-  );
-  if (err instanceof TypedFailure) return err;
-  throw err;
-}
 
 /** Runs `fn` as an activity, cancels it after `afterMs`; returns its error and how long it took to end. */
 async function cancelled(fn: () => Promise<unknown>, afterMs = 300): Promise<{ error: unknown; ms: number }> {
@@ -94,7 +84,7 @@ describe('an absolute deadline wins over timeoutSeconds', () => {
 
   it('waitForJobs past its deadline fails at once, not retryable', async () => {
     const started = Date.now();
-    const f = await failureOf(
+    const f = await typedFailureOf(
       ownershipJobs.waitForJobs({
         namespace,
         jobs: [job],
@@ -123,7 +113,7 @@ describe('an absolute deadline wins over timeoutSeconds', () => {
   });
 
   it('a deadline that is not a time is refused, not retryable', async () => {
-    const f = await failureOf(
+    const f = await typedFailureOf(
       ownershipJobs.waitForJobs({ namespace, jobs: [job], uid: 5000, gid: 5000, deadline: 'tomorrow' }),
     );
     expect(f.type).toBe('InvalidWaitLimit');

@@ -4,6 +4,7 @@
  * earlier run that is never taken for this run's work; a Job that completes without a summary
  * (on a kwok node) that is not a success; a claim mounted twice with subPaths, changed only there.
  */
+import { typedFailureOf } from '../support/failures.js';
 import { OwnershipScript } from '../../src/services/ownership-script.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,7 +13,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMigrationInput, type MigrationInputRaw } from '../../src/core/input.js';
 import { buildOwnershipJob, ownershipJobName, parseJobSummary, type JobTarget } from '../../src/core/job.js';
 import { Kube } from '../../src/cluster/kube.js';
-import { TypedFailure } from '../../src/core/failures.js';
 import { OwnershipJobs } from '../../src/services/ownership-jobs.js';
 import { Planner } from '../../src/services/planner.js';
 import { PolicyGuard } from '../../src/services/policy-guard.js';
@@ -55,16 +55,6 @@ const target = (statefulSet: string, ordinal: number, claimName: string): JobTar
   image: 'postgres:15',
   volumes: [{ volume: 'data', claimName, mountPath: '/var/lib/postgresql' }],
 });
-
-/** The typed failure a promise rejects with; throws when it resolves or fails otherwise. */
-async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
-  const err = await p.then(
-    () => new Error('expected a failure'),
-    (e: unknown) => e,
-  );
-  if (err instanceof TypedFailure) return err;
-  throw err;
-}
 
 beforeAll(async () => {
   cleanups.push(await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'baseline' }));
@@ -186,7 +176,7 @@ describe('Job identity: a run counts only its own Jobs', () => {
     const t = target('pending', 0, 'data-pending-0');
     const [ref] = await ownershipJobs.createOwnershipJobs({ run: nowhere, targets: [t], owner: earlier });
 
-    const f = await failureOf(
+    const f = await typedFailureOf(
       ownershipJobs.createOwnershipJobs({
         run: { ...nowhere, uid: 6000, gid: 6000 },
         targets: [t],
@@ -201,7 +191,7 @@ describe('Job identity: a run counts only its own Jobs', () => {
     // the same run to other IDs is refused as well; the Job is untouched
     expect(
       (
-        await failureOf(
+        await typedFailureOf(
           ownershipJobs.createOwnershipJobs({
             run: { ...nowhere, uid: 6000, gid: 6000 },
             targets: [t],

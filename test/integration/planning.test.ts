@@ -3,6 +3,7 @@
  * every claim of every replica, and preflight refuses IDs the restored policies would refuse —
  * each with a clear message, nothing changed.
  */
+import { typedFailureOf } from '../support/failures.js';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -11,7 +12,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMigrationInput, type MigrationInputRaw } from '../../src/core/input.js';
 import { ownershipJobName } from '../../src/core/job.js';
 import { Kube } from '../../src/cluster/kube.js';
-import { TypedFailure } from '../../src/core/failures.js';
 import { Planner } from '../../src/services/planner.js';
 import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { removeFixture, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
@@ -47,16 +47,6 @@ async function local(): Promise<unknown> {
     .filter(([, spec]) => JSON.stringify(spec).includes(`"${namespace}"`))
     .map(([name]) => name);
   return { ...s, policies: { ...s.policies, constraints: mentions } };
-}
-
-/** The typed failure a promise rejects with; throws when it resolves or fails otherwise. */
-async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
-  const err = await p.then(
-    () => new Error('expected a failure'),
-    (e: unknown) => e,
-  );
-  if (err instanceof TypedFailure) return err;
-  throw err;
 }
 
 const plan = (raw: Partial<MigrationInputRaw>) =>
@@ -183,7 +173,7 @@ describe('planMigration on the test bed', () => {
   ];
   for (const [what, raw, message] of missing) {
     it(`names what is missing (${what}): PlanningFailed, not retryable`, async () => {
-      const f = await failureOf(plan(raw));
+      const f = await typedFailureOf(plan(raw));
       expect(f.type).toBe('PlanningFailed');
       expect(f.retryable).toBe(false);
       expect(f.message).toMatch(message);
@@ -206,7 +196,7 @@ describe('planMigration on the test bed', () => {
         ),
       60_000,
     );
-    const f = await failureOf(plan({}));
+    const f = await typedFailureOf(plan({}));
     expect(f.type).toBe('PlanningFailed');
     expect(f.message).toMatch(
       /replica 1 of StatefulSet timescale has no PersistentVolumeClaim timescale-ha-wal-timescale-1/,
@@ -214,7 +204,7 @@ describe('planMigration on the test bed', () => {
   });
 
   it('names a namespace that does not exist', async () => {
-    const f = await failureOf(
+    const f = await typedFailureOf(
       planner.planMigration({
         run: parseMigrationInput({ namespace: 'no-such-ns', uid: 5000, gid: 5000 }),
         owner,

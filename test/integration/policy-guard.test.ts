@@ -6,6 +6,7 @@
  * nothing; and nothing a tenant can write to its namespace (the relaxation annotation) makes
  * the guard change anything but what the run's own or the protected record says.
  */
+import { typedFailureOf } from '../support/failures.js';
 import {
   ApiextensionsV1Api,
   CoreV1Api,
@@ -18,7 +19,6 @@ import {
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kube } from '../../src/cluster/kube.js';
-import { TypedFailure } from '../../src/core/failures.js';
 import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/core/policy.js';
 import { recordConfigMapName } from '../../src/core/records.js';
 import { connectClient } from '../../src/app/worker.js';
@@ -47,17 +47,6 @@ const guard = (kube = new Kube(kc), constraintGroup?: string, recordsNamespace?:
     ...(constraintGroup ? { constraintGroup } : {}),
     ...(recordsNamespace ? { recordsNamespace } : {}),
   });
-
-/** The typed failure a guard call rejects with; throws when it resolves or fails otherwise. */
-async function failureOf(p: Promise<unknown>): Promise<TypedFailure> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof TypedFailure) return err;
-    throw err;
-  }
-  throw new Error('expected a failure');
-}
 
 // Runs that stay open, so that no sweeper on the shared bed takes these relaxations for orphans.
 let owner: RunRef;
@@ -441,7 +430,7 @@ describe('a namespace deleted during the window', () => {
 
 describe('bad input changes nothing', () => {
   it('an unknown namespace: KubeNotFound, not retryable, naming it', async () => {
-    const f = await failureOf(guard().relaxPolicies({ namespace: 'no-such-namespace', owner }));
+    const f = await typedFailureOf(guard().relaxPolicies({ namespace: 'no-such-namespace', owner }));
     expect(f.type).toBe('KubeNotFound');
     expect(f.retryable).toBe(false);
     expect(f.message).toContain('namespace "no-such-namespace" not found');
@@ -498,7 +487,7 @@ describe('bad input changes nothing', () => {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
     const before = await policyState(kc, ns);
 
-    const f = await failureOf(guard(new Kube(kc), group).relaxPolicies({ namespace: ns, owner }));
+    const f = await typedFailureOf(guard(new Kube(kc), group).relaxPolicies({ namespace: ns, owner }));
     expect(f.type).toBe('MalformedConstraint');
     expect(f.retryable).toBe(false);
     expect(f.message).toMatch(
@@ -548,7 +537,7 @@ describe('bad input changes nothing', () => {
     });
     const before = await policyState(kc, ns);
 
-    const f = await failureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
+    const f = await typedFailureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
     expect(f.type).toBe('KubeForbidden');
     expect(f.retryable).toBe(false);
     // the protected record is read first: without rights on it, nothing is even looked at
@@ -579,7 +568,7 @@ describe('bad input changes nothing', () => {
     const g = await waitFor(
       'records Role in force',
       async () => {
-        const again = await failureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
+        const again = await typedFailureOf(guard(new Kube(limited)).relaxPolicies({ namespace: ns, owner }));
         return again.message.includes('ConfigMap') ? undefined : again;
       },
       30_000,
@@ -593,7 +582,7 @@ describe('bad input changes nothing', () => {
   it('a records namespace that does not exist: RecordsNamespaceMissing, nothing changed', async () => {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
     const before = await policyState(kc, ns);
-    const f = await failureOf(
+    const f = await typedFailureOf(
       guard(new Kube(kc), undefined, 'no-such-records').relaxPolicies({ namespace: ns, owner }),
     );
     expect(f.type).toBe('RecordsNamespaceMissing');
@@ -607,7 +596,7 @@ describe('bad input changes nothing', () => {
     const g = guard();
     await g.relaxPolicies({ namespace: ns, owner });
     const during = await policyState(kc, ns);
-    const f = await failureOf(g.relaxPolicies({ namespace: ns, owner: otherOwner }));
+    const f = await typedFailureOf(g.relaxPolicies({ namespace: ns, owner: otherOwner }));
     expect(f.type).toBe('RelaxedByAnotherRun');
     expect(f.message).toContain(`runas-migrate restore --namespace ${ns}`);
     expect(await policyState(kc, ns)).toEqual(during);
@@ -753,7 +742,7 @@ describe('trust nothing a tenant can write: the annotation is a beacon, not an a
       );
       expect(report.alarms).toEqual([report.refused]);
 
-      const f = await failureOf(g.relaxPolicies({ namespace: tenant, owner }));
+      const f = await typedFailureOf(g.relaxPolicies({ namespace: tenant, owner }));
       expect(f.type).toBe('UnverifiedRelaxationRecord');
       expect(f.retryable).toBe(false);
 
