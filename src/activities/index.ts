@@ -5,6 +5,9 @@
  */
 import type { Client } from '@temporalio/client';
 import type { Kube } from '../cluster/kube.js';
+import { defaultGuardrails, type GuardrailsInForce } from '../core/guardrails.js';
+import { recordsNamespaceOf } from '../core/records.js';
+import { GuardrailCheck } from '../services/guardrails.js';
 import { NamespaceLock } from '../services/namespace-lock.js';
 import { OwnershipJobs } from '../services/ownership-jobs.js';
 import { Planner } from '../services/planner.js';
@@ -22,6 +25,8 @@ export interface ActivityDeps {
   recordsNamespace?: string;
   /** Temporal namespace the worker serves. */
   temporalNamespace?: string;
+  /** The guardrails the worker loaded. @default the defaults, the records namespace denied */
+  guardrails?: GuardrailsInForce;
 }
 
 /** The services behind the activities, built once per worker. */
@@ -34,10 +39,17 @@ export function createServices(deps: ActivityDeps) {
     temporalNamespace: deps.temporalNamespace,
   });
   const runs = new RunRegistry({ client: deps.client });
+  const inForce = deps.guardrails ?? {
+    guardrails: defaultGuardrails(),
+    source: 'defaults',
+    version: 'defaults',
+    workerNamespace: recordsNamespaceOf(deps.recordsNamespace),
+  };
   return {
     policyGuard,
     runs,
     lock: new NamespaceLock({ kube, runs, log }),
+    guardrails: new GuardrailCheck({ kube, inForce }),
     planner: new Planner({ kube, policyGuard, log }),
     statefulSets: new StatefulSets({ kube, log }),
     ownershipJobs: new OwnershipJobs({ kube, log }),
@@ -56,6 +68,7 @@ export function createActivities(deps: ActivityDeps) {
       'describeRelaxation',
     ]),
     ...activitiesOf(s.runs, ['isRunOpen']),
+    ...activitiesOf(s.guardrails, ['checkGuardrails']),
     ...activitiesOf(s.lock, ['acquireNamespaceLock', 'releaseNamespaceLock']),
     ...activitiesOf(s.planner, ['planMigration']),
     ...activitiesOf(s.statefulSets, [

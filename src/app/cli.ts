@@ -4,7 +4,7 @@
 import { Command, Option } from 'commander';
 import { PolicyGuard, type RestoreReport } from '../services/policy-guard.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
-import { RecordsNamespaceEnv } from '../core/records.js';
+import { RecordsNamespaceEnv, recordsNamespaceOf } from '../core/records.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
 import { ApplicationFailure } from '@temporalio/common';
 import { DefaultLogger, Runtime, type LogLevel } from '@temporalio/worker';
@@ -12,8 +12,11 @@ import { WorkflowFailedError, WorkflowNotFoundError, type Client } from '@tempor
 import { Planner } from '../services/planner.js';
 import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
 import { reasonOf } from '../core/failure-reason.js';
-import { InvalidInputError, parseMigrationInput } from '../core/input.js';
+import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
 import { TaskQueue } from '../core/names.js';
+import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
+import { FailureType, TypedFailure } from '../core/failures.js';
+import { GuardrailCheck, loadGuardrails } from '../services/guardrails.js';
 import {
   followRun,
   queryStatus,
@@ -25,7 +28,7 @@ import {
   webUiLink,
   workflowIdOf,
 } from './runs.js';
-import { renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
+import { renderGuardrails, renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
 
 // The worker's own logs stay at warnings; the CLI says what matters.
 Runtime.install({
@@ -191,11 +194,16 @@ recordsOption(
         .description(
           'run a worker on the runas-migrate task queue (and create the sweeper Schedule if missing)',
         )
-        .option('--task-queue <name>', 'task queue', TaskQueue),
+        .option('--task-queue <name>', 'task queue', TaskQueue)
+        .option(
+          '--guardrails <file>',
+          `guardrails file (YAML); default $${GuardrailsFileEnv}, else the ConfigMap ${GuardrailsConfigMap.name} in the worker's namespace, else the defaults`,
+        ),
     ),
   ),
 ).action(
   async (opts: {
+    guardrails?: string;
     taskQueue: string;
     kubeconfig?: string;
     address?: string;
@@ -208,6 +216,7 @@ recordsOption(
       taskQueue: opts.taskQueue,
       kubeconfig: opts.kubeconfig,
       recordsNamespace: opts.recordsNamespace,
+      guardrailsFile: opts.guardrails,
     });
     process.stderr.write(
       `[runas-migrate] worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}\n`,
@@ -281,23 +290,73 @@ function statusPrinter(workflowId: string): (s: Parameters<typeof renderStatus>[
   };
 }
 
-kubeOption(
-  inputOptions(
-    program.command('plan').description('discover and print what a run would do; changes nothing'),
-  ),
-).action(async (flags: InputFlags & { kubeconfig?: string }) => {
-  const input = parseMigrationInput(rawInput(flags));
-  const kube = Kube.fromKubeconfig(flags.kubeconfig);
-  const planner = new Planner({ kube, policyGuard: new PolicyGuard({ kube }) });
-  const plan = await planner.planMigration({ run: input, owner: { workflowId: 'plan', runId: 'plan' } });
-  process.stdout.write(renderPlan(plan) + '\n');
-  if (input.job.image)
+/**
+ * Prints the guardrails that apply to `input` and whether they refuse it (returns true then).
+ * An identity that may not read the worker's ConfigMap is told so; the worker enforces them anyway.
+ */
+async function showGuardrails(
+  kube: Kube,
+  input: MigrationInput,
+  flags: { guardrails?: string; recordsNamespace?: string },
+): Promise<boolean> {
+  let inForce;
+  try {
+    inForce = await loadGuardrails({
+      kube,
+      workerNamespace: recordsNamespaceOf(flags.recordsNamespace),
+      file: flags.guardrails,
+    });
+  } catch (err) {
+    if (!isKubeError(err, FailureType.KubeForbidden)) throw err;
     process.stdout.write(
-      `Job image: ${input.job.image} (asked for in job.image instead of each StatefulSet's own image; it runs as root with DAC_OVERRIDE over the database volumes)\n`,
+      `Guardrails: not readable with this kubeconfig (${err.message.split('. Fix')[0]}): the worker checks them at start; pass --guardrails FILE to see them here\n`,
     );
-  process.stdout.write(`If the run stops after its Jobs started: ${input.recovery}\n`);
-  if (plan.preflight.length) process.exitCode = 3;
-});
+    return false;
+  }
+  const refusals = await new GuardrailCheck({ kube, inForce }).checkGuardrails({ run: input }).then(
+    () => [],
+    (err: unknown) => {
+      if (err instanceof TypedFailure && err.type === FailureType.GuardrailRefused)
+        return (err.details[0] as { violations: string[] }).violations;
+      throw err;
+    },
+  );
+  process.stdout.write(renderGuardrails(inForce, refusals) + '\n');
+  return refusals.length > 0;
+}
+
+recordsOption(
+  kubeOption(
+    inputOptions(
+      program
+        .command('plan')
+        .description('discover and print what a run would do, and the guardrails that apply; changes nothing')
+        .addOption(
+          new Option('--guardrails <file>', "the worker's guardrails file, if it has one").env(
+            GuardrailsFileEnv,
+          ),
+        ),
+    ),
+  ),
+).action(
+  async (flags: InputFlags & { kubeconfig?: string; guardrails?: string; recordsNamespace?: string }) => {
+    const input = parseMigrationInput(rawInput(flags));
+    const kube = Kube.fromKubeconfig(flags.kubeconfig);
+    if (await showGuardrails(kube, input, flags)) {
+      process.exitCode = 3;
+      return;
+    }
+    const planner = new Planner({ kube, policyGuard: new PolicyGuard({ kube }) });
+    const plan = await planner.planMigration({ run: input, owner: { workflowId: 'plan', runId: 'plan' } });
+    process.stdout.write(renderPlan(plan) + '\n');
+    if (input.job.image)
+      process.stdout.write(
+        `Job image: ${input.job.image} (asked for in job.image instead of each StatefulSet's own image; it runs as root with DAC_OVERRIDE over the database volumes)\n`,
+      );
+    process.stdout.write(`If the run stops after its Jobs started: ${input.recovery}\n`);
+    if (plan.preflight.length) process.exitCode = 3;
+  },
+);
 
 temporalOptions(
   inputOptions(

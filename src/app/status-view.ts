@@ -1,10 +1,38 @@
 /**
  * Renders a run's status (the `status` query) and a plan for a terminal, with cli-table3.
  */
+import { AlwaysDeniedNamespaces, type GuardrailsInForce } from '../core/guardrails.js';
 import CliTable from 'cli-table3';
 import type { MigrationReport, MigrationStatus } from '../workflows/messages.js';
 import type { MigrationPlan } from '../core/plan.js';
 import type { RunProgress } from './runs.js';
+
+/** The guardrails in force and what a run asks beyond them. */
+export function renderGuardrails(inForce: GuardrailsInForce, refusals: readonly string[]): string {
+  const g = inForce.guardrails;
+  const t = new Table({ head: ['guardrail', 'value'] });
+  t.push(
+    ['namespaces.allow', g.namespaces.allow?.join(', ') ?? 'any not denied'],
+    ['namespaces.selector', g.namespaces.selector ?? '-'],
+    [
+      'namespaces denied',
+      [
+        ...AlwaysDeniedNamespaces,
+        g.namespaces.gatekeeper,
+        inForce.workerNamespace,
+        ...g.namespaces.deny,
+      ].join(', '),
+    ],
+    ['maxWindow', g.maxWindow],
+    ['maxApprovalWait', g.maxApprovalWait],
+    ['maxPodSecurity', g.maxPodSecurity],
+    ['jobImages', g.jobImages.join(', ') || "none: each StatefulSet's own image"],
+    ['requiredGates', g.requiredGates.join(', ') || 'none'],
+  );
+  const lines = [`Guardrails from ${inForce.source} (${inForce.version}):`, t.toString()];
+  if (refusals.length) lines.push('REFUSED by the guardrails:', ...refusals.map((r) => `  - ${r}`));
+  return lines.join('\n');
+}
 
 /** A table, colourless unless stdout is a terminal. */
 class Table extends CliTable {
@@ -122,7 +150,11 @@ export function renderProgress(p: RunProgress): string {
 
 /** The final report of a run. */
 export function renderReport(r: MigrationReport): string {
-  if (r.dryRun) return `dry run of ${r.namespace}: nothing was changed\n${renderPlan(r.plan)}`;
+  const guardrails = r.guardrails
+    ? `guardrails: ${r.guardrails.source} (${r.guardrails.version})`
+    : 'guardrails: none recorded (a run from before guardrails)';
+  if (r.dryRun) return `dry run of ${r.namespace}: nothing was changed\n${renderPlan(r.plan)}\n${guardrails}`;
+  if (r.nothingToDo) return `${r.nothingToDo}\n${guardrails}`;
   const volumes = new Table({ head: ['Job', 'volume', 'scanned', 'changed'] });
   for (const v of r.volumes)
     volumes.push([
@@ -135,6 +167,7 @@ export function renderReport(r: MigrationReport): string {
     `namespace ${r.namespace} now owned by ${r.uid}:${r.gid} (${r.startedAt} → ${r.finishedAt})`,
     volumes.toString(),
     `policies relaxed for ${r.windowSeconds.toFixed(1)} s in ${r.windows.length} window(s)`,
-    `approvals: ${r.approvals.map((a) => `${a.gate}=${a.state}${a.by ? ` by ${a.by} at ${a.at}` : ''}`).join(', ')}`,
+    `approvals (who, as the approver named themselves): ${r.approvals.map((a) => `${a.gate}=${a.state}${a.by ? ` by ${a.by} at ${a.at}` : ''}`).join(', ')}`,
+    guardrails,
   ].join('\n');
 }

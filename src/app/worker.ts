@@ -2,6 +2,8 @@
  * The runas-migrate worker: registers every workflow and activity on the task queue, and
  * makes sure the sweeper's Schedule exists.
  */
+import { GuardrailsFileEnv } from '../core/guardrails.js';
+import { loadGuardrails } from '../services/guardrails.js';
 import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerInterceptors } from '@temporalio/worker';
 import { createActivities } from '../activities/index.js';
@@ -26,6 +28,11 @@ export interface WorkerOptions {
    * write. @default $RUNAS_MIGRATE_RECORDS_NAMESPACE, else "runas-migrate"
    */
   recordsNamespace?: string;
+  /**
+   * A guardrails file (YAML): wins over the ConfigMap `runas-migrate-guardrails` in the worker's
+   * namespace. @default $RUNAS_MIGRATE_GUARDRAILS
+   */
+  guardrailsFile?: string;
   /** Interval of the sweeper Schedule. @default "1 minute" */
   sweepEvery?: string;
   log?: (message: string) => void;
@@ -104,10 +111,17 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
   const target = temporalTarget(opts);
   const taskQueue = opts.taskQueue ?? TaskQueue;
   const log = opts.log ?? ((m: string) => process.stderr.write(`[runas-migrate] ${m}\n`));
-  const client = await connectClient(target);
-  const connection = await NativeConnection.connect({ address: target.address });
   const kube = Kube.fromKubeconfig(opts.kubeconfig ?? process.env.KUBECONFIG);
   const recordsNamespace = recordsNamespaceOf(opts.recordsNamespace);
+  // Before anything else: a worker that cannot read its guardrails must not run with the defaults.
+  const guardrails = await loadGuardrails({
+    kube,
+    workerNamespace: recordsNamespace,
+    file: opts.guardrailsFile ?? process.env[GuardrailsFileEnv],
+  });
+  log(`guardrails from ${guardrails.source} (${guardrails.version})`);
+  const client = await connectClient(target);
+  const connection = await NativeConnection.connect({ address: target.address });
   await kube.readNamespace(recordsNamespace).catch((err: unknown) => {
     // Not fatal here: a run says so before it changes anything.
     if (isKubeError(err, FailureType.KubeNotFound))
@@ -129,6 +143,7 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
       log,
       recordsNamespace,
       temporalNamespace: target.namespace,
+      guardrails,
     }),
     ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
     ...(opts.stickyQueueScheduleToStartTimeout

@@ -14,6 +14,10 @@ export const FailureType = {
   PlanChanged: 'PlanChanged',
   /** Another open run holds the namespace's lock. */
   NamespaceLocked: 'NamespaceLocked',
+  /** The run asks for more than the worker's guardrails allow. */
+  GuardrailRefused: 'GuardrailRefused',
+  /** The worker's guardrails file or ConfigMap does not validate. */
+  InvalidGuardrails: 'InvalidGuardrails',
 
   // Gates
   ApprovalTimedOut: 'ApprovalTimedOut',

@@ -108,7 +108,12 @@ export const MigrationInputSchema = z
       .array(database)
       .min(1, 'databases, when given, must list at least one StatefulSet')
       .optional(),
-    approvals: z.array(z.enum([Gate.Plan, Gate.Relax])).default([Gate.Plan, Gate.Relax]),
+    approvals: z
+      .array(z.enum([Gate.Plan, Gate.Relax]))
+      .refine((a) => new Set(a).size === a.length, {
+        error: 'lists a gate more than once: name each gate once, e.g. ["plan", "relax"]',
+      })
+      .default([Gate.Plan, Gate.Relax]),
     approvalTimeout: duration('approvalTimeout').default('24h'),
     /**
      * How long a step may go without a sign of life from its worker before Temporal runs it

@@ -1,6 +1,7 @@
 /**
  * The public messages of `migrateOwnership`: its phases, signals, query and status.
  */
+import type { GuardrailsInForce } from '../core/guardrails.js';
 import * as wf from '@temporalio/workflow';
 import type { AdmissionEvidence } from '../services/ownership-jobs.js';
 import type { RestoreReport } from '../services/policy-guard.js';
@@ -171,6 +172,8 @@ export interface MigrationStatus {
   leftToDo: string[];
   /** Tampering with the relaxation record that a restore found (it restored from the run's copy). */
   alarms: string[];
+  /** The worker's guardrails the run was checked against: what was allowed, from which file or ConfigMap. */
+  guardrails: GuardrailsInForce | null;
 }
 
 /** `temporal workflow query --type status` */
@@ -193,6 +196,10 @@ export interface MigrationReport {
   endState: EndState;
   /** Tampering with the relaxation record found during the run. */
   alarms: string[];
+  /** The guardrails the run was checked against (null: a run from before guardrails). */
+  guardrails: GuardrailsInForce | null;
+  /** Why the run changed nothing although it succeeded (e.g. the target already runs as the IDs). */
+  nothingToDo: string | null;
   startedAt: string;
   finishedAt: string;
 }

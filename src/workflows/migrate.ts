@@ -19,10 +19,9 @@ import {
   type MigrationInput,
 } from '../core/input.js';
 import { planChanges } from '../core/plan-changes.js';
-import type { DatabasePlan, MigrationPlan } from '../core/plan.js';
+import type { DatabasePlan, MigrationPlan, PodIds } from '../core/plan.js';
 import type { RunRef } from '../core/policy.js';
 import type { JobRef } from '../services/ownership-jobs.js';
-import type { PodIds } from '../services/statefulsets.js';
 import { EndState, Phase, type JobStatus, type MigrationReport } from './messages.js';
 import { runOwnershipJobs } from './ownership-rounds.js';
 import { PolicyWindow } from './policy-window.js';
@@ -43,6 +42,24 @@ export interface RunProgress {
   refs: JobRef[] | null;
   /** Every file under the planned volumes carries the new IDs (every forward Job succeeded). */
   filesNew: boolean;
+}
+
+/** Changes to the workflow's commands, for runs started before them (`wf.patched`). */
+const Patch = {
+  /** The guardrails check before the lock. */
+  Guardrails: 'guardrails',
+} as const;
+
+/** Awaits a step; a refusal of `type` fails the run as that refusal, not as "activity task failed". */
+async function refusedAs<T>(type: FailureType, step: Promise<T>): Promise<T> {
+  try {
+    return await step;
+  } catch (err) {
+    const root = err instanceof ActivityFailure ? err.cause : undefined;
+    if (root instanceof ApplicationFailure && root.type === type)
+      throw ApplicationFailure.nonRetryable(root.message, type, ...(root.details ?? []));
+    throw err;
+  }
 }
 
 /** The IDs a database's template ran as before the run. */
@@ -78,6 +95,8 @@ export class Migration {
   };
   plan!: MigrationPlan;
   readonly verification: string[] = [];
+  /** Why the run had nothing to do, when it had nothing to do. */
+  private nothingToDo: string | null = null;
 
   constructor(
     readonly state: RunState,
@@ -108,9 +127,10 @@ export class Migration {
 
   private async procedure(): Promise<void> {
     const { input } = this;
+    if (wf.patched(Patch.Guardrails)) await this.checkGuardrails();
     if (!input.dryRun) await this.lock();
     await this.planAndCheck();
-    if (input.dryRun) return;
+    if (input.dryRun || this.alreadyThere()) return;
     await this.state.gate('plan', this.planGateText(), this.ms(input.approvalTimeout), input.approvalTimeout);
     // Scaled to 0 before the template changes: a rolling update would otherwise start each
     // database with the new IDs on files that still belong to the old ones.
@@ -130,21 +150,37 @@ export class Migration {
     await this.verify();
   }
 
+  /** The worker's guardrails, before anything changes: refused runs end here. */
+  private async checkGuardrails(): Promise<void> {
+    this.state.status.guardrails = await refusedAs(
+      FailureType.GuardrailRefused,
+      act(this.stubs.steps.checkGuardrails, `check ${this.namespace} against the worker's guardrails`, {
+        run: this.input,
+      }),
+    );
+  }
+
   private async lock(): Promise<void> {
     const { namespace, owner } = this;
-    try {
-      await act(this.stubs.steps.acquireNamespaceLock, `lock namespace ${namespace} for this run`, {
+    await refusedAs(
+      FailureType.NamespaceLocked,
+      act(this.stubs.steps.acquireNamespaceLock, `lock namespace ${namespace} for this run`, {
         namespace,
         owner,
-      });
-    } catch (err) {
-      // The run fails as the lock refused it, not as "activity task failed".
-      const root = err instanceof ActivityFailure ? err.cause : undefined;
-      if (root instanceof ApplicationFailure && root.type === FailureType.NamespaceLocked)
-        throw ApplicationFailure.nonRetryable(root.message, FailureType.NamespaceLocked);
-      throw err;
-    }
+      }),
+    );
     this.progress.locked = true;
+  }
+
+  /** Whether every database already runs as the target IDs: then there is nothing to do. */
+  private alreadyThere(): boolean {
+    const { input, plan } = this;
+    const there =
+      plan.databases.length > 0 &&
+      plan.databases.every((d) => idsOf(d).uid === input.uid && idsOf(d).gid === input.gid);
+    if (there)
+      this.nothingToDo = `every StatefulSet of ${this.namespace} already runs as ${input.uid}:${input.gid}: nothing to do`;
+    return there;
   }
 
   private async unlock(): Promise<void> {
@@ -417,8 +453,9 @@ export class Migration {
   private report(): MigrationReport {
     const { input, state } = this;
     const status = state.status;
-    state.setPhase(Phase.Completed);
-    status.endState = EndState.Completed;
+    state.setPhase(Phase.Completed, this.nothingToDo ?? undefined);
+    const endState = this.nothingToDo ? EndState.Unchanged : EndState.Completed;
+    status.endState = endState;
     const windowSeconds = status.windows.reduce(
       (s, w) => s + (w.closedAt ? (Date.parse(w.closedAt) - Date.parse(w.openedAt)) / 1000 : 0),
       0,
@@ -441,8 +478,10 @@ export class Migration {
       windowSeconds,
       approvals: status.gates,
       verification: this.verification,
-      endState: EndState.Completed,
+      endState,
       alarms: status.alarms,
+      guardrails: status.guardrails,
+      nothingToDo: this.nothingToDo,
       startedAt: status.startedAt,
       finishedAt: nowIso(),
     };

@@ -51,6 +51,7 @@ export class RunState {
     endState: null,
     leftToDo: [],
     alarms: [],
+    guardrails: null,
   };
   /** Why the run was aborted; undefined while it was not. */
   abortReason: string | undefined;

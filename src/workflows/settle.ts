@@ -7,9 +7,8 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../core/failures.js';
 import { Recovery } from '../core/input.js';
-import type { DatabasePlan } from '../core/plan.js';
+import type { DatabasePlan, PodIds } from '../core/plan.js';
 import type { JobRef } from '../services/ownership-jobs.js';
-import type { PodIds } from '../services/statefulsets.js';
 import { EndState } from './messages.js';
 import { idsOf, jobStatuses, type Migration } from './migrate.js';
 import { runOwnershipJobs } from './ownership-rounds.js';

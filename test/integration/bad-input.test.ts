@@ -288,6 +288,12 @@ const inputCases: InputCase[] = [
     message: [/approvalTimeout: .*must be a positive duration .*not "0s"/],
   },
   {
+    title: 'a gate listed twice',
+    cli: true,
+    input: validWith({ approvals: ['plan', 'plan'] }),
+    message: [/approvals: lists a gate more than once: name each gate once/],
+  },
+  {
     title: 'an unknown gate',
     input: validWith({ approvals: ['deploy'] }),
     message: [/approvals\.0: .*"plan"\|"relax"/],
@@ -470,6 +476,53 @@ describe.concurrent('what the input names must exist', () => {
   it('the namespace that does not exist is still not there', async () => {
     await expect(core.readNamespace({ name: absent })).rejects.toMatchObject({ code: 404 });
   });
+});
+
+/** Valid inputs that ask for more than the worker's guardrails allow (the bed's worker: the defaults). */
+const guardrailCases: [string, Partial<MigrationInputRaw>, string][] = [
+  ['a three-day window', { window: { max: '72h' } }, 'window.max 72h is longer than maxWindow 15m'],
+  ['kube-system as the target', { namespace: 'kube-system' }, 'namespace kube-system is never a target'],
+  [
+    'PSA relaxed to privileged',
+    { policies: { podSecurity: 'privileged' } },
+    'policies.podSecurity privileged relaxes more than maxPodSecurity baseline',
+  ],
+  [
+    'a Job image of its own',
+    { job: { image: 'busybox:latest' } },
+    'job.image busybox:latest is not in jobImages []',
+  ],
+  [
+    'a 30-day approval wait',
+    { approvalTimeout: '30d' },
+    'approvalTimeout 30d is longer than maxApprovalWait 24h',
+  ],
+];
+const defaultsSource =
+  'refused by the guardrails (defaults (no ConfigMap runas-migrate/runas-migrate-guardrails), version defaults)';
+
+describe.concurrent("asking for more than the worker's guardrails", () => {
+  it.each(guardrailCases)(
+    '%s: the run fails before its lock, naming the guardrail and where it is set',
+    async (_, extra, words) => {
+      const end = await unchanged(() => throughTemporal({ ...valid, dryRun: false, ...extra }));
+      expect(end).toMatchObject({ status: 'FAILED', type: 'GuardrailRefused' });
+      expect(end.messages[0]).toContain(words);
+      expect(end.messages[0]).toContain(defaultsSource);
+    },
+  );
+  it.each(guardrailCases)(
+    '%s: runas-migrate plan shows the guardrails and refuses, exit 3',
+    async (_, extra, words) => {
+      const r = await unchanged(() =>
+        runasMigrate(['plan', '--input', JSON.stringify({ ...valid, ...extra })]),
+      );
+      expect(r.code).toBe(3);
+      expect(r.stdout).toContain('Guardrails from defaults');
+      expect(r.stdout).toContain(`REFUSED by the guardrails:`);
+      expect(r.stdout).toContain(words);
+    },
+  );
 });
 
 const preflightCases: [string, Partial<MigrationInputRaw>, RegExp][] = [
@@ -725,6 +778,8 @@ describe('an identity without the rights a run needs (403)', () => {
     ]);
     const r = await unchanged(() => runasMigrate(['plan', '--input', JSON.stringify(valid)], kubeconfig));
     expect(r.code).toBe(1);
+    // The worker's guardrails are not this identity's to read: plan says so and goes on.
+    expect(r.stdout).toContain('Guardrails: not readable with this kubeconfig (forbidden to get ConfigMap');
     expect(r.stderr).toMatch(
       new RegExp(
         `forbidden to list PersistentVolumeClaims in namespace "${namespace}" \\(HTTP 403\\): .*Fix: grant the identity in the kubeconfig "list" on it`,
@@ -732,9 +787,22 @@ describe('an identity without the rights a run needs (403)', () => {
     );
   });
 
+  it('a worker that may not read its guardrails does not start, rather than run with the defaults', async () => {
+    const kubeconfig = await limitedKubeconfig('no-guardrails', [read([''], ['namespaces'])]);
+    await expect(
+      createWorker({
+        address: bed().temporal.address,
+        kubeconfig,
+        taskQueue: uniqueName('badinput-nogr'),
+        sweepEvery: '1 hour',
+        log: () => undefined,
+      }),
+    ).rejects.toThrow(/forbidden to get ConfigMap "runas-migrate\/runas-migrate-guardrails" \(HTTP 403\)/);
+  });
+
   it('a worker whose kubeconfig may only read what it plans with: the run fails at its lock, naming it, and nothing changed', async () => {
     const kubeconfig = await limitedKubeconfig('reads-everything', [
-      read([''], ['namespaces', 'persistentvolumeclaims', 'pods']),
+      read([''], ['namespaces', 'persistentvolumeclaims', 'pods', 'configmaps']),
       read(['apps'], ['statefulsets']),
       read([Gatekeeper.group], ['*']),
       read([IaxPlatform.group], ['*']),

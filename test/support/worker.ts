@@ -23,7 +23,7 @@ export interface TestWorker {
  */
 export async function startTestWorker(
   taskQueue: string,
-  extra: Pick<WorkerOptions, 'interceptors' | 'kubeconfig' | 'recordsNamespace'> = {},
+  extra: Pick<WorkerOptions, 'interceptors' | 'kubeconfig' | 'recordsNamespace' | 'guardrailsFile'> = {},
 ): Promise<TestWorker> {
   const w = await createWorker({
     address: bed().temporal.address,

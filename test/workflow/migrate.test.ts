@@ -4,6 +4,7 @@
  * in a documented state with the policies re-enforced, and the stubs model the files and the
  * template so that a database started on files it does not own fails the test.
  */
+import { defaultGuardrails } from '../../src/core/guardrails.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -206,6 +207,12 @@ async function run(s: Scenario): Promise<Outcome> {
   const jobsOf = (statefulSet: string) => Object.keys(files).filter((j) => j.includes(`-${statefulSet}-`));
   const owners = (statefulSet: string) => new Set(jobsOf(statefulSet).map((j) => files[j]));
   const activities: Partial<Record<keyof Activities, unknown>> = {
+    checkGuardrails: stub('checkGuardrails', () => ({
+      guardrails: defaultGuardrails(),
+      source: 'defaults',
+      version: 'defaults',
+      workerNamespace: 'runas-migrate',
+    })),
     acquireNamespaceLock: stub('acquireNamespaceLock', () => ({ tookOverFrom: null })),
     releaseNamespaceLock: stub('releaseNamespaceLock', () => true),
     planMigration: stub('planMigration', () =>
@@ -391,6 +398,7 @@ const untilGateWaits = async (h: WorkflowHandle, gate: string) => {
 };
 
 const forward = [
+  'checkGuardrails',
   'acquireNamespaceLock',
   'planMigration',
   'scaleDown(pgplatform)',
@@ -493,14 +501,30 @@ describe('migrateOwnership', () => {
   it('fails at the approval timeout, changing nothing but its lock', async () => {
     const { calls, error, status } = await run({ input: { approvals: ['plan'], approvalTimeout: '1h' } });
     expect(cause(error)).toMatchObject({ type: 'ApprovalTimedOut' });
-    expect(calls).toEqual(['acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
     expect(status.endState).toBe('unchanged');
   });
 
   it('refuses cleanly while another run holds the namespace', async () => {
     const { calls, error } = await run({ failAt: 'acquireNamespaceLock' });
     expect(root(error)?.message).toContain('acquireNamespaceLock failed on purpose');
-    expect(calls).toEqual(['acquireNamespaceLock']);
+    expect(calls).toEqual(['checkGuardrails', 'acquireNamespaceLock']);
+  });
+
+  it("stops at the worker's guardrails before the lock or any change", async () => {
+    const { calls, error, status } = await run({ failAt: 'checkGuardrails' });
+    expect(root(error)?.message).toContain('checkGuardrails failed on purpose');
+    expect(calls).toEqual(['checkGuardrails']);
+    expect(status.endState).toBe('unchanged');
+  });
+
+  it('reports nothing to do when every StatefulSet already runs as the target IDs', async () => {
+    const { calls, result, status } = await run({ input: { uid: 1000, gid: 1000, approvals: ['plan', 'relax'] } });
+    expect(calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(result?.endState).toBe('unchanged');
+    expect(result?.nothingToDo).toBe('every StatefulSet of itrs already runs as 1000:1000: nothing to do');
+    expect(result?.guardrails?.source).toBe('defaults');
+    expect(status.windows).toEqual([]);
   });
 
   it('stops at preflight and in a dry run before any change', async () => {
@@ -508,9 +532,9 @@ describe('migrateOwnership', () => {
       preflight: ['K8sPSPAllowedUsers/x: runAsUser 5000 is outside the allowed ranges 1000-2000'],
     });
     expect(cause(refused.error)).toMatchObject({ type: 'PreflightFailed' });
-    expect(refused.calls).toEqual(['acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(refused.calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
     const dry = await run({ input: { dryRun: true } });
-    expect(dry.calls).toEqual(['planMigration']);
+    expect(dry.calls).toEqual(['checkGuardrails', 'planMigration']);
     expect(dry.result?.dryRun).toBe(true);
   });
 
@@ -550,7 +574,7 @@ describe('migrateOwnership', () => {
 
   it('is aborted while planning: nothing to undo', async () => {
     const { calls, status } = await run({ interrupt: { during: 'planMigration', by: 'abort' } });
-    expect(calls).toEqual(['acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
     expect(status.endState).toBe('unchanged');
   });
 
