@@ -21,6 +21,8 @@ export interface DatabasePlan {
   image: string;
   /** Replicas to scale back to. */
   replicas: number;
+  /** An earlier run scaled it to 0 and left it there (its files may be partly changed). */
+  leftScaledDown?: boolean;
   /** Pod-level IDs of the template before the run. */
   currentIds: PodIds & { supplementalGroups: number[] };
   jobs: (JobTarget & { name: string })[];
@@ -146,6 +148,7 @@ export function planDatabase(
     container,
     image: c.image ?? '',
     replicas,
+    leftScaledDown: Number.isInteger(annotated) && annotated > 0,
     currentIds: {
       runAsUser: sc.runAsUser ?? null,
       runAsGroup: sc.runAsGroup ?? null,
