@@ -5,7 +5,7 @@
  */
 import type { Client } from '@temporalio/client';
 import type { Kube } from '../cluster/kube.js';
-import { defaultGuardrails, type GuardrailsInForce } from '../core/guardrails.js';
+import { defaultsInForce, type GuardrailsInForce } from '../core/guardrails.js';
 import { recordsNamespaceOf } from '../core/records.js';
 import { GuardrailCheck } from '../services/guardrails.js';
 import { NamespaceLock } from '../services/namespace-lock.js';
@@ -39,12 +39,7 @@ export function createServices(deps: ActivityDeps) {
     temporalNamespace: deps.temporalNamespace,
   });
   const runs = new RunRegistry({ client: deps.client });
-  const inForce = deps.guardrails ?? {
-    guardrails: defaultGuardrails(),
-    source: 'defaults',
-    version: 'defaults',
-    workerNamespace: recordsNamespaceOf(deps.recordsNamespace),
-  };
+  const inForce = deps.guardrails ?? defaultsInForce(recordsNamespaceOf(deps.recordsNamespace));
   return {
     policyGuard,
     runs,

@@ -74,6 +74,11 @@ export function defaultGuardrails(): Guardrails {
   return GuardrailsSchema.parse({});
 }
 
+/** The defaults as the guardrails in force of a worker in `workerNamespace`. */
+export function defaultsInForce(workerNamespace: string, source = 'defaults'): GuardrailsInForce {
+  return { guardrails: defaultGuardrails(), source, version: 'defaults', workerNamespace };
+}
+
 /** Thrown for a guardrails file or ConfigMap that does not validate: the worker does not start. */
 export class InvalidGuardrailsError extends TypedFailure {
   override readonly name = 'InvalidGuardrailsError';

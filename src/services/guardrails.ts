@@ -10,10 +10,12 @@ import type { Kube } from '../cluster/kube.js';
 import { isKubeError } from '../cluster/kube.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import {
-  defaultGuardrails,
+  defaultsInForce,
   guardrailViolations,
   GuardrailsConfigMap,
+  InvalidGuardrailsError,
   parseGuardrails,
+  type Guardrails,
   type GuardrailsInForce,
 } from '../core/guardrails.js';
 import type { MigrationInput } from '../core/input.js';
@@ -33,12 +35,27 @@ export interface GuardrailsSource {
  * @throws `InvalidGuardrails` when the file or ConfigMap does not validate: a worker must not
  * start with guardrails it cannot read.
  */
+/** Parses guardrails text (YAML or JSON) from `where`; any problem names `where`. */
+function guardrailsFrom(text: string | undefined, where: string): Guardrails {
+  if (text === undefined)
+    throw new InvalidGuardrailsError(
+      `invalid guardrails in ${where}: it has no key ${GuardrailsConfigMap.key}`,
+    );
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new InvalidGuardrailsError(`invalid guardrails in ${where}: not YAML: ${(err as Error).message}`);
+  }
+  return parseGuardrails(raw, where);
+}
+
 export async function loadGuardrails(from: GuardrailsSource): Promise<GuardrailsInForce> {
   const { workerNamespace } = from;
   if (from.file) {
     const text = readFileSync(from.file, 'utf8');
     return {
-      guardrails: parseGuardrails(parseYaml(text), `file ${from.file}`),
+      guardrails: guardrailsFrom(text, `file ${from.file}`),
       source: `file ${from.file}`,
       version: `sha256:${createHash('sha256').update(text).digest('hex').slice(0, 16)}`,
       workerNamespace,
@@ -47,37 +64,21 @@ export async function loadGuardrails(from: GuardrailsSource): Promise<Guardrails
   const where = `ConfigMap ${workerNamespace}/${GuardrailsConfigMap.name}`;
   try {
     const cm = await from.kube.readConfigMap(workerNamespace, GuardrailsConfigMap.name);
-    const text = cm.data?.[GuardrailsConfigMap.key];
-    if (text === undefined)
-      throw TypedFailure.nonRetryable(
-        `invalid guardrails in ${where}: it has no key ${GuardrailsConfigMap.key}`,
-        FailureType.InvalidGuardrails,
-      );
     return {
-      guardrails: parseGuardrails(parseYaml(text), where),
+      guardrails: guardrailsFrom(cm.data?.[GuardrailsConfigMap.key], where),
       source: where,
       version: `uid ${cm.metadata?.uid} resourceVersion ${cm.metadata?.resourceVersion}`,
       workerNamespace,
     };
   } catch (err) {
     if (!isKubeError(err, FailureType.KubeNotFound)) throw err;
-    return {
-      guardrails: defaultGuardrails(),
-      source: `defaults (no ${where})`,
-      version: 'defaults',
-      workerNamespace,
-    };
+    return defaultsInForce(workerNamespace, `defaults (no ${where})`);
   }
 }
 
 /** Checks runs against the guardrails the worker loaded. */
 export class GuardrailCheck {
   constructor(private readonly deps: { kube: Kube; inForce: GuardrailsInForce }) {}
-
-  /** The guardrails in force. */
-  get inForce(): GuardrailsInForce {
-    return this.deps.inForce;
-  }
 
   /**
    * Checks a run against the guardrails; reads only the target namespace's labels.

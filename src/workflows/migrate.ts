@@ -174,14 +174,16 @@ export class Migration {
 
   /**
    * Whether every database already runs as the target IDs: then there is nothing to do. Not when
-   * an earlier run left one scaled down: its template may be new while its files are not.
+   * one is at 0 replicas (an earlier run, or someone, left it down): its template may be new while
+   * its files are not.
    */
   private alreadyThere(): boolean {
     const { input, plan } = this;
     const there =
       plan.databases.length > 0 &&
       plan.databases.every(
-        (d) => !d.leftScaledDown && idsOf(d).uid === input.uid && idsOf(d).gid === input.gid,
+        (d) =>
+          !d.leftScaledDown && d.replicas > 0 && idsOf(d).uid === input.uid && idsOf(d).gid === input.gid,
       );
     if (there)
       this.nothingToDo = `every StatefulSet of ${this.namespace} already runs as ${input.uid}:${input.gid}: nothing to do`;

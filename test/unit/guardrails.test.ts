@@ -1,4 +1,8 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { loadGuardrails } from '../../src/services/guardrails.js';
 import {
   defaultGuardrails,
   guardrailViolations,
@@ -106,6 +110,14 @@ describe('guardrails', () => {
     );
     expect(() => parseGuardrails({ requiredGates: ['deploy'] }, 'file g.yaml')).toThrow(/requiredGates\.0/);
     expect(() => parseGuardrails({ windowMax: '1h' }, 'file g.yaml')).toThrow(/windowMax/);
+  });
+
+  it('names the file when it is not YAML at all', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'g-')), 'g.yaml');
+    writeFileSync(file, 'maxWindow: [15m\n');
+    await expect(loadGuardrails({ kube: undefined as never, workerNamespace: 'w', file })).rejects.toThrow(
+      new RegExp(`invalid guardrails in file ${file}: not YAML`),
+    );
   });
 
   it('refuses an input that lists a gate twice', () => {

@@ -4,7 +4,7 @@
  * in a documented state with the policies re-enforced, and the stubs model the files and the
  * template so that a database started on files it does not own fails the test.
  */
-import { defaultGuardrails } from '../../src/core/guardrails.js';
+import { defaultsInForce } from '../../src/core/guardrails.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -207,12 +207,7 @@ async function run(s: Scenario): Promise<Outcome> {
   const jobsOf = (statefulSet: string) => Object.keys(files).filter((j) => j.includes(`-${statefulSet}-`));
   const owners = (statefulSet: string) => new Set(jobsOf(statefulSet).map((j) => files[j]));
   const activities: Partial<Record<keyof Activities, unknown>> = {
-    checkGuardrails: stub('checkGuardrails', () => ({
-      guardrails: defaultGuardrails(),
-      source: 'defaults',
-      version: 'defaults',
-      workerNamespace: 'runas-migrate',
-    })),
+    checkGuardrails: stub('checkGuardrails', () => defaultsInForce('runas-migrate')),
     acquireNamespaceLock: stub('acquireNamespaceLock', () => ({ tookOverFrom: null })),
     releaseNamespaceLock: stub('releaseNamespaceLock', () => true),
     planMigration: stub('planMigration', () =>
@@ -501,7 +496,12 @@ describe('migrateOwnership', () => {
   it('fails at the approval timeout, changing nothing but its lock', async () => {
     const { calls, error, status } = await run({ input: { approvals: ['plan'], approvalTimeout: '1h' } });
     expect(cause(error)).toMatchObject({ type: 'ApprovalTimedOut' });
-    expect(calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(calls).toEqual([
+      'checkGuardrails',
+      'acquireNamespaceLock',
+      'planMigration',
+      'releaseNamespaceLock',
+    ]);
     expect(status.endState).toBe('unchanged');
   });
 
@@ -519,8 +519,15 @@ describe('migrateOwnership', () => {
   });
 
   it('reports nothing to do when every StatefulSet already runs as the target IDs', async () => {
-    const { calls, result, status } = await run({ input: { uid: 1000, gid: 1000, approvals: ['plan', 'relax'] } });
-    expect(calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    const { calls, result, status } = await run({
+      input: { uid: 1000, gid: 1000, approvals: ['plan', 'relax'] },
+    });
+    expect(calls).toEqual([
+      'checkGuardrails',
+      'acquireNamespaceLock',
+      'planMigration',
+      'releaseNamespaceLock',
+    ]);
     expect(result?.endState).toBe('unchanged');
     expect(result?.nothingToDo).toBe('every StatefulSet of itrs already runs as 1000:1000: nothing to do');
     expect(result?.guardrails?.source).toBe('defaults');
@@ -532,7 +539,12 @@ describe('migrateOwnership', () => {
       preflight: ['K8sPSPAllowedUsers/x: runAsUser 5000 is outside the allowed ranges 1000-2000'],
     });
     expect(cause(refused.error)).toMatchObject({ type: 'PreflightFailed' });
-    expect(refused.calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(refused.calls).toEqual([
+      'checkGuardrails',
+      'acquireNamespaceLock',
+      'planMigration',
+      'releaseNamespaceLock',
+    ]);
     const dry = await run({ input: { dryRun: true } });
     expect(dry.calls).toEqual(['checkGuardrails', 'planMigration']);
     expect(dry.result?.dryRun).toBe(true);
@@ -574,7 +586,12 @@ describe('migrateOwnership', () => {
 
   it('is aborted while planning: nothing to undo', async () => {
     const { calls, status } = await run({ interrupt: { during: 'planMigration', by: 'abort' } });
-    expect(calls).toEqual(['checkGuardrails', 'acquireNamespaceLock', 'planMigration', 'releaseNamespaceLock']);
+    expect(calls).toEqual([
+      'checkGuardrails',
+      'acquireNamespaceLock',
+      'planMigration',
+      'releaseNamespaceLock',
+    ]);
     expect(status.endState).toBe('unchanged');
   });
 
