@@ -152,9 +152,15 @@ export function launchScript(
     `chmod 0666 ${q(termPath)}`,
     `cd ${q(container.workingDir ?? '/')}`,
   );
+  lines.push(`exec ${[...asContainer(identity, env), ...argv].map(q).join(' ')}`);
+  return lines.join('\n') + '\n';
+}
+
+/** `setpriv … env -i …`: the user, groups, capabilities and environment a container's process gets. */
+function asContainer(identity: ContainerIdentity, env: Readonly<Record<string, string>>): string[] {
   const capList = identity.capabilities.map((c) => `+${c.toLowerCase()}`).join(',');
   const caps = capList ? `-all,${capList}` : '-all';
-  const setpriv = [
+  return [
     'setpriv',
     `--reuid=${identity.uid}`,
     `--regid=${identity.gid}`,
@@ -163,8 +169,30 @@ export function launchScript(
     `--bounding-set=${caps}`,
     ...(identity.noNewPrivileges ? ['--no-new-privs'] : []),
     '--',
+    'env',
+    '-i',
+    ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
   ];
-  const envArgs = Object.entries(env).map(([k, v]) => q(`${k}=${v}`));
-  lines.push(`exec ${setpriv.join(' ')} env -i ${envArgs.join(' ')} ${argv.map(q).join(' ')}`);
-  return lines.join('\n') + '\n';
+}
+
+/**
+ * The argv that runs a command in a running container, as a kubelet's exec and exec probes do:
+ * in the mount namespace of the container's first process (`pid`), in its working directory
+ * (`--wdns` resolves it inside that namespace), as its user with its groups, capabilities and
+ * environment. The command's own words follow.
+ */
+export function execArgv(
+  pid: number,
+  container: V1Container,
+  identity: ContainerIdentity,
+  env: Readonly<Record<string, string>>,
+): string[] {
+  return [
+    'nsenter',
+    `--target=${pid}`,
+    '--mount',
+    `--wdns=${container.workingDir ?? '/'}`,
+    '--',
+    ...asContainer(identity, env),
+  ];
 }

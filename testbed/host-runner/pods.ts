@@ -14,7 +14,7 @@ import {
   type V1Container,
   type V1Pod,
 } from '@kubernetes/client-node';
-import { containerEnv, identityOf, launchScript, type ContainerIdentity } from './launch.js';
+import { containerEnv, execArgv, identityOf, launchScript, type ContainerIdentity } from './launch.js';
 import { podStatus, type PodStatusChange } from './pod-status.js';
 import {
   recordedGroups,
@@ -69,6 +69,15 @@ export class HostPods {
   /** The log file of a container this runner started (the pod's first one without `container`). */
   logFileOf(namespace: string, podName: string, container: string | undefined): string | undefined {
     return this.find(namespace, podName, container)?.logFile;
+  }
+
+  /**
+   * The argv prefix that runs a command in a running container (the pod's first one without
+   * `container`), as `kubectl exec` does; undefined when no such container runs.
+   */
+  execPrefixOf(namespace: string, podName: string, container: string | undefined): string[] | undefined {
+    const c = this.find(namespace, podName, container);
+    return c?.child ? c.execPrefix : undefined;
   }
 
   /** Whether a container this runner started still runs (the pod's first one without `container`). */
@@ -242,17 +251,17 @@ export class HostPods {
     );
     // Deleted while its volumes were being looked up: it must not start at all.
     if (this.terminating.has(this.key(pod))) return undefined;
-    const script = launchScript(container, identity, mounts, containerEnv(pod, container), {
-      scratchDir: dir,
-      terminationFile,
-    });
-    return startContainerProcess({
+    const env = containerEnv(pod, container);
+    const script = launchScript(container, identity, mounts, env, { scratchDir: dir, terminationFile });
+    const running = startContainerProcess({
       dir,
       script,
       terminationFile,
       startedAt,
       onExit: (exitCode) => this.onContainerExit(pod, container.name, exitCode),
     });
+    running.execPrefix = execArgv(running.pgid, container, identity, env);
+    return running;
   }
 
   private async onContainerExit(pod: V1Pod, name: string, exitCode: number): Promise<void> {

@@ -94,6 +94,8 @@ export interface RunningContainer {
   startedAt: Date;
   /** Settles once the process has exited and `onExit` is done with it. */
   done: Promise<void>;
+  /** The argv prefix that runs a command inside the container (see launch.ts `execArgv`). */
+  execPrefix?: string[];
 }
 
 /** How to start one container's process group. */
