@@ -161,6 +161,7 @@ export async function up(opts: UpOptions = {}): Promise<BedState> {
     ToolName.Etcd,
     ToolName.Kwok,
     ToolName.Kwokctl,
+    ToolName.HostExec,
   ]) {
     tools[t] = await ensureTool(t, log);
   }
@@ -320,6 +321,8 @@ function startRunner(state: BedState): RecordedProcess {
       HOST_RUNNER_PORT: String(state.runner.port),
       HOST_RUNNER_TLS_CERT: join(pki, 'admin.crt'),
       HOST_RUNNER_TLS_KEY: join(pki, 'admin.key'),
+      // Absent from the state of a bed started before exec was served: the runner then refuses it.
+      ...(state.tools[ToolName.HostExec] ? { HOST_RUNNER_EXEC_HELPER: state.tools[ToolName.HostExec] } : {}),
     },
   });
 }

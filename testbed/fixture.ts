@@ -4,6 +4,7 @@
  * PersistentVolume whose files belong to the old UID, the `IaxPlatform` resource, and the
  * Gatekeeper constraint CRDs with two constraints.
  */
+import { execFileSync } from 'node:child_process';
 import {
   chownSync,
   existsSync,
@@ -27,12 +28,14 @@ import {
   setHeaderOptions,
   type KubeConfig,
   type KubernetesObject,
+  type V1Container,
   type V1CustomResourceDefinition,
   type V1StatefulSet,
 } from '@kubernetes/client-node';
 import type { MigrationInputRaw } from '../src/core/input.js';
 import { DefaultRecordsNamespace } from '../src/core/records.js';
 import { HostRunnerPlacement } from './host-runner/runner.js';
+import { copyTemplateVolume, databaseTemplate, postgresContainer } from './postgres.js';
 import { waitFor } from './process.js';
 
 /** Storage class of the fixture's static PersistentVolumes (no provisioner). */
@@ -118,6 +121,13 @@ export interface FixtureOptions {
   filesPerVolume?: number;
   /** Whether to create the `drop-all` and `allowed-user-ranges` constraints. @default true */
   constraints?: boolean;
+  /**
+   * How the databases run: real PostgreSQL servers on the host runner's node, on real cluster
+   * files (`postgres`), or pods kwok simulates on files shaped like a cluster's (`simulated`,
+   * for scale: they are Ready whatever owns their files).
+   * @default "postgres"
+   */
+  databases?: 'postgres' | 'simulated';
 }
 
 const isConflict = (err: unknown) => (err as { code?: number }).code === 409;
@@ -133,6 +143,15 @@ async function createIfMissing(fn: () => Promise<unknown>): Promise<void> {
 /** Host directory of one PV of the fixture. */
 export function pvDirectory(pvRoot: string, namespace: string, claimName: string): string {
   return join(pvRoot, namespace, claimName);
+}
+
+/** Extra files, beside PostgreSQL's own, in a folder PostgreSQL does not read. */
+function seedExtraFiles(dir: string, uid: number, files: number): void {
+  if (files <= 0) return;
+  const extra = join(dir, 'seed-files');
+  mkdirSync(extra, { recursive: true, mode: 0o700 });
+  for (let i = 0; i < files; i++) writeFileSync(join(extra, String(i)), `file ${i}\n`, { mode: 0o600 });
+  execFileSync('chown', ['-R', `${uid}:${uid}`, '--', extra]);
 }
 
 function seedVolume(dir: string, kind: ClaimSpec['seed'], uid: number, files: number): void {
@@ -353,7 +372,21 @@ export async function installClusterFixture(
   );
 }
 
-function statefulSet(namespace: string, db: DatabaseSpec, uid: number): V1StatefulSet {
+function statefulSet(
+  namespace: string,
+  db: DatabaseSpec,
+  uid: number,
+  databases: 'postgres' | 'simulated',
+): V1StatefulSet {
+  const simulated: V1Container = {
+    name: db.container,
+    image: db.image,
+    command: ['docker-entrypoint.sh', 'postgres'],
+    env: [{ name: 'PGDATA', value: '/var/lib/postgresql/data' }],
+    securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+    volumeMounts: db.claims.map((c) => ({ name: c.claim, mountPath: c.mountPath })),
+  };
+  const real = databases === 'postgres' ? postgresContainer(simulated, db.claims) : undefined;
   return {
     apiVersion: 'apps/v1',
     kind: 'StatefulSet',
@@ -378,16 +411,8 @@ function statefulSet(namespace: string, db: DatabaseSpec, uid: number): V1Statef
             fsGroupChangePolicy: 'OnRootMismatch',
             seccompProfile: { type: 'RuntimeDefault' },
           },
-          containers: [
-            {
-              name: db.container,
-              image: db.image,
-              command: ['docker-entrypoint.sh', 'postgres'],
-              env: [{ name: 'PGDATA', value: '/var/lib/postgresql/data' }],
-              securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
-              volumeMounts: db.claims.map((c) => ({ name: c.claim, mountPath: c.mountPath })),
-            },
-          ],
+          containers: [real?.container ?? simulated],
+          ...(real ? { volumes: real.volumes, ...HostRunnerPlacement } : {}),
         },
       },
       volumeClaimTemplates: db.claims.map((c) => ({
@@ -415,6 +440,7 @@ export async function seedItrsFixture(
   const apps = kc.makeApiClient(AppsV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const uid = opts.oldUid ?? 1000;
+  const databases = opts.databases ?? 'postgres';
   await installClusterFixture(kc, { constraints: opts.constraints });
   await createIfMissing(() =>
     core.createNamespace({
@@ -426,13 +452,17 @@ export async function seedItrsFixture(
   const claims: Record<string, string[]> = {};
   for (const db of ItrsDatabases) {
     claims[db.statefulSet] = [];
+    const template = databases === 'postgres' ? databaseTemplate(db.claims) : undefined;
     for (let i = 0; i < db.replicas; i++) {
       for (const c of db.claims) {
         const claimName = `${c.claim}-${db.statefulSet}-${i}`;
         claims[db.statefulSet]!.push(claimName);
         const dir = pvDirectory(opts.pvRoot, opts.namespace, claimName);
         if (!existsSync(dir)) {
-          seedVolume(dir, c.seed, uid, opts.filesPerVolume ?? 20);
+          if (template) {
+            copyTemplateVolume(template, c.claim, dir, uid);
+            seedExtraFiles(dir, uid, opts.filesPerVolume ?? 0);
+          } else seedVolume(dir, c.seed, uid, opts.filesPerVolume ?? 20);
           // The mount points the running database left for the volumes mounted below this one
           // (its runtime creates them inside this volume), owned like everything else after years
           // under the old IDs: a Job that mounts the same paths finds them in place.
@@ -467,7 +497,7 @@ export async function seedItrsFixture(
     await createIfMissing(() =>
       apps.createNamespacedStatefulSet({
         namespace: opts.namespace,
-        body: statefulSet(opts.namespace, db, uid),
+        body: statefulSet(opts.namespace, db, uid, databases),
       }),
     );
   }

@@ -26,13 +26,21 @@ export function cacheRoot(): string {
   return join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'runas-migrate');
 }
 
+const kubernetesVersion = '1.35.4';
+
 /** Pinned versions of every tool the test bed uses. */
 export const ToolVersions = {
   temporal: '1.5.1',
-  kubernetes: '1.35.4',
+  kubernetes: kubernetesVersion,
   etcd: '3.6.16',
   kwok: '0.8.0',
   temporalTestServer: '1.34.0',
+  /**
+   * The host runner's exec server (kube/hostexec), built from the kubelet's code of this
+   * Kubernetes version. Its cache folder is named after the version: bump the revision whenever
+   * hostexec/main.go changes, or beds keep the old binary.
+   */
+  hostExec: `${kubernetesVersion}-1`,
 } as const;
 
 /** Names of the binaries the test bed needs. */
@@ -46,6 +54,7 @@ export const ToolName = {
   Kwok: 'kwok',
   Kwokctl: 'kwokctl',
   TemporalTestServer: 'temporal-test-server',
+  HostExec: 'host-exec',
 } as const;
 export type ToolName = (typeof ToolName)[keyof typeof ToolName];
 
@@ -197,6 +206,20 @@ const components: readonly Component[] = [
             (c) => `k8s.io/kubernetes/cmd/${c}`,
           ),
         ],
+        { cwd: join(testbedDir, 'kube'), env: goEnv() },
+        log,
+      ),
+  },
+  {
+    id: `host-exec-${ToolVersions.hostExec}`,
+    version: ToolVersions.hostExec,
+    binaries: [ToolName.HostExec],
+    // Our own program: never one found on PATH.
+    matchesVersion: () => false,
+    build: (binDir, log) =>
+      run(
+        'go',
+        ['build', '-trimpath', '-ldflags=-s -w', '-o', join(binDir, ToolName.HostExec), './hostexec'],
         { cwd: join(testbedDir, 'kube'), env: goEnv() },
         log,
       ),

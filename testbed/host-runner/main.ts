@@ -20,6 +20,7 @@ const runner = new HostRunner({
   port: Number(required('HOST_RUNNER_PORT')),
   tlsCert: required('HOST_RUNNER_TLS_CERT'),
   tlsKey: required('HOST_RUNNER_TLS_KEY'),
+  execHelper: process.env.HOST_RUNNER_EXEC_HELPER,
 });
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void runner.stop().finally(() => process.exit(0)));

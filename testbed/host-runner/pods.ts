@@ -15,7 +15,8 @@ import {
   type V1Pod,
 } from '@kubernetes/client-node';
 import { containerEnv, execArgv, identityOf, launchScript, type ContainerIdentity } from './launch.js';
-import { podStatus, type PodStatusChange } from './pod-status.js';
+import { podStatus, terminationMessage, type ContainerHistory, type PodStatusChange } from './pod-status.js';
+import { ReadinessProbe } from './probes.js';
 import {
   recordedGroups,
   signalGroup,
@@ -41,8 +42,15 @@ const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 export class HostPods {
   /** Per pod, the containers started, by name. */
   private readonly running = new Map<string, Map<string, RunningContainer>>();
-  /** Per pod, the exit codes of the containers that have exited, by name. */
+  /** Per pod, the exit codes of the containers that have exited for good, by name. */
   private readonly exits = new Map<string, Map<string, number>>();
+  /** Per pod, the restarts of its containers, by name. */
+  private readonly history = new Map<string, Map<string, ContainerHistory>>();
+  /** Per pod, the readiness probes running and their verdicts, by container name. */
+  private readonly probes = new Map<string, Map<string, ReadinessProbe>>();
+  private readonly ready = new Map<string, Map<string, boolean>>();
+  /** Per pod, the restarts waiting out their back-off. */
+  private readonly restartTimers = new Map<string, Set<NodeJS.Timeout>>();
   private readonly handled = new Set<string>();
   private readonly terminating = new Set<string>();
   /** Per pod, the start or stop in progress: a stop waits until the start is done with. */
@@ -62,6 +70,7 @@ export class HostPods {
   stop(): void {
     this.stopped = true;
     this.watchAbort?.abort();
+    for (const key of [...this.probes.keys(), ...this.restartTimers.keys()]) this.forgetTimers(key);
     for (const containers of this.running.values())
       for (const c of containers.values()) signalGroup(c.pgid, 'SIGKILL');
   }
@@ -152,6 +161,19 @@ export class HostPods {
       );
     };
     await begin(list.metadata?.resourceVersion);
+  }
+
+  private perPod<V>(maps: Map<string, Map<string, V>>, key: string): Map<string, V> {
+    let m = maps.get(key);
+    if (!m) maps.set(key, (m = new Map<string, V>()));
+    return m;
+  }
+
+  private forgetTimers(key: string): void {
+    for (const p of this.probes.get(key)?.values() ?? []) p.stop();
+    for (const t of this.restartTimers.get(key) ?? []) clearTimeout(t);
+    this.probes.delete(key);
+    this.restartTimers.delete(key);
   }
 
   private key(pod: V1Pod): string {
@@ -258,17 +280,41 @@ export class HostPods {
       script,
       terminationFile,
       startedAt,
-      onExit: (exitCode) => this.onContainerExit(pod, container.name, exitCode),
+      onExit: (exitCode) => this.onContainerExit(pod, container, exitCode),
     });
     running.execPrefix = execArgv(running.pgid, container, identity, env);
+    if (ReadinessProbe.supported(container.readinessProbe)) {
+      const key = this.key(pod);
+      const probe = new ReadinessProbe(container.readinessProbe, running.execPrefix, (ready) => {
+        this.perPod(this.ready, key).set(container.name, ready);
+        void this.serial(key, () =>
+          this.terminating.has(key) ? Promise.resolve() : this.patchStatus(pod, { phase: 'Running' }),
+        ).catch((e: unknown) => this.opts.log(`readiness of ${key}: ${String(e)}`));
+      });
+      this.perPod(this.ready, key).set(container.name, false);
+      this.perPod(this.probes, key).set(container.name, probe);
+      probe.start();
+    }
     return running;
   }
 
-  private async onContainerExit(pod: V1Pod, name: string, exitCode: number): Promise<void> {
+  private async onContainerExit(pod: V1Pod, container: V1Container, exitCode: number): Promise<void> {
     const key = this.key(pod);
-    const exits = this.exits.get(key) ?? new Map<string, number>();
+    const name = container.name;
+    this.probes.get(key)?.get(name)?.stop();
+    this.probes.get(key)?.delete(name);
+    this.ready.get(key)?.set(name, false);
+    const policy = pod.spec?.restartPolicy ?? 'Always';
+    if (
+      !this.stopped &&
+      !this.terminating.has(key) &&
+      (policy === 'Always' || (policy === 'OnFailure' && exitCode !== 0))
+    ) {
+      await this.scheduleRestart(pod, container, exitCode);
+      return;
+    }
+    const exits = this.perPod(this.exits, key);
     exits.set(name, exitCode);
-    this.exits.set(key, exits);
     const total = pod.spec?.containers?.length ?? 1;
     if (exits.size < total) return;
     const failed = [...exits.values()].some((c) => c !== 0);
@@ -276,9 +322,51 @@ export class HostPods {
     await this.patchStatus(pod, { phase: failed ? 'Failed' : 'Succeeded' });
   }
 
+  /**
+   * Restarts a container of a pod whose restartPolicy asks for it, as a kubelet does: at once the
+   * first time, then after a back-off that doubles from 10 s up to 5 min (CrashLoopBackOff), its
+   * last exit and termination message kept in the status.
+   */
+  private async scheduleRestart(pod: V1Pod, container: V1Container, exitCode: number): Promise<void> {
+    const key = this.key(pod);
+    const run = this.running.get(key)?.get(container.name);
+    const past = this.perPod(this.history, key).get(container.name) ?? { restartCount: 0 };
+    this.perPod(this.history, key).set(container.name, past);
+    past.last = {
+      exitCode,
+      message: run ? terminationMessage(container, run, exitCode) : '',
+      startedAt: run?.startedAt ?? new Date(),
+      finishedAt: new Date(),
+    };
+    const delayMs = past.restartCount === 0 ? 0 : Math.min(10_000 * 2 ** (past.restartCount - 1), 300_000);
+    past.backOff = `back-off ${delayMs / 1000}s restarting failed container=${container.name} pod=${pod.metadata!.name}`;
+    this.opts.log(`${key} container ${container.name} exited ${exitCode}; restart in ${delayMs / 1000} s`);
+    await this.patchStatus(pod, { phase: 'Running' });
+    const timers = this.restartTimers.get(key) ?? new Set<NodeJS.Timeout>();
+    this.restartTimers.set(key, timers);
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      void this.serial(key, async () => {
+        if (this.stopped || this.terminating.has(key)) return;
+        past.restartCount++;
+        past.backOff = undefined;
+        const running = await this.startContainer(pod, container, identityOf(pod, container), new Date());
+        if (!running) return;
+        this.perPod(this.running, key).set(container.name, running);
+        await this.patchStatus(pod, { phase: 'Running' });
+      }).catch((e: unknown) => this.opts.log(`restart of ${key}: ${String(e)}`));
+    }, delayMs);
+    timers.add(timer);
+  }
+
   private async patchStatus(pod: V1Pod, change: PodStatusChange): Promise<void> {
     const key = this.key(pod);
-    const status = podStatus(pod, change, { containers: this.running.get(key), exits: this.exits.get(key) });
+    const status = podStatus(pod, change, {
+      containers: this.running.get(key),
+      exits: this.exits.get(key),
+      history: this.history.get(key),
+      ready: this.ready.get(key),
+    });
     await this.opts.core.patchNamespacedPodStatus(
       { name: pod.metadata!.name!, namespace: pod.metadata!.namespace!, body: { status } },
       mergePatch,
@@ -292,6 +380,7 @@ export class HostPods {
    */
   private async terminate(pod: V1Pod, removeObject: boolean): Promise<void> {
     const key = this.key(pod);
+    this.forgetTimers(key);
     const containers = this.running.get(key);
     const grace =
       (pod.metadata?.deletionGracePeriodSeconds ?? pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
@@ -302,8 +391,11 @@ export class HostPods {
     if (containers) await Promise.all([...containers.values()].map((c) => c.done));
     if (groups.length)
       this.opts.log(`stopped ${key}${killed.some(Boolean) ? ' (SIGKILL after the grace period)' : ''}`);
+    this.forgetTimers(key);
     this.running.delete(key);
     this.exits.delete(key);
+    this.history.delete(key);
+    this.ready.delete(key);
     if (removeObject) {
       try {
         await this.opts.core.deleteNamespacedPod({

@@ -3,7 +3,7 @@
  * PersistentVolumeClaim to its bound volume's hostPath or local path, a hostPath to itself and an
  * emptyDir to a folder of the pod's own.
  */
-import { mkdirSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CoreV1Api, V1Container, V1Pod } from '@kubernetes/client-node';
 import type { HostMount } from './launch.js';
@@ -40,6 +40,14 @@ export async function hostMounts(
     } else if (volume.emptyDir) {
       source = join(podDir, 'volumes', vm.name);
       mkdirSync(source, { recursive: true });
+      // As a kubelet makes an emptyDir: open to all (the umask would narrow mkdir's mode), and
+      // with an fsGroup, owned by that group and handing it down to new files.
+      chmodSync(source, 0o777);
+      const fsGroup = pod.spec?.securityContext?.fsGroup;
+      if (fsGroup !== undefined) {
+        chownSync(source, 0, fsGroup);
+        chmodSync(source, 0o2777);
+      }
     } else {
       continue; // projected tokens, config maps: nothing our containers read
     }
