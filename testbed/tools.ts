@@ -40,7 +40,7 @@ export const ToolVersions = {
    * Kubernetes version. Its cache folder is named after the version: bump the revision whenever
    * hostexec/main.go changes, or beds keep the old binary.
    */
-  hostExec: `${kubernetesVersion}-1`,
+  hostExec: `${kubernetesVersion}-2`,
 } as const;
 
 /** Names of the binaries the test bed needs. */

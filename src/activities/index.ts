@@ -7,6 +7,7 @@ import type { Client } from '@temporalio/client';
 import type { Kube } from '../cluster/kube.js';
 import { defaultsInForce, type GuardrailsInForce } from '../core/guardrails.js';
 import { recordsNamespaceOf } from '../core/records.js';
+import { DatabaseChecks } from '../services/database-checks.js';
 import { GuardrailCheck } from '../services/guardrails.js';
 import { NamespaceLock } from '../services/namespace-lock.js';
 import { OwnershipJobs } from '../services/ownership-jobs.js';
@@ -48,6 +49,7 @@ export function createServices(deps: ActivityDeps) {
     planner: new Planner({ kube, policyGuard, log }),
     statefulSets: new StatefulSets({ kube, log }),
     ownershipJobs: new OwnershipJobs({ kube, log }),
+    databaseChecks: new DatabaseChecks({ kube, log }),
   };
 }
 
@@ -76,6 +78,7 @@ export function createActivities(deps: ActivityDeps) {
       'waitForPlatform',
       'verifyDatabases',
     ]),
+    ...activitiesOf(s.databaseChecks, ['checkDatabases']),
     ...activitiesOf(s.ownershipJobs, [
       'createOwnershipJobs',
       'waitForPodsAdmitted',

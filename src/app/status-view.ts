@@ -5,6 +5,7 @@ import { AlwaysDeniedNamespaces, type GuardrailsInForce } from '../core/guardrai
 import CliTable from 'cli-table3';
 import type { MigrationReport, MigrationStatus } from '../workflows/messages.js';
 import type { MigrationPlan } from '../core/plan.js';
+import type { CheckResult } from '../core/verification.js';
 import type { RunProgress } from './runs.js';
 
 /** The guardrails in force and what a run asks beyond them. */
@@ -148,7 +149,23 @@ export function renderProgress(p: RunProgress): string {
   ].join('\n');
 }
 
-/** The final report of a run. */
+/** The checks of every replica, one row each: what each check saw, in a word, and how long it took. */
+export function renderDatabaseChecks(results: readonly CheckResult[]): string {
+  const t = new Table({ head: ['replica', 'check', 'result', 'seen', 'ms'] });
+  for (const r of results) {
+    const seen = r.skipped ?? r.output.split('\n')[0] ?? '';
+    t.push([
+      r.pod,
+      r.check,
+      r.skipped ? 'skipped' : r.ok ? 'ok' : 'FAILED',
+      seen.length > 60 ? `${seen.slice(0, 59)}…` : seen,
+      String(r.ms),
+    ]);
+  }
+  return t.toString();
+}
+
+/** The report of a finished run, for a terminal. */
 export function renderReport(r: MigrationReport): string {
   const guardrails = r.guardrails
     ? `guardrails: ${r.guardrails.source} (${r.guardrails.version})`
@@ -166,6 +183,7 @@ export function renderReport(r: MigrationReport): string {
   return [
     `namespace ${r.namespace} now owned by ${r.uid}:${r.gid} (${r.startedAt} → ${r.finishedAt})`,
     volumes.toString(),
+    ...(r.databaseChecks?.length ? [renderDatabaseChecks(r.databaseChecks)] : []),
     `policies relaxed for ${r.windowSeconds.toFixed(1)} s in ${r.windows.length} window(s)`,
     `approvals (who, as the approver named themselves): ${r.approvals.map((a) => `${a.gate}=${a.state}${a.by ? ` by ${a.by} at ${a.at}` : ''}`).join(', ')}`,
     guardrails,

@@ -10,6 +10,7 @@ import {
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
+  Exec,
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
@@ -21,7 +22,9 @@ import {
   type V1Pod,
   type V1StatefulSet,
   type CoreV1Event,
+  type V1Status,
 } from '@kubernetes/client-node';
+import { Writable } from 'node:stream';
 import { FailureType, TypedFailure, type KubeFailureType } from '../core/failures.js';
 
 /** One field the API server refused (`details.causes` of its Status). */
@@ -145,6 +148,41 @@ export interface KubeCallCounts {
 }
 
 const header = (strategy: PatchStrategy) => setHeaderOptions('Content-Type', strategy);
+
+/** What a command run in a container through `exec` gave. */
+export interface ExecResult {
+  /** The command's exit code; null when it did not end by itself (timeout, or the stream broke). */
+  exitCode: number | null;
+  stdout: string;
+  stderr: string;
+  /** Why there is no exit code, when there is none. */
+  error?: string;
+}
+
+/** Most of a command's output {@link Kube.exec} keeps (its end). */
+const ExecOutputLimit = 64 * 1024;
+
+/** What {@link Kube.exec} uses of the exec WebSocket (the `ws` package's types are not installed). */
+interface ExecStream {
+  close(): void;
+  on(event: 'close', listener: () => void): void;
+}
+
+/** Collects the end of a stream's output. */
+class Tail extends Writable {
+  text = '';
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
+    this.text = (this.text + chunk.toString()).slice(-ExecOutputLimit);
+    done();
+  }
+}
+
+/** The exit code in an exec stream's final Status (`details.causes` reason ExitCode), if any. */
+function exitCodeOf(status: V1Status): number | null {
+  if (status.status === 'Success') return 0;
+  const cause = status.details?.causes?.find((c) => c.reason === 'ExitCode');
+  return cause?.message !== undefined ? Number(cause.message) : null;
+}
 
 /** Options of a write that can be a server-side dry run. */
 export interface DryRunOption {
@@ -285,6 +323,74 @@ export class Kube {
       this.core.listNamespacedPod({ namespace, labelSelector }),
     );
     return list.items;
+  }
+
+  /**
+   * Runs a command in a pod's container (`create pods/exec`, over WebSocket): its exit code and
+   * output. A command that does not end within `timeoutMs` is left (the stream is closed) and
+   * reported with a null exit code; a refused or broken connection is a {@link KubeError}.
+   */
+  exec(
+    namespace: string,
+    pod: string,
+    container: string,
+    command: string[],
+    timeoutMs: number,
+  ): Promise<ExecResult> {
+    return this.call('exec in', `pod "${namespace}/${pod}" container "${container}"`, true, async () => {
+      const stdout = new Tail();
+      const stderr = new Tail();
+      let status: V1Status | undefined;
+      const ws = (await new Exec(this.kubeConfig)
+        .exec(namespace, pod, container, command, stdout, stderr, null, false, (s) => (status = s))
+        .catch((err: unknown) => {
+          // The WebSocket handshake's refusal carries the API server's HTTP status only in its text.
+          const code = /Unexpected server response: (\d+)/.exec(String(err))?.[1];
+          throw Object.assign(
+            err instanceof Error ? err : new Error(String(err)),
+            code ? { code: Number(code) } : {},
+          );
+        })) as unknown as ExecStream;
+      return new Promise<ExecResult>((resolve) => {
+        const timer = setTimeout(() => {
+          ws.close();
+          resolve({
+            exitCode: null,
+            stdout: stdout.text,
+            stderr: stderr.text,
+            error: `no answer within ${timeoutMs / 1000} s`,
+          });
+        }, timeoutMs);
+        ws.on('close', () => {
+          clearTimeout(timer);
+          const exitCode = status ? exitCodeOf(status) : null;
+          resolve({
+            exitCode,
+            stdout: stdout.text,
+            stderr: stderr.text,
+            ...(exitCode === null
+              ? { error: status?.message ?? 'the exec stream closed without an exit status' }
+              : {}),
+          });
+        });
+      });
+    });
+  }
+
+  /** Reads a container's log (the Log API), since a time when given. */
+  readPodLog(namespace: string, pod: string, container: string, sinceTime?: Date): Promise<string> {
+    // The Log API takes sinceSeconds, not a time: round up so the container's first line is in.
+    const sinceSeconds = sinceTime
+      ? Math.max(1, Math.ceil((Date.now() - sinceTime.getTime()) / 1000) + 1)
+      : undefined;
+    return this.call('read the log of', `pod "${namespace}/${pod}" container "${container}"`, false, () =>
+      this.core.readNamespacedPodLog({
+        namespace,
+        name: pod,
+        container,
+        ...(sinceSeconds ? { sinceSeconds } : {}),
+      }),
+    );
   }
 
   /** Lists events of a namespace by field selector. */

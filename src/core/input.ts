@@ -5,6 +5,7 @@
 import { FailureType, TypedFailure } from './failures.js';
 import { z } from 'zod';
 import { ProfileName } from './profiles.js';
+import { AllDatabaseChecks, type DatabaseCheck } from './verification.js';
 
 const MaxId = 2147483647;
 
@@ -203,6 +204,35 @@ export const MigrationInputSchema = z
         message: `recovery must be "${Recovery.RollForward}" or "${Recovery.RollBack}"`,
       })
       .default(Recovery.RollForward),
+    /**
+     * The checks of every replica once the databases are back, run inside the database
+     * container (exec) and on its log; user and database default to the profile's.
+     */
+    verify: z
+      .object({
+        checks: z
+          .array(
+            z.enum(AllDatabaseChecks as [DatabaseCheck, ...DatabaseCheck[]], {
+              message: `each check must be one of ${AllDatabaseChecks.map((c) => `"${c}"`).join(', ')}`,
+            }),
+          )
+          .refine((a) => new Set(a).size === a.length, {
+            error: 'lists a check more than once: name each check once',
+          })
+          .default([...AllDatabaseChecks]),
+        user: z.string().min(1, 'must name the database user, e.g. "postgres"').optional(),
+        database: z.string().min(1, 'must name a database, e.g. "postgres"').optional(),
+        commands: z
+          .object({
+            sql: z.array(z.string().min(1)).min(1, 'must be a command and its arguments').optional(),
+            deep: z.array(z.string().min(1)).min(1, 'must be a command and its arguments').optional(),
+          })
+          .strict()
+          .default({}),
+        timeout: duration('verify.timeout').default('30m'),
+      })
+      .strict()
+      .default({ checks: [...AllDatabaseChecks], commands: {}, timeout: '30m' }),
     dryRun: z.boolean().default(false),
   })
   .strict()

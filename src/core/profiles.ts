@@ -25,10 +25,21 @@ export interface PlatformResource {
   ready: string;
 }
 
+/** How the verification reaches a profile's databases. */
+export interface ProfileConnection {
+  /** The database user psql and pg_amcheck connect as. */
+  user: string;
+  database: string;
+}
+
+/** The connection when neither the input nor a profile names one: PostgreSQL's own defaults. */
+export const DefaultConnection: ProfileConnection = { user: 'postgres', database: 'postgres' };
+
 /** What a profile names. */
 export interface Profile {
   databases: ProfileDatabase[];
   platform?: PlatformResource;
+  connection?: ProfileConnection;
 }
 
 /** ITRS Analytics installed with Helm: PostgreSQL (`pgplatform`) and TimescaleDB (`timescale`). */
@@ -45,6 +56,8 @@ export const ItrsAnalyticsProfile: Profile = {
     statusPath: 'status.status',
     ready: 'DEPLOYED',
   },
+  // The charts' superuser over the Unix socket, as the seed's `psql -U postgres -c 'SELECT 1'`.
+  connection: { user: 'postgres', database: 'postgres' },
 };
 
 /** The profile of a name. */

@@ -55,7 +55,8 @@ export const podIdsPatch = (ids: PodIds) => ({
   spec: { template: { spec: { securityContext: { ...ids } } } },
 });
 
-function selectorOf(sts: V1StatefulSet): string {
+/** The label selector of a StatefulSet's pods. */
+export function selectorOf(sts: V1StatefulSet): string {
   return Object.entries(sts.spec?.selector.matchLabels ?? {})
     .map(([k, v]) => `${k}=${v}`)
     .join(',');

@@ -2,6 +2,7 @@
  * The public messages of `migrateOwnership`: its phases, signals, query and status.
  */
 import type { GuardrailsInForce } from '../core/guardrails.js';
+import type { CheckResult } from '../core/verification.js';
 import * as wf from '@temporalio/workflow';
 import type { AdmissionEvidence } from '../services/ownership-jobs.js';
 import type { RestoreReport } from '../services/policy-guard.js';
@@ -174,6 +175,8 @@ export interface MigrationStatus {
   alarms: string[];
   /** The worker's guardrails the run was checked against: what was allowed, from which file or ConfigMap. */
   guardrails: GuardrailsInForce | null;
+  /** The checks of every replica once the databases were back (exec and logs), as evidence. */
+  databaseChecks: CheckResult[];
 }
 
 /** `temporal workflow query --type status` */
@@ -193,6 +196,8 @@ export interface MigrationReport {
   windowSeconds: number;
   approvals: GateStatus[];
   verification: string[];
+  /** Each check of each replica: what it saw and how long it took. */
+  databaseChecks: CheckResult[];
   endState: EndState;
   /** Tampering with the relaxation record found during the run. */
   alarms: string[];

@@ -21,6 +21,8 @@ import {
 import { planChanges } from '../core/plan-changes.js';
 import type { DatabasePlan, MigrationPlan, PodIds } from '../core/plan.js';
 import type { RunRef } from '../core/policy.js';
+import { DefaultConnection, profileOf } from '../core/profiles.js';
+import { problemOf } from '../core/verification.js';
 import type { JobRef } from '../services/ownership-jobs.js';
 import { EndState, Phase, type JobStatus, type MigrationReport } from './messages.js';
 import { runOwnershipJobs } from './ownership-rounds.js';
@@ -48,6 +50,8 @@ export interface RunProgress {
 const Patch = {
   /** The guardrails check before the lock. */
   Guardrails: 'guardrails',
+  /** The checks of every replica through exec and the Log API, after the pod checks. */
+  DatabaseChecks: 'database-checks',
 } as const;
 
 /** Awaits a step; a refusal of `type` fails the run as that refusal, not as "activity task failed". */
@@ -411,11 +415,46 @@ export class Migration {
         gid: input.gid,
       })),
     );
+    if (wf.patched(Patch.DatabaseChecks) && input.verify.checks.length) await this.checkDatabases();
     if (this.verification.length)
       throw ApplicationFailure.nonRetryable(
         `verification failed: ${this.verification.join('; ')}`,
         FailureType.VerificationFailed,
       );
+  }
+
+  /** The seed's checks of every replica, inside its container: their results are the run's evidence. */
+  private async checkDatabases(): Promise<void> {
+    const { input, namespace, plan } = this;
+    const connection = (input.profile ? profileOf(input.profile).connection : undefined) ?? DefaultConnection;
+    const replicas = plan.databases.reduce((n, d) => n + d.replicas, 0);
+    const results = await act(
+      this.stubs.steps.checkDatabases,
+      `check every replica: ${input.verify.checks.join(', ')}`,
+      {
+        namespace,
+        uid: input.uid,
+        gid: input.gid,
+        databases: plan.databases.map((d) => ({
+          statefulSet: d.statefulSet,
+          container: d.container,
+          mountPaths: (d.jobs[0]?.volumes ?? []).map((v) => v.mountPath),
+        })),
+        settings: {
+          checks: input.verify.checks,
+          user: input.verify.user ?? connection.user,
+          database: input.verify.database ?? connection.database,
+          commands: input.verify.commands,
+        },
+        timeout: input.verify.timeout,
+      },
+      {
+        startToCloseTimeout:
+          this.ms(input.verify.timeout) * input.verify.checks.length * replicas + Wait.margin,
+      },
+    );
+    this.state.status.databaseChecks = results;
+    this.verification.push(...results.filter((r) => !r.ok).map(problemOf));
   }
 
   /** After a failure, `abort` or cancel: settles, then ends the run with the right failure. */
@@ -485,6 +524,7 @@ export class Migration {
       windowSeconds,
       approvals: status.gates,
       verification: this.verification,
+      databaseChecks: status.databaseChecks,
       endState,
       alarms: status.alarms,
       guardrails: status.guardrails,

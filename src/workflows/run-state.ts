@@ -52,6 +52,7 @@ export class RunState {
     leftToDo: [],
     alarms: [],
     guardrails: null,
+    databaseChecks: [],
   };
   /** Why the run was aborted; undefined while it was not. */
   abortReason: string | undefined;

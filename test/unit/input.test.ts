@@ -34,6 +34,7 @@ describe('parseMigrationInput', () => {
         retries: 1,
       },
       recovery: 'roll-forward',
+      verify: { checks: ['ownership', 'identity', 'sql', 'logs', 'deep'], commands: {}, timeout: '30m' },
       dryRun: false,
     });
   });
@@ -127,6 +128,27 @@ describe('parseMigrationInput', () => {
       /supplementalGroups\.0: must be at least 1/,
     ],
     ['unknown field', { ...ok, uuid: 5000 }, /unknown field\(s\) uuid/],
+    [
+      'unknown check',
+      { ...ok, verify: { checks: ['vacuum'] } },
+      /verify\.checks\.0: each check must be one of "ownership"/,
+    ],
+    [
+      'a check twice',
+      { ...ok, verify: { checks: ['sql', 'sql'] } },
+      /verify\.checks: lists a check more than once/,
+    ],
+    [
+      'an empty sql command',
+      { ...ok, verify: { commands: { sql: [] } } },
+      /verify\.commands\.sql: must be a command/,
+    ],
+    ['an unknown command', { ...ok, verify: { commands: { vacuum: ['x'] } } }, /unknown field\(s\) vacuum/],
+    [
+      'bad verify timeout',
+      { ...ok, verify: { timeout: 'soon' } },
+      /verify\.timeout must be a positive duration/,
+    ],
   ];
   for (const [name, raw, message] of bad) {
     it(`refuses ${name}, naming the field`, () => expect(problem(raw)).toMatch(message));

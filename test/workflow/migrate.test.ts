@@ -4,7 +4,6 @@
  * in a documented state with the policies re-enforced, and the stubs model the files and the
  * template so that a database started on files it does not own fails the test.
  */
-import { defaultsInForce } from '../../src/core/guardrails.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,9 +17,11 @@ import { historyToJSON } from '../support/histories.js';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import type { Activities } from '../../src/activities/index.js';
+import { defaultsInForce } from '../../src/core/guardrails.js';
 import type { MigrationInputRaw } from '../../src/core/input.js';
 import type { MigrationPlan } from '../../src/core/plan.js';
 import type { RelaxationRecord } from '../../src/core/policy.js';
+import type { CheckResult } from '../../src/core/verification.js';
 import {
   abortSignal,
   approveSignal,
@@ -134,6 +135,8 @@ interface Scenario {
   record?: string;
   /** Extra checks inside a stub: return a problem to record. */
   inspect?: Partial<Record<string, (arg: never) => string | undefined>>;
+  /** A check of a replica that fails, with what it saw. */
+  failingCheck?: { pod: string; check: string; output: string };
 }
 
 interface Outcome {
@@ -305,6 +308,21 @@ async function run(s: Scenario): Promise<Outcome> {
     ),
     waitForPlatform: stub('waitForPlatform', () => 'DEPLOYED'),
     verifyDatabases: stub('verifyDatabases', () => []),
+    checkDatabases: stub(
+      'checkDatabases',
+      (a: { databases: { statefulSet: string }[]; settings: { checks: CheckResult['check'][] } }) =>
+        a.databases.flatMap((d) =>
+          Object.keys(files)
+            .filter((job) => job.startsWith(`runas-migrate-${d.statefulSet}-`))
+            .map((job) => job.replace('runas-migrate-', ''))
+            .flatMap((pod) =>
+              a.settings.checks.map((check): CheckResult => {
+                const failing = s.failingCheck?.pod === pod && s.failingCheck.check === check;
+                return { pod, check, ok: !failing, output: failing ? s.failingCheck!.output : 'ok', ms: 1 };
+              }),
+            ),
+        ),
+    ),
   };
   const worker = await Worker.create({
     connection: env.nativeConnection,
@@ -413,6 +431,7 @@ const forward = [
   'scaleUp(timescale:2)',
   'waitForPlatform',
   'verifyDatabases',
+  'checkDatabases',
   'releaseNamespaceLock',
 ];
 const allNew = { pgplatform: '5000', timescale: '5000' };
@@ -596,6 +615,38 @@ describe('migrateOwnership', () => {
   });
 
   // After the Jobs started: roll forward (default) finishes the change.
+  it('ends VerificationFailed naming the replica, the check and what it saw, every check kept as evidence', async () => {
+    const seen = 'heap table "iax.public.metrics_1", block 0: could not open file: Permission denied';
+    const { error, status, files } = await run({
+      failingCheck: { pod: 'timescale-1', check: 'deep', output: seen },
+    });
+    expect(cause(error)).toMatchObject({ type: 'VerificationFailed' });
+    expect(cause(error)?.message).toContain(`timescale-1: deep check failed: ${seen}`);
+    expect(status.databaseChecks).toHaveLength(3 * 5);
+    expect(status.databaseChecks.filter((r) => !r.ok)).toEqual([
+      expect.objectContaining({ pod: 'timescale-1', check: 'deep', output: seen }),
+    ]);
+    expect(files).toEqual(allNew);
+    expect(status.policies.state).toBe('restored');
+    // The files and templates are new and the databases run: what the data-path end states call rolled forward.
+    expect(status.endState).toBe('rolled-forward');
+  });
+
+  it('runs only the checks the input names, and none when it names none', async () => {
+    const some = await run({ input: { verify: { checks: ['identity', 'sql'] } } });
+    expect(some.result?.databaseChecks.map((r) => `${r.pod}:${r.check}`)).toEqual([
+      'pgplatform-0:identity',
+      'pgplatform-0:sql',
+      'timescale-0:identity',
+      'timescale-0:sql',
+      'timescale-1:identity',
+      'timescale-1:sql',
+    ]);
+    const none = await run({ input: { verify: { checks: [] } } });
+    expect(none.calls).not.toContain('checkDatabases');
+    expect(none.result?.databaseChecks).toEqual([]);
+  });
+
   for (const [during, by, completes] of [
     ['createOwnershipJobs', 'abort', true],
     ['waitForPodsAdmitted', 'abort', false],

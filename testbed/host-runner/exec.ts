@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { STATUS_CODES, type IncomingMessage } from 'node:http';
+import { request, STATUS_CODES, type IncomingMessage } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import type { Duplex } from 'node:stream';
@@ -25,6 +25,8 @@ export const ExecHeaders = {
   Prefix: 'X-Host-Runner-Exec',
   /** The secret the helper was started with. */
   Token: 'X-Host-Runner-Token',
+  /** The runner's name for the session, to end its command with `POST /end/<session>`. */
+  Session: 'X-Host-Runner-Session',
 } as const;
 
 /** What the API server asks for in an exec path. */
@@ -50,9 +52,14 @@ export function isExecPath(url: string | undefined): boolean {
 /**
  * The request line and headers to send on to the helper: the client's own, in order and with
  * repeats (the SPDY handshake offers one `X-Stream-Protocol-Version` per protocol), but for any
- * header of ours, then the argv prefix and the token.
+ * header of ours, then the argv prefix, the token and the session.
  */
-export function helperRequestHead(req: IncomingMessage, prefix: readonly string[], token: string): string {
+export function helperRequestHead(
+  req: IncomingMessage,
+  prefix: readonly string[],
+  token: string,
+  session: string,
+): string {
   const ours = new Set(Object.values(ExecHeaders).map((h) => h.toLowerCase()));
   const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
   for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
@@ -61,6 +68,7 @@ export function helperRequestHead(req: IncomingMessage, prefix: readonly string[
   }
   lines.push(`${ExecHeaders.Prefix}: ${Buffer.from(JSON.stringify(prefix)).toString('base64')}`);
   lines.push(`${ExecHeaders.Token}: ${token}`);
+  lines.push(`${ExecHeaders.Session}: ${session}`);
   return lines.join('\r\n') + '\r\n\r\n';
 }
 
@@ -112,7 +120,8 @@ export class ExecEndpoint {
         else reject(new Error(`host-exec printed ${JSON.stringify(line)}`));
       });
       child.once('error', reject);
-      child.once('exit', (code, signal) =>
+      // 'close', not 'exit': its last lines of stderr are read by then.
+      child.once('close', (code, signal) =>
         reject(new Error(`host-exec exited (${code ?? signal}) before listening:\n${stderr}`)),
       );
     });
@@ -154,26 +163,41 @@ export class ExecEndpoint {
       refuse(client, 503, 'the host runner does not serve exec');
       return;
     }
-    const upstream = connect(this.port, '127.0.0.1');
+    this.opts.log(
+      `exec ${namespace}/${pod}/${container}: ${req.headers.upgrade} ${String(req.headers['x-stream-protocol-version'] ?? req.headers['sec-websocket-protocol'] ?? '')}`,
+    );
+    const port = this.port;
+    const upstream = connect(port, '127.0.0.1');
     const session = { client, upstream };
+    const id = randomBytes(16).toString('hex');
     this.sessions.add(session);
     let connected = false;
     const forget = () => {
       clearInterval(check);
       this.sessions.delete(session);
     };
-    // A kubelet ends the exec sessions of a container that stops; the helper kills the command
-    // once its connection ends.
+    const entered = JSON.stringify(prefix);
+    // A kubelet's exec processes die with their container: once it has stopped (or been
+    // restarted: a new process to enter), the helper is told to kill the command — again at every
+    // check until the session closes — and reports its exit code to the client.
     const check = setInterval(() => {
-      if (this.opts.lookup(namespace, pod, container)) return;
-      forget();
-      client.destroy();
-      upstream.destroy();
+      if (!connected || JSON.stringify(this.opts.lookup(namespace, pod, container)) === entered) return;
+      request({
+        agent: false,
+        host: '127.0.0.1',
+        port,
+        method: 'POST',
+        path: `/end/${id}`,
+        headers: { [ExecHeaders.Token]: this.token },
+      })
+        .on('response', (res) => res.resume())
+        .on('error', () => upstream.destroy())
+        .end();
     }, this.opts.checkIntervalMs ?? 1000);
     check.unref();
     upstream.on('connect', () => {
       connected = true;
-      upstream.write(helperRequestHead(req, prefix, this.token));
+      upstream.write(helperRequestHead(req, prefix, this.token, id));
       if (head.length) upstream.write(head);
       client.pipe(upstream);
       upstream.pipe(client);
@@ -181,7 +205,7 @@ export class ExecEndpoint {
     upstream.on('error', (err) => {
       if (!connected) refuse(client, 502, `exec helper: ${err.message}`);
     });
-    // Ends, not destroys: what is still buffered for the other side (the last status) goes out.
+    // Ends, not destroys: what is still buffered for the other side (the exit status) goes out.
     upstream.on('close', () => {
       forget();
       if (connected) client.end();

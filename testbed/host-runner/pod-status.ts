@@ -57,8 +57,11 @@ export function terminationMessage(
   run: RunningContainer,
   exitCode: number,
 ): string {
-  const message = existsSync(run.terminationFile) ? readFileSync(run.terminationFile, 'utf8').slice(0, 4096) : '';
-  if (message || exitCode === 0 || container.terminationMessagePolicy !== 'FallbackToLogsOnError') return message;
+  const message = existsSync(run.terminationFile)
+    ? readFileSync(run.terminationFile, 'utf8').slice(0, 4096)
+    : '';
+  if (message || exitCode === 0 || container.terminationMessagePolicy !== 'FallbackToLogsOnError')
+    return message;
   if (!existsSync(run.logFile)) return '';
   const tail = renderLogRecords(readFileSync(run.logFile, 'utf8'), {
     timestamps: false,

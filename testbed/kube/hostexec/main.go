@@ -25,6 +25,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,6 +44,8 @@ const (
 	// argv it is given as root: only the runner, which knows the secret, may use it.
 	tokenHeader = "X-Host-Runner-Token"
 	tokenEnv    = "HOST_EXEC_TOKEN"
+	// The runner's name for a session, for POST /end/<session> when its container stops.
+	sessionHeader = "X-Host-Runner-Session"
 
 	// A kubelet's default --streaming-connection-idle-timeout.
 	idleTimeout = 4 * time.Hour
@@ -76,9 +79,25 @@ func main() {
 	log.Fatal(srv.Serve(watchingListener{ln}))
 }
 
+// sessions holds the way to end each running command, by session: a kubelet's exec processes die
+// with their container, and these are host processes the container's stop does not reach.
+var sessions = struct {
+	sync.Mutex
+	cancel map[string]context.CancelFunc
+}{cancel: map[string]context.CancelFunc{}}
+
 func serveExec(w http.ResponseWriter, req *http.Request, token string) {
 	if subtle.ConstantTimeCompare([]byte(req.Header.Get(tokenHeader)), []byte(token)) != 1 {
 		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	}
+	if id, ok := strings.CutPrefix(req.URL.Path, "/end/"); ok && req.Method == http.MethodPost {
+		sessions.Lock()
+		if cancel := sessions.cancel[id]; cancel != nil {
+			cancel()
+		}
+		sessions.Unlock()
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	prefix, err := argvPrefix(req.Header.Get(prefixHeader))
@@ -101,9 +120,22 @@ func serveExec(w http.ResponseWriter, req *http.Request, token string) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	// The command is killed on cancel, and ServeExec then reports its exit code (137).
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	if id := req.Header.Get(sessionHeader); id != "" {
+		sessions.Lock()
+		sessions.cancel[id] = cancel
+		sessions.Unlock()
+		defer func() {
+			sessions.Lock()
+			delete(sessions.cancel, id)
+			sessions.Unlock()
+		}()
+	}
 	// Not StreamProtocolV5Name: over SPDY the kubelet's handler knows v1 to v4 only (v5 is the
 	// WebSocket protocol the API server translates).
-	kubeletremotecommand.ServeExec(w, req, hostExecutor{prefix}, parts[0]+"/"+parts[1], types.UID(""), parts[2],
+	kubeletremotecommand.ServeExec(w, req.WithContext(ctx), hostExecutor{prefix}, parts[0]+"/"+parts[1], types.UID(""), parts[2],
 		cmd, opts, idleTimeout, remotecommandconsts.DefaultStreamCreationTimeout,
 		remotecommandconsts.SupportedStreamingProtocols)
 }

@@ -1,0 +1,138 @@
+/**
+ * The seed's verification, done on every replica of every database once they are back: the
+ * owner of each migrated mount, the server's identity, a query, the container's log since it
+ * started, and a read of every relation — through `exec` into the database container and the
+ * Log API, so it works on any cluster the worker can reach.
+ */
+import type { V1Pod } from '@kubernetes/client-node';
+import type { ExecResult, Kube } from '../cluster/kube.js';
+import { parseDuration } from '../core/input.js';
+import {
+  DatabaseCheck,
+  deepCommand,
+  evidenceOf,
+  identityMatches,
+  logProblems,
+  sqlCommand,
+  wrongOwners,
+  type CheckResult,
+  type DatabaseCheckSettings,
+} from '../core/verification.js';
+import { progress, throwIfCancelled } from './step.js';
+import { selectorOf } from './statefulsets.js';
+
+/** What {@link DatabaseChecks} needs. */
+export interface DatabaseChecksDeps {
+  kube: Kube;
+  log?: (message: string) => void;
+}
+
+/** The databases to check, and how. */
+export interface DatabaseChecksInput {
+  namespace: string;
+  uid: number;
+  gid: number;
+  databases: { statefulSet: string; container: string; mountPaths: string[] }[];
+  settings: DatabaseCheckSettings;
+  /** How long one check may take (a duration such as "30m"). */
+  timeout: string;
+}
+
+const outputOf = (r: ExecResult) =>
+  evidenceOf([r.stdout, r.stderr, r.error ?? ''].filter(Boolean).join('\n'));
+
+/** Runs the checks of every replica. */
+export class DatabaseChecks {
+  private readonly kube: Kube;
+  private readonly log: (message: string) => void;
+
+  constructor(deps: DatabaseChecksDeps) {
+    this.kube = deps.kube;
+    this.log = deps.log ?? (() => undefined);
+  }
+
+  /**
+   * Runs every check the settings name on every replica, in order; one result per check and
+   * replica (a failed check does not stop the others: the report shows them all).
+   */
+  async checkDatabases(input: DatabaseChecksInput): Promise<CheckResult[]> {
+    const results: CheckResult[] = [];
+    for (const db of input.databases) {
+      const sts = await this.kube.readStatefulSet(input.namespace, db.statefulSet);
+      const pods = (await this.kube.listPods(input.namespace, selectorOf(sts))).sort((a, b) =>
+        a.metadata!.name!.localeCompare(b.metadata!.name!),
+      );
+      for (const pod of pods) {
+        for (const check of input.settings.checks) {
+          throwIfCancelled();
+          progress({ pod: pod.metadata!.name, check, done: results.length });
+          const started = Date.now();
+          const result = await this.run(check, pod, db.container, db.mountPaths, input);
+          results.push({ pod: pod.metadata!.name!, check, ...result, ms: Date.now() - started });
+          this.log(
+            `${pod.metadata!.name} ${check}: ${result.skipped ? 'skipped' : result.ok ? 'ok' : 'FAILED'}`,
+          );
+        }
+      }
+    }
+    return results;
+  }
+
+  private async run(
+    check: DatabaseCheck,
+    pod: V1Pod,
+    container: string,
+    mountPaths: string[],
+    input: DatabaseChecksInput,
+  ): Promise<Omit<CheckResult, 'pod' | 'check' | 'ms'>> {
+    const timeoutMs = parseDuration(input.timeout) ?? 30 * 60_000;
+    const exec = (command: string[]) =>
+      this.kube.exec(input.namespace, pod.metadata!.name!, container, command, timeoutMs);
+    const { uid, gid, settings } = input;
+    switch (check) {
+      case DatabaseCheck.Ownership: {
+        const r = await exec(['stat', '-c', '%u:%g %n', ...mountPaths]);
+        const wrong = wrongOwners(r.stdout, uid, gid);
+        return {
+          ok: r.exitCode === 0 && wrong.length === 0,
+          output: r.exitCode === 0 ? evidenceOf(r.stdout) : outputOf(r),
+        };
+      }
+      case DatabaseCheck.Identity: {
+        const r = await exec(['id']);
+        return { ok: r.exitCode === 0 && identityMatches(r.stdout, uid, gid), output: outputOf(r) };
+      }
+      case DatabaseCheck.Sql: {
+        const r = await exec(sqlCommand(settings));
+        const answered = settings.commands.sql !== undefined || r.stdout.trim() === '1';
+        return { ok: r.exitCode === 0 && answered, output: outputOf(r) };
+      }
+      case DatabaseCheck.Logs: {
+        const status = pod.status?.containerStatuses?.find((c) => c.name === container);
+        const since = status?.state?.running?.startedAt;
+        const log = await this.kube.readPodLog(
+          input.namespace,
+          pod.metadata!.name!,
+          container,
+          since ? new Date(since) : undefined,
+        );
+        const problems = logProblems(log);
+        return { ok: problems.length === 0, output: evidenceOf(problems.join('\n')) };
+      }
+      case DatabaseCheck.Deep: {
+        if (settings.commands.deep === undefined) {
+          const has = await exec(['sh', '-c', 'command -v pg_amcheck']);
+          if (has.exitCode !== 0)
+            return {
+              ok: true,
+              skipped:
+                'pg_amcheck is not in the image (set verify.commands.deep to read every relation another way)',
+              output: '',
+            };
+        }
+        const r = await exec(deepCommand(settings));
+        return { ok: r.exitCode === 0, output: outputOf(r) };
+      }
+    }
+  }
+}
