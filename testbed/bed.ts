@@ -217,7 +217,11 @@ export async function up(opts: UpOptions = {}): Promise<BedState> {
   );
   if (opts.fixture !== false) {
     log(`seeding the ITRS-like fixture in namespace ${FixtureNamespace}`);
-    await seedItrsFixture(kc, { namespace: FixtureNamespace, pvRoot: state.pvRoot });
+    await seedItrsFixture(kc, {
+      namespace: FixtureNamespace,
+      pvRoot: state.pvRoot,
+      databases: process.env.RUNAS_MIGRATE_TESTBED_DATABASES === 'simulated' ? 'simulated' : 'postgres',
+    });
     await waitForFixtureReady(kc, FixtureNamespace);
   }
   log(`test bed "${name}" up in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -1,0 +1,71 @@
+/**
+ * The verification on real PostgreSQL: a relation file left unreadable (mode 000: the Job gives
+ * it the new owner, but the server still cannot open it) lets the server start and answer
+ * `SELECT 1`; the deep check, which reads every relation, finds it, and the run ends
+ * VerificationFailed naming the replica, the check and PostgreSQL's own words.
+ */
+import { chmodSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { queryStatus, startRun } from '../../src/app/runs.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { FailureType } from '../../src/core/failures.js';
+import { hostRunnerRun, pvDirectory } from '../../testbed/fixture.js';
+import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { failureOf } from '../support/failures.js';
+import { sql } from '../support/postgres.js';
+import { readyFixture, removeFixtures } from '../support/snapshot.js';
+import { startTestWorker, type TestWorker } from '../support/worker.js';
+
+const kc = kubeConfig();
+const kube = new Kube(kc);
+const taskQueue = uniqueName('verify');
+const namespace = uniqueName('verify');
+let worker: TestWorker;
+
+beforeAll(async () => {
+  await readyFixture(kc, namespace, bed().pvRoot);
+  worker = await startTestWorker(taskQueue);
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await removeFixtures(kc, [namespace]);
+});
+
+describe('verification on real PostgreSQL', () => {
+  it(
+    'an unreadable relation file passes SELECT 1 and is caught by the deep check',
+    { timeout: 240_000 },
+    async () => {
+      const relation = await sql(
+        kube,
+        namespace,
+        'pgplatform-0',
+        'postgres',
+        "SELECT pg_relation_filepath('events')",
+      );
+      const file = join(pvDirectory(bed().pvRoot, namespace, 'data-pgplatform-0'), 'data', relation);
+      expect(statSync(file).isFile()).toBe(true);
+      chmodSync(file, 0o000);
+
+      const { handle } = await startRun(worker.w.client, hostRunnerRun(namespace), { taskQueue });
+      const failure = await failureOf(handle.result());
+      expect(failure.type).toBe(FailureType.VerificationFailed);
+      expect(failure.message).toMatch(/pgplatform-0: deep check failed: .*Permission denied/);
+      expect(failure.message).toContain(relation.split('/').pop());
+
+      const status = await queryStatus(worker.w.client, namespace);
+      const pgplatform = Object.fromEntries(
+        status.databaseChecks.filter((c) => c.pod === 'pgplatform-0').map((c) => [c.check, c.ok]),
+      );
+      expect(pgplatform).toMatchObject({ ownership: true, identity: true, sql: true, deep: false });
+      // the other replicas pass every check
+      expect(status.databaseChecks.filter((c) => c.pod !== 'pgplatform-0' && !c.ok)).toEqual([]);
+      // the files and templates are new and the policies back: the data-path end state of a failure after the Jobs
+      expect(status.endState).toBe('rolled-forward');
+      expect(status.policies.state).toBe('restored');
+      expect(statSync(file).uid).toBe(5000);
+    },
+  );
+});
