@@ -16,7 +16,7 @@ import type { MigrationReport } from '../../src/workflows/messages.js';
 import { FailureType } from '../../src/core/failures.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
-import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
+import { namespaceSnapshot, ownersOnDisk, readyFixture, removeFixtures } from '../support/snapshot.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
@@ -88,7 +88,7 @@ describe('fault: a migration Job fails', () => {
       expect(
         stopped.statefulSets.map((s) => [s.name, s.replicas, s.annotations[OriginalReplicasAnnotation]]),
       ).toEqual(before.statefulSets.map((s) => [s.name, 0, String(s.replicas)]));
-      expect(stopped.owners[stuck]).toBe('1000:1000');
+      expect(ownersOnDisk(bed().pvRoot, namespace)[stuck]).toBe('1000:1000');
 
       // What leftToDo says: fix the cause, run again with the same input.
       execFileSync('chattr', ['-i', stuck]);

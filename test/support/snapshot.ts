@@ -26,7 +26,11 @@ export interface NamespaceSnapshot {
   }[];
   claims: [string | undefined, string | undefined][];
   jobs: (string | undefined)[];
-  /** `uid:gid` of every entry of every fixture volume, by host path. */
+  /**
+   * The owners (`uid:gid`, sorted, comma-separated) of the entries of each fixture volume, by
+   * the volume's host folder. Per volume, not per file: the databases are real servers that
+   * add and remove files of their own (WAL, statistics, lock files) whenever they run.
+   */
   owners: Record<string, string>;
 }
 
@@ -64,6 +68,21 @@ export function ownersOnDisk(pvRoot: string, namespace: string): Record<string, 
   return owners;
 }
 
+/** The owners of the entries of each fixture volume (see {@link NamespaceSnapshot.owners}). */
+export function ownersByVolume(pvRoot: string, namespace: string): Record<string, string> {
+  const byVolume = new Map<string, Set<string>>();
+  const volumes = ItrsDatabases.flatMap((db) =>
+    Array.from({ length: db.replicas }, (_, i) =>
+      db.claims.map((c) => pvDirectory(pvRoot, namespace, `${c.claim}-${db.statefulSet}-${i}`)),
+    ).flat(),
+  );
+  for (const [path, owner] of Object.entries(ownersOnDisk(pvRoot, namespace))) {
+    const volume = volumes.find((v) => path === v || path.startsWith(`${v}/`))!;
+    byVolume.set(volume, (byVolume.get(volume) ?? new Set()).add(owner));
+  }
+  return Object.fromEntries([...byVolume].map(([v, o]) => [v, [...o].sort().join(',')]));
+}
+
 /** Takes the full snapshot of a fixture namespace. */
 export async function namespaceSnapshot(
   kc: KubeConfig,
@@ -88,7 +107,7 @@ export async function namespaceSnapshot(
     statefulSets,
     claims,
     jobs,
-    owners: ownersOnDisk(pvRoot, namespace),
+    owners: ownersByVolume(pvRoot, namespace),
   };
 }
 
