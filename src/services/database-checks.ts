@@ -52,30 +52,38 @@ export class DatabaseChecks {
   }
 
   /**
-   * Runs every check the settings name on every replica, in order; one result per check and
-   * replica (a failed check does not stop the others: the report shows them all).
+   * Runs every check the settings name on every replica (replicas side by side, each one's
+   * checks in order); one result per check and replica, by replica (a failed check does not stop
+   * the others: the report shows them all).
    */
   async checkDatabases(input: DatabaseChecksInput): Promise<CheckResult[]> {
-    const results: CheckResult[] = [];
+    const replicas: { pod: V1Pod; container: string; mountPaths: string[] }[] = [];
     for (const db of input.databases) {
       const sts = await this.kube.readStatefulSet(input.namespace, db.statefulSet);
       const pods = (await this.kube.listPods(input.namespace, selectorOf(sts))).sort((a, b) =>
         a.metadata!.name!.localeCompare(b.metadata!.name!),
       );
-      for (const pod of pods) {
+      replicas.push(...pods.map((pod) => ({ pod, container: db.container, mountPaths: db.mountPaths })));
+    }
+    let done = 0;
+    // Replicas side by side (each is its own server), the checks of one replica in order.
+    const perReplica = await Promise.all(
+      replicas.map(async ({ pod, container, mountPaths }) => {
+        const results: CheckResult[] = [];
         for (const check of input.settings.checks) {
           throwIfCancelled();
-          progress({ pod: pod.metadata!.name, check, done: results.length });
           const started = Date.now();
-          const result = await this.run(check, pod, db.container, db.mountPaths, input);
+          const result = await this.run(check, pod, container, mountPaths, input);
           results.push({ pod: pod.metadata!.name!, check, ...result, ms: Date.now() - started });
+          progress({ checked: ++done, of: replicas.length * input.settings.checks.length });
           this.log(
             `${pod.metadata!.name} ${check}: ${result.skipped ? 'skipped' : result.ok ? 'ok' : 'FAILED'}`,
           );
         }
-      }
-    }
-    return results;
+        return results;
+      }),
+    );
+    return perReplica.flat();
   }
 
   private async run(
