@@ -327,8 +327,9 @@ export class Kube {
 
   /**
    * Runs a command in a pod's container (`create pods/exec`, over WebSocket): its exit code and
-   * output. A command that does not end within `timeoutMs` is left (the stream is closed) and
-   * reported with a null exit code; a refused or broken connection is a {@link KubeError}.
+   * output. A command that does not end within `timeoutMs`, or by the time `signal` aborts, is
+   * left (the stream is closed, which ends it on the node) and reported with a null exit code;
+   * a refused or broken connection is a {@link KubeError}.
    */
   exec(
     namespace: string,
@@ -336,6 +337,7 @@ export class Kube {
     container: string,
     command: string[],
     timeoutMs: number,
+    signal?: AbortSignal,
   ): Promise<ExecResult> {
     return this.call('exec in', `pod "${namespace}/${pod}" container "${container}"`, true, async () => {
       const stdout = new Tail();
@@ -352,17 +354,19 @@ export class Kube {
           );
         })) as unknown as ExecStream;
       return new Promise<ExecResult>((resolve) => {
-        const timer = setTimeout(() => {
+        const leave = (error: string) => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
           ws.close();
-          resolve({
-            exitCode: null,
-            stdout: stdout.text,
-            stderr: stderr.text,
-            error: `no answer within ${timeoutMs / 1000} s`,
-          });
-        }, timeoutMs);
+          resolve({ exitCode: null, stdout: stdout.text, stderr: stderr.text, error });
+        };
+        const onAbort = () => leave('stopped: the step was cancelled');
+        const timer = setTimeout(() => leave(`no answer within ${timeoutMs / 1000} s`), timeoutMs);
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener('abort', onAbort, { once: true });
         ws.on('close', () => {
           clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
           const exitCode = status ? exitCodeOf(status) : null;
           resolve({
             exitCode,

@@ -18,7 +18,7 @@ import {
   type CheckResult,
   type DatabaseCheckSettings,
 } from '../core/verification.js';
-import { progress, throwIfCancelled } from './step.js';
+import { currentStep, progress, throwIfCancelled, unlessCancelled } from './step.js';
 import { selectorOf } from './statefulsets.js';
 
 /** What {@link DatabaseChecks} needs. */
@@ -94,8 +94,19 @@ export class DatabaseChecks {
     input: DatabaseChecksInput,
   ): Promise<Omit<CheckResult, 'pod' | 'check' | 'ms'>> {
     const timeoutMs = parseDuration(input.timeout) ?? 30 * 60_000;
+    // A command stuck in the database (a lock, a hung server) must not hold up an abort until
+    // its timeout: the step's cancellation ends the wait for it.
     const exec = (command: string[]) =>
-      this.kube.exec(input.namespace, pod.metadata!.name!, container, command, timeoutMs);
+      unlessCancelled(
+        this.kube.exec(
+          input.namespace,
+          pod.metadata!.name!,
+          container,
+          command,
+          timeoutMs,
+          currentStep()?.cancelled,
+        ),
+      );
     const { uid, gid, settings } = input;
     switch (check) {
       case DatabaseCheck.Ownership: {
@@ -118,11 +129,13 @@ export class DatabaseChecks {
       case DatabaseCheck.Logs: {
         const status = pod.status?.containerStatuses?.find((c) => c.name === container);
         const since = status?.state?.running?.startedAt;
-        const log = await this.kube.readPodLog(
-          input.namespace,
-          pod.metadata!.name!,
-          container,
-          since ? new Date(since) : undefined,
+        const log = await unlessCancelled(
+          this.kube.readPodLog(
+            input.namespace,
+            pod.metadata!.name!,
+            container,
+            since ? new Date(since) : undefined,
+          ),
         );
         const problems = logProblems(log);
         return { ok: problems.length === 0, output: evidenceOf(problems.join('\n')) };

@@ -4,12 +4,14 @@
  * `SELECT 1`; the deep check, which reads every relation, finds it, and the run ends
  * VerificationFailed naming the replica, the check and PostgreSQL's own words.
  */
-import { chmodSync, statSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queryStatus, startRun } from '../../src/app/runs.js';
 import { Kube } from '../../src/cluster/kube.js';
 import { FailureType } from '../../src/core/failures.js';
+import { abortSignal } from '../../src/workflows/messages.js';
+import { waitFor } from '../../testbed/process.js';
 import { hostRunnerRun, pvDirectory } from '../../testbed/fixture.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
@@ -68,4 +70,46 @@ describe('verification on real PostgreSQL', () => {
       expect(statSync(file).uid).toBe(5000);
     },
   );
+
+  it(
+    "an abort while a check hangs in the database ends the run at once, not at the check's timeout",
+    { timeout: 120_000 },
+    async () => {
+      const earlier = new Set(processesRunning(['sleep', '3600']));
+      const hung = () => processesRunning(['sleep', '3600']).filter((pid) => !earlier.has(pid));
+      const { handle } = await startRun(
+        worker.w.client,
+        {
+          ...hostRunnerRun(namespace),
+          uid: 6000,
+          gid: 6000,
+          verify: { checks: ['sql'], commands: { sql: ['sleep', '3600'] }, timeout: '2h' },
+        },
+        { taskQueue },
+      );
+      // The check's command runs in a database container on this host: abort while it does.
+      await waitFor('the hanging check running', () => Promise.resolve(hung().length > 0), 90_000, 200);
+      await handle.signal(abortSignal, { reason: 'change window closed', by: 'test' });
+      const failure = await failureOf(handle.result());
+      expect(failure.type).toBe(FailureType.Aborted);
+      const status = await queryStatus(worker.w.client, namespace);
+      expect(status.endState).toBe('rolled-forward');
+      expect(status.policies.state).toBe('restored');
+    },
+  );
 });
+
+/** The pids of this host's processes whose command line is exactly `argv`. */
+function processesRunning(argv: string[]): number[] {
+  const wanted = argv.join('\0') + '\0';
+  return readdirSync('/proc')
+    .filter((e) => /^\d+$/.test(e))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8') === wanted;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
