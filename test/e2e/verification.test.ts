@@ -4,7 +4,7 @@
  * `SELECT 1`; the deep check, which reads every relation, finds it, and the run ends
  * VerificationFailed naming the replica, the check and PostgreSQL's own words.
  */
-import { chmodSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queryStatus, startRun } from '../../src/app/runs.js';
@@ -15,6 +15,7 @@ import { waitFor } from '../../testbed/process.js';
 import { hostRunnerRun, pvDirectory } from '../../testbed/fixture.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { failureOf } from '../support/failures.js';
+import { processesRunning } from '../support/processes.js';
 import { sql } from '../support/postgres.js';
 import { readyFixture, removeFixtures } from '../support/snapshot.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
@@ -98,18 +99,3 @@ describe('verification on real PostgreSQL', () => {
     },
   );
 });
-
-/** The pids of this host's processes whose command line is exactly `argv`. */
-function processesRunning(argv: string[]): number[] {
-  const wanted = argv.join('\0') + '\0';
-  return readdirSync('/proc')
-    .filter((e) => /^\d+$/.test(e))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8') === wanted;
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}

@@ -5,7 +5,6 @@
  * with its volumes; exit codes and stdin go through; a container that does not run is refused.
  */
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { promisify } from 'node:util';
@@ -16,6 +15,7 @@ import { waitFor } from '../../testbed/process.js';
 import { ToolName } from '../../testbed/tools.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { outcome } from '../support/cli.js';
+import { processesRunning } from '../support/processes.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
@@ -122,20 +122,6 @@ function kubectl(args: readonly string[], stdin = '') {
   return outcome(run);
 }
 
-/** Host processes whose command line is exactly `argv`. */
-function processesRunning(argv: readonly string[]): number[] {
-  const wanted = argv.join('\0') + '\0';
-  return readdirSync('/proc')
-    .filter((e) => /^\d+$/.test(e))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8') === wanted;
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}
 
 beforeAll(async () => {
   cleanup = await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'restricted' });
