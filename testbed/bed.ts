@@ -11,6 +11,18 @@ import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { SearchAttribute, SearchAttributeTypes } from '../src/core/names.js';
 import { createFakeNodes, seedItrsFixture, waitForFixtureReady } from './fixture.js';
 import {
+  gatekeeperCrdDir,
+  gatekeeperReady,
+  installConstraintTemplates,
+  installGatekeeperObjects,
+  makeServingCertificate,
+  planGatekeeper,
+  registerWebhook,
+  startGatekeeper,
+  webhookConfiguration,
+  type GatekeeperState,
+} from './gatekeeper.js';
+import {
   GiveUp,
   freePort,
   isAlive,
@@ -45,6 +57,8 @@ export interface BedState {
   };
   cluster: { name: string; workdir: string };
   runner: { port: number; process?: RecordedProcess };
+  /** Absent from the state of a bed started before Gatekeeper ran on it. */
+  gatekeeper?: GatekeeperState;
   /** Tool name → path, for PATH and for tests that drive the CLIs. */
   tools: Partial<Record<ToolName, string>>;
   startedAt: string;
@@ -81,6 +95,7 @@ export interface BedHealth {
   apiserver: boolean;
   runner: boolean;
   runnerNodeReady: boolean;
+  gatekeeper: boolean;
 }
 
 async function temporalHealthy(state: BedState): Promise<boolean> {
@@ -106,6 +121,7 @@ export async function health(state: BedState): Promise<BedHealth> {
     apiserver: false,
     runner: isAlive(state.runner.process),
     runnerNodeReady: false,
+    gatekeeper: isAlive(state.gatekeeper?.process) && (await gatekeeperReady(state.gatekeeper!)),
   };
   result.temporal = isAlive(state.temporal.process) && (await temporalHealthy(state));
   if (existsSync(state.kubeconfig)) {
@@ -122,7 +138,7 @@ export async function health(state: BedState): Promise<BedHealth> {
   return result;
 }
 
-const healthy = (h: BedHealth) => h.temporal && h.apiserver && h.runner && h.runnerNodeReady;
+const healthy = (h: BedHealth) => h.temporal && h.apiserver && h.runner && h.runnerNodeReady && h.gatekeeper;
 
 /** Options of `up`. */
 export interface UpOptions {
@@ -162,6 +178,7 @@ export async function up(opts: UpOptions = {}): Promise<BedState> {
     ToolName.Kwok,
     ToolName.Kwokctl,
     ToolName.HostExec,
+    ToolName.Gatekeeper,
   ]) {
     tools[t] = await ensureTool(t, log);
   }
@@ -198,6 +215,14 @@ export async function up(opts: UpOptions = {}): Promise<BedState> {
   await createCluster(state, log);
   const kc = kubeConfigOf(state);
 
+  log('starting Gatekeeper');
+  const gatekeeper = await planGatekeeper(dir);
+  const caPem = makeServingCertificate(gatekeeper);
+  await installGatekeeperObjects(kc, gatekeeperCrdDir(tools[ToolName.Gatekeeper]!));
+  gatekeeper.process = startGatekeeper(tools[ToolName.Gatekeeper]!, gatekeeper, state.kubeconfig);
+  state.gatekeeper = gatekeeper;
+  writeState(state);
+
   log('starting the host runner');
   state.runner.process = startRunner(state);
   writeState(state);
@@ -215,6 +240,19 @@ export async function up(opts: UpOptions = {}): Promise<BedState> {
     60_000,
     500,
   );
+  await waitFor(
+    'Gatekeeper ready',
+    async () => {
+      if (!isAlive(gatekeeper.process))
+        throw new GiveUp(`Gatekeeper exited: see ${gatekeeper.process?.logFile}`);
+      return gatekeeperReady(gatekeeper);
+    },
+    120_000,
+    200,
+  );
+  await registerWebhook(kc, webhookConfiguration(gatekeeper, caPem));
+  await installConstraintTemplates(kc);
+  log(`Gatekeeper ready (webhook failurePolicy ${gatekeeper.failurePolicy})`);
   if (opts.fixture !== false) {
     log(`seeding the ITRS-like fixture in namespace ${FixtureNamespace}`);
     await seedItrsFixture(kc, {
@@ -401,6 +439,7 @@ export async function down(opts: { name?: string; log?: Log } = {}): Promise<voi
     return;
   }
   await stopProcess(state.runner.process);
+  await stopProcess(state.gatekeeper?.process);
   const kwokctl = state.tools[ToolName.Kwokctl];
   if (existsSync(join(state.cluster.workdir, 'clusters', state.cluster.name)) && kwokctl) {
     try {

@@ -49,9 +49,10 @@ async function main(argv: readonly string[]): Promise<void> {
           `  temporal dev server  ${h.temporal ? 'serving' : 'DOWN'}  ${state.temporal.address}  UI ${state.temporal.uiUrl}`,
           `  kube-apiserver       ${h.apiserver ? 'ready' : 'DOWN'}  KUBECONFIG=${state.kubeconfig}`,
           `  host runner          ${h.runner ? 'running' : 'DOWN'}  node ${h.runnerNodeReady ? 'Ready' : 'not Ready'}`,
+          `  gatekeeper           ${h.gatekeeper ? 'ready' : 'DOWN'}  webhook failurePolicy ${state.gatekeeper?.failurePolicy ?? '-'}  log ${state.gatekeeper?.process?.logFile ?? '-'}`,
         ].join('\n') + '\n',
       );
-      if (!(h.temporal && h.apiserver && h.runner && h.runnerNodeReady)) process.exitCode = 1;
+      if (!(h.temporal && h.apiserver && h.runner && h.runnerNodeReady && h.gatekeeper)) process.exitCode = 1;
       return;
     }
     case 'down':

@@ -33,6 +33,7 @@ import {
   type V1StatefulSet,
 } from '@kubernetes/client-node';
 import type { MigrationInputRaw } from '../src/core/input.js';
+import { enforcementOf, type EnforcementView } from '../src/core/enforcement.js';
 import { DefaultRecordsNamespace } from '../src/core/records.js';
 import { HostRunnerPlacement } from './host-runner/runner.js';
 import { copyTemplateVolume, databaseTemplate, postgresContainer } from './postgres.js';
@@ -53,13 +54,17 @@ export const IaxPlatform = {
   name: 'iax-iax-platform',
 } as const;
 
-/** Gatekeeper's constraint API group and the constraint kinds the fixture installs. */
+/**
+ * Gatekeeper's constraint API group and the constraint kinds of the bed's ConstraintTemplates
+ * (testbed/gatekeeper/); Gatekeeper's template controller creates their CRDs.
+ */
 export const Gatekeeper = {
   group: 'constraints.gatekeeper.sh',
   version: 'v1beta1',
   kinds: [
     { kind: 'K8sPSPCapabilities', plural: 'k8spspcapabilities' },
     { kind: 'K8sPSPAllowedUsers', plural: 'k8spspallowedusers' },
+    { kind: 'K8sPSPPrivilegedContainer', plural: 'k8spspprivilegedcontainer' },
   ],
 } as const;
 
@@ -199,65 +204,6 @@ function seedVolume(dir: string, kind: ClaimSpec['seed'], uid: number, files: nu
   walk(dir);
 }
 
-function constraintCrd(kind: string, plural: string): V1CustomResourceDefinition {
-  const stringArray = { type: 'array', items: { type: 'string' } };
-  return {
-    apiVersion: 'apiextensions.k8s.io/v1',
-    kind: 'CustomResourceDefinition',
-    metadata: {
-      name: `${plural}.${Gatekeeper.group}`,
-      labels: { 'gatekeeper.sh/constraint': 'yes' },
-    },
-    spec: {
-      group: Gatekeeper.group,
-      scope: 'Cluster',
-      names: {
-        kind,
-        plural,
-        singular: kind.toLowerCase(),
-        listKind: `${kind}List`,
-        categories: ['constraint', 'constraints'],
-      },
-      versions: ['v1beta1', 'v1alpha1'].map((name) => ({
-        name,
-        served: true,
-        storage: name === 'v1beta1',
-        subresources: { status: {} },
-        schema: {
-          openAPIV3Schema: {
-            type: 'object',
-            properties: {
-              spec: {
-                type: 'object',
-                properties: {
-                  enforcementAction: { type: 'string' },
-                  match: {
-                    type: 'object',
-                    properties: {
-                      kinds: {
-                        type: 'array',
-                        items: { type: 'object', properties: { apiGroups: stringArray, kinds: stringArray } },
-                      },
-                      namespaces: stringArray,
-                      excludedNamespaces: stringArray,
-                      scope: { type: 'string', enum: ['*', 'Cluster', 'Namespaced'] },
-                      labelSelector: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
-                      namespaceSelector: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
-                      name: { type: 'string' },
-                    },
-                  },
-                  parameters: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
-                },
-              },
-              status: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
-            },
-          },
-        },
-      })),
-    },
-  };
-}
-
 function iaxPlatformCrd(): V1CustomResourceDefinition {
   return {
     apiVersion: 'apiextensions.k8s.io/v1',
@@ -317,13 +263,14 @@ export async function installClusterFixture(
       },
     }),
   );
-  const crds = [...Gatekeeper.kinds.map((k) => constraintCrd(k.kind, k.plural)), iaxPlatformCrd()];
-  for (const crd of crds) await createIfMissing(() => ext.createCustomResourceDefinition({ body: crd }));
-  for (const crd of crds) {
+  const crd = iaxPlatformCrd();
+  await createIfMissing(() => ext.createCustomResourceDefinition({ body: crd }));
+  const names = [crd.metadata!.name!, ...Gatekeeper.kinds.map((k) => `${k.plural}.${Gatekeeper.group}`)];
+  for (const name of names) {
     await waitFor(
-      `CRD ${crd.metadata!.name} established`,
+      `CRD ${name} established (constraint kinds come from Gatekeeper's templates: is it running?)`,
       async () => {
-        const c = await ext.readCustomResourceDefinition({ name: crd.metadata!.name! });
+        const c = await ext.readCustomResourceDefinition({ name });
         return c.status?.conditions?.some((x) => x.type === 'Established' && x.status === 'True');
       },
       30_000,
@@ -370,6 +317,25 @@ export async function installClusterFixture(
       },
     }),
   );
+  for (const [plural, name] of [
+    ['k8spspcapabilities', 'drop-all'],
+    ['k8spspallowedusers', 'allowed-user-ranges'],
+  ] as const) {
+    await waitFor(
+      `Gatekeeper enforcing constraint ${name}`,
+      async () => {
+        const c = (await custom.getClusterCustomObject({
+          group: Gatekeeper.group,
+          version: Gatekeeper.version,
+          plural,
+          name,
+        })) as EnforcementView;
+        return enforcementOf(c, c.metadata.generation ?? 1).state === 'enforced';
+      },
+      60_000,
+      200,
+    );
+  }
 }
 
 function statefulSet(
@@ -408,6 +374,7 @@ function statefulSet(
             runAsUser: uid,
             runAsGroup: uid,
             fsGroup: uid,
+            supplementalGroups: [uid],
             fsGroupChangePolicy: 'OnRootMismatch',
             seccompProfile: { type: 'RuntimeDefault' },
           },

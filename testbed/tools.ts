@@ -7,7 +7,16 @@
  * `${RUNAS_MIGRATE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/runas-migrate}/tools/<component>-<version>/`.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,7 +50,11 @@ export const ToolVersions = {
    * hostexec/main.go changes, or beds keep the old binary.
    */
   hostExec: `${kubernetesVersion}-2`,
+  gatekeeper: '3.23.1',
 } as const;
+
+/** Where Gatekeeper's CRDs are in its Go module. */
+export const GatekeeperCrdsInModule = 'manifest_staging/charts/gatekeeper/crds';
 
 /** Names of the binaries the test bed needs. */
 export const ToolName = {
@@ -55,6 +68,7 @@ export const ToolName = {
   Kwokctl: 'kwokctl',
   TemporalTestServer: 'temporal-test-server',
   HostExec: 'host-exec',
+  Gatekeeper: 'gatekeeper',
 } as const;
 export type ToolName = (typeof ToolName)[keyof typeof ToolName];
 
@@ -223,6 +237,23 @@ const components: readonly Component[] = [
         { cwd: join(testbedDir, 'kube'), env: goEnv() },
         log,
       ),
+  },
+  {
+    id: `gatekeeper-${ToolVersions.gatekeeper}`,
+    version: ToolVersions.gatekeeper,
+    binaries: [ToolName.Gatekeeper],
+    // Its binary has no --version: never one found on PATH (RUNAS_MIGRATE_GATEKEEPER points at one).
+    matchesVersion: () => false,
+    build: async (binDir, log) => {
+      const module = `github.com/open-policy-agent/gatekeeper/v3@v${ToolVersions.gatekeeper}`;
+      const env = { ...goEnv(), GOFLAGS: '', GOBIN: binDir };
+      await run('go', ['install', '-ldflags=-s -w', module], { env }, log);
+      // Its CRDs ship in the module: kept beside bin/ for the bed to apply.
+      const { Dir } = JSON.parse(
+        execFileSync('go', ['mod', 'download', '-json', module], { env, encoding: 'utf8' }),
+      ) as { Dir: string };
+      cpSync(join(Dir, GatekeeperCrdsInModule), join(dirname(binDir), 'crds'), { recursive: true });
+    },
   },
   {
     id: `temporal-test-server-${ToolVersions.temporalTestServer}`,

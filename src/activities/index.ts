@@ -8,6 +8,7 @@ import type { Kube } from '../cluster/kube.js';
 import { defaultsInForce, type GuardrailsInForce } from '../core/guardrails.js';
 import { recordsNamespaceOf } from '../core/records.js';
 import { DatabaseChecks } from '../services/database-checks.js';
+import { GatekeeperAudit } from '../services/gatekeeper-audit.js';
 import { GuardrailCheck } from '../services/guardrails.js';
 import { NamespaceLock } from '../services/namespace-lock.js';
 import { OwnershipJobs } from '../services/ownership-jobs.js';
@@ -50,6 +51,7 @@ export function createServices(deps: ActivityDeps) {
     statefulSets: new StatefulSets({ kube, log }),
     ownershipJobs: new OwnershipJobs({ kube, log }),
     databaseChecks: new DatabaseChecks({ kube, log }),
+    gatekeeperAudit: new GatekeeperAudit({ kube, log }),
   };
 }
 
@@ -79,6 +81,7 @@ export function createActivities(deps: ActivityDeps) {
       'verifyDatabases',
     ]),
     ...activitiesOf(s.databaseChecks, ['checkDatabases']),
+    ...activitiesOf(s.gatekeeperAudit, ['auditNamespace']),
     ...activitiesOf(s.ownershipJobs, [
       'createOwnershipJobs',
       'waitForPodsAdmitted',

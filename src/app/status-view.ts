@@ -5,6 +5,7 @@ import { AlwaysDeniedNamespaces, type GuardrailsInForce } from '../core/guardrai
 import CliTable from 'cli-table3';
 import type { MigrationReport, MigrationStatus } from '../workflows/messages.js';
 import type { MigrationPlan } from '../core/plan.js';
+import type { NamespaceAudit } from '../services/gatekeeper-audit.js';
 import type { CheckResult } from '../core/verification.js';
 import type { RunProgress } from './runs.js';
 
@@ -94,6 +95,9 @@ export function renderPlan(plan: MigrationPlan): string {
       ? `platform ${plan.platform.plural}/${plan.platform.name}: ${plan.platform.status ?? '(not found)'} (ready when ${plan.platform.ready})`
       : '',
     ...rec.snapshot.skipped.map((s) => `not relaxed: ${s.ref.kind}/${s.ref.name}: ${s.reason}`),
+    plan.databasePodsAdmission
+      ? `the databases' pods with ${plan.uid}:${plan.gid}, asked of the admission chain by dry run: ${plan.databasePodsAdmission}`
+      : '',
     plan.preflight.length
       ? `PREFLIGHT FAILED:\n  ${plan.preflight.join('\n  ')}`
       : 'preflight: the target IDs satisfy every policy that will be re-enforced',
@@ -165,6 +169,21 @@ export function renderDatabaseChecks(results: readonly CheckResult[]): string {
   return t.toString();
 }
 
+/** Gatekeeper's audit of the namespace, in one line per constraint. */
+export function renderAudit(a: NamespaceAudit): string {
+  const lines = a.constraints.map((c) =>
+    !c.auditTimestamp
+      ? `  ${c.constraint}: no audit pass in time`
+      : c.violations.length
+        ? `  ${c.constraint}: ${c.violations.length} violation(s): ${c.violations.map((v) => `${v.kind} ${v.name}: ${v.message}`).join('; ')}`
+        : `  ${c.constraint}: no violation (audit ${c.auditTimestamp})`,
+  );
+  return [
+    `Gatekeeper audit of ${a.namespace}: ${a.state} (waited ${(a.waitedMs / 1000).toFixed(1)} s)`,
+    ...lines,
+  ].join('\n');
+}
+
 /** The report of a finished run, for a terminal. */
 export function renderReport(r: MigrationReport): string {
   const guardrails = r.guardrails
@@ -184,6 +203,7 @@ export function renderReport(r: MigrationReport): string {
     `namespace ${r.namespace} now owned by ${r.uid}:${r.gid} (${r.startedAt} → ${r.finishedAt})`,
     volumes.toString(),
     ...(r.databaseChecks?.length ? [renderDatabaseChecks(r.databaseChecks)] : []),
+    ...(r.gatekeeperAudit ? [renderAudit(r.gatekeeperAudit)] : []),
     `policies relaxed for ${r.windowSeconds.toFixed(1)} s in ${r.windows.length} window(s)`,
     `approvals (who, as the approver named themselves): ${r.approvals.map((a) => `${a.gate}=${a.state}${a.by ? ` by ${a.by} at ${a.at}` : ''}`).join(', ')}`,
     guardrails,

@@ -440,6 +440,17 @@ export class Kube {
     return list.items;
   }
 
+  /**
+   * Asks the whole admission chain (Pod Security Admission, every webhook, Gatekeeper included)
+   * whether it would admit `pod`, without creating it: a server-side dry run.
+   */
+  dryRunPod(namespace: string, pod: V1Pod): Promise<V1Pod> {
+    const name = pod.metadata?.name ?? `${pod.metadata?.generateName ?? ''}…`;
+    return this.call('create', `Pod "${namespace}/${name}" (dry run)`, false, () =>
+      this.core.createNamespacedPod({ namespace, body: pod, dryRun: 'All' }),
+    );
+  }
+
   /** Creates a Job, or only tries it (`dryRun`). */
   createJob(namespace: string, job: V1Job, options?: DryRunOption): Promise<V1Job> {
     const name = job.metadata?.name ?? `${job.metadata?.generateName ?? ''}…`;

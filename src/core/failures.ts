@@ -35,6 +35,8 @@ export const FailureType = {
   /** The namespace that keeps the protected records does not exist. */
   RecordsNamespaceMissing: 'RecordsNamespaceMissing',
   AdmissionRefused: 'AdmissionRefused',
+  /** Gatekeeper did not take in a relaxed constraint in time: the Jobs would meet the old one. */
+  EnforcementNotConfirmed: 'EnforcementNotConfirmed',
 
   // The data path
   SecurityContextNotApplied: 'SecurityContextNotApplied',

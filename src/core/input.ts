@@ -230,9 +230,19 @@ export const MigrationInputSchema = z
           .strict()
           .default({}),
         timeout: duration('verify.timeout').default('30m'),
+        /** Read Gatekeeper's audit of the namespace once the policies are back (the seed's last check). */
+        audit: z.boolean().default(true),
+        /** How long to wait for an audit pass that started after the Jobs were gone. */
+        auditTimeout: duration('verify.auditTimeout').default('3m'),
       })
       .strict()
-      .default({ checks: [...AllDatabaseChecks], commands: {}, timeout: '30m' }),
+      .default({
+        checks: [...AllDatabaseChecks],
+        commands: {},
+        timeout: '30m',
+        audit: true,
+        auditTimeout: '3m',
+      }),
     dryRun: z.boolean().default(false),
   })
   .strict()

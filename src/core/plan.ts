@@ -44,6 +44,12 @@ export interface MigrationPlan {
   policies: RelaxationRecord;
   /** Problems that would make the databases refused after the run; non-empty stops the run. */
   preflight: string[];
+  /**
+   * What the admission chain said, by server-side dry run under the policies enforced at
+   * planning, about each StatefulSet's pods with the target IDs: `admitted`, `refused` (the
+   * refusals are in `preflight`), or why it was not asked. Absent from plans made before.
+   */
+  databasePodsAdmission?: string;
 }
 
 /** The pod-level IDs of a template, as they were (null: absent). */

@@ -21,6 +21,7 @@ import { profileOf, type PlatformResource, type ProfileDatabase } from '../core/
 import { OwnershipScript } from './ownership-script.js';
 import type { PolicyGuard } from './policy-guard.js';
 import { podIdsPatch } from './statefulsets.js';
+import { podOfStatefulSet } from '../core/admission.js';
 import { getPath } from './workloads.js';
 
 /** Dependencies of {@link Planner}. */
@@ -92,6 +93,7 @@ export class Planner {
     const allowedUsers = await this.allowedUsers(enforced);
     const platform = profile?.platform ? await this.readPlatform(profile.platform, inp.namespace) : null;
     const refused = await this.dryRunWrites(inp, owner, databases);
+    const admission = await this.dryRunDatabasePods(inp, databases);
     return {
       namespace: inp.namespace,
       uid: inp.uid,
@@ -100,8 +102,49 @@ export class Planner {
       databases,
       platform,
       policies,
-      preflight: [...preflight(inp, policies, allowedUsers, databases, runAsNonRoot), ...refused],
+      preflight: [
+        ...preflight(inp, policies, allowedUsers, databases, runAsNonRoot),
+        ...refused,
+        ...admission.refusals,
+      ],
+      databasePodsAdmission: admission.state,
     };
+  }
+
+  /**
+   * Asks the admission chain, under the policies as they are enforced now, whether each
+   * StatefulSet's pods would be admitted with the target IDs: this catches K8sPSPAllowedUsers
+   * ranges and any policy the planner does not model. A worker without `create` on pods cannot
+   * ask: the hand-written range check is then all there is, and the plan says so.
+   */
+  private async dryRunDatabasePods(
+    inp: MigrationInput,
+    databases: DatabasePlan[],
+  ): Promise<{ refusals: string[]; state: MigrationPlan['databasePodsAdmission'] }> {
+    const ids = {
+      runAsUser: inp.uid,
+      runAsGroup: inp.gid,
+      fsGroup: inp.gid,
+      supplementalGroups: inp.supplementalGroups,
+    };
+    const refusals: string[] = [];
+    for (const db of databases) {
+      const sts = await this.kube.readStatefulSet(inp.namespace, db.statefulSet);
+      try {
+        await this.kube.dryRunPod(inp.namespace, podOfStatefulSet(sts, ids));
+      } catch (err) {
+        if (isKubeError(err, FailureType.KubeForbidden) && /cannot create resource "pods"/.test(err.reason))
+          return {
+            refusals: [],
+            state: 'not-asked: the worker may not create pods (dry run); ranges checked offline only',
+          };
+        if (!isKubeError(err) || err.retryable) throw err;
+        refusals.push(
+          `StatefulSet ${db.statefulSet}'s pods would be refused with ${inp.uid}:${inp.gid} under the policies enforced now: ${err.reason}: choose IDs they admit`,
+        );
+      }
+    }
+    return { refusals, state: refusals.length ? 'refused' : 'admitted' };
   }
 
   /**

@@ -53,6 +53,7 @@ import {
   type ProtectedRecord,
 } from '../core/records.js';
 import { currentStep, progress } from './step.js';
+import { enforcementOf, type EnforcementView } from '../core/enforcement.js';
 
 /** Dependencies of the {@link PolicyGuard}. */
 export interface PolicyGuardDeps {
@@ -71,6 +72,27 @@ export interface PolicyGuardDeps {
    * run's own). @default $TEMPORAL_NAMESPACE, else "default"
    */
   temporalNamespace?: string;
+  /**
+   * How long to wait for Gatekeeper to take in a patched constraint (each webhook pod's entry in
+   * its `status.byPod` at the patched generation). @default 60 000
+   */
+  enforcementTimeoutMs?: number;
+}
+
+/** Where Gatekeeper stood on one patched constraint when the guard stopped waiting. */
+export interface ConstraintEnforcement {
+  constraint: string;
+  /** The generation the guard wrote (or found already in place). */
+  generation: number;
+  /**
+   * `enforced`: every Gatekeeper webhook pod enforces it; `no-webhook`: no Gatekeeper pod reports
+   * on it, nothing to wait for; `unconfirmed`: not taken in by the deadline; `deleted`.
+   */
+  state: 'enforced' | 'no-webhook' | 'unconfirmed' | 'deleted';
+  /** Milliseconds from the end of the write to this state. */
+  ms: number;
+  /** The pods not yet at the generation, when unconfirmed. */
+  waitingFor?: string[];
 }
 
 /** Input of {@link PolicyGuard.snapshotPolicies} and {@link PolicyGuard.relaxPolicies}. */
@@ -96,6 +118,10 @@ export interface RelaxResult {
   deletedConstraints: string[];
   /** Whether this call found its own record already there (a retry after a crash). */
   resumed: boolean;
+  /** Gatekeeper's take on each relaxed constraint; all `enforced` or `no-webhook`, or the call fails. */
+  enforcement: ConstraintEnforcement[];
+  /** When Gatekeeper had taken in every relaxed constraint (the relaxation in effect). */
+  enforcedAt: string;
   apiCalls: number;
 }
 
@@ -140,7 +166,15 @@ export interface RestoreReport {
   alarms: string[];
   /** Why nothing was restored although the namespace shows a relaxation; null otherwise. */
   refused: string | null;
+  /** When the policies were written back (and verified). */
   restoredAt: string;
+  /** Gatekeeper's take on each restored constraint. */
+  enforcement: ConstraintEnforcement[];
+  /**
+   * When Gatekeeper enforced every restored constraint again: the end of the window. An
+   * unconfirmed constraint leaves it at `restoredAt` and raises an alarm.
+   */
+  enforcedAt: string;
   apiCalls: number;
 }
 
@@ -169,10 +203,23 @@ const runName = (r: RunRef) => `${r.workflowId}/${r.runId}`;
 /** How much of a tampered annotation an alarm quotes. */
 const QuotedAnnotationChars = 200;
 
-interface ConstraintLike {
-  metadata: { resourceVersion: string; annotations?: Record<string, string> };
+interface ConstraintLike extends EnforcementView {
+  metadata: { resourceVersion: string; generation?: number; annotations?: Record<string, string> };
   spec?: { match?: { excludedNamespaces?: string[] } };
 }
+
+/** What a guarded constraint patch came to, and the generation then in place. */
+type PatchOutcome =
+  { result: 'patched' | 'nothing-to-do'; generation: number } | { result: 'deleted'; generation?: undefined };
+
+/** A constraint the guard wrote, at the generation it wrote. */
+interface WrittenConstraint {
+  ref: ConstraintRef;
+  generation: number;
+}
+
+/** How often the guard reads a constraint's status while Gatekeeper takes it in. */
+const EnforcementPollMs = 200;
 
 /** The protected record of a namespace: found, absent (both null), or why it cannot be used. */
 interface ProtectedLookup {
@@ -205,6 +252,8 @@ const emptyReport = (namespace: string): RestoreReport => ({
   alarms: [],
   refused: null,
   restoredAt: new Date().toISOString(),
+  enforcement: [],
+  enforcedAt: new Date().toISOString(),
   apiCalls: 0,
 });
 
@@ -218,8 +267,10 @@ export class PolicyGuard {
   private readonly group: string;
   private readonly recordsNamespace: string;
   private readonly defaultTemporalNamespace: string | undefined;
+  private readonly enforcementTimeoutMs: number;
 
   constructor(deps: PolicyGuardDeps) {
+    this.enforcementTimeoutMs = deps.enforcementTimeoutMs ?? 60_000;
     this.kube = deps.kube;
     this.log = deps.log ?? (() => undefined);
     this.group = deps.constraintGroup ?? GatekeeperConstraintGroup;
@@ -296,12 +347,26 @@ export class PolicyGuard {
     this.log(
       `recorded relaxation of ${input.namespace} in ${this.protectedName(input.namespace)} and set enforce=${record.plan.podSecurityEnforce ?? '(unchanged)'}`,
     );
-    const deletedConstraints = await this.excludeFromConstraints(input.namespace, record);
+    const excluded = await this.excludeFromConstraints(input.namespace, record);
+    const deletedConstraints = excluded.deleted;
+    const relaxedAt = new Date().toISOString();
+    const enforcement = await this.awaitEnforcement(excluded.written);
+    const unconfirmed = enforcement.filter((e) => e.state === 'unconfirmed');
+    if (unconfirmed.length > 0) {
+      throw TypedFailure.nonRetryable(
+        `Gatekeeper has not taken in the relaxed ${unconfirmed.map((e) => e.constraint).join(', ')} within ` +
+          `${this.enforcementTimeoutMs / 1000} s (${unconfirmed.flatMap((e) => e.waitingFor ?? []).join('; ')}): ` +
+          `its webhook would still refuse the Jobs. Check Gatekeeper's pods and logs; the policies are put back`,
+        FailureType.EnforcementNotConfirmed,
+      );
+    }
     return {
       record,
-      relaxedAt: new Date().toISOString(),
+      relaxedAt,
       deletedConstraints,
       resumed,
+      enforcement,
+      enforcedAt: new Date().toISOString(),
       apiCalls: this.apiCalls() - before,
     };
   }
@@ -575,20 +640,20 @@ export class PolicyGuard {
   private async patchConstraint(
     ref: ConstraintRef,
     compute: (c: ConstraintLike) => JsonPatchOp[] | null,
-  ): Promise<'patched' | 'nothing-to-do' | 'deleted'> {
+  ): Promise<PatchOutcome> {
     for (let attempt = 1; ; attempt++) {
       let current: ConstraintLike;
       try {
         current = await this.kube.readClusterObject<ConstraintLike>(ref, ref.name);
       } catch (err) {
-        if (isKubeError(err, FailureType.KubeNotFound)) return 'deleted';
+        if (isKubeError(err, FailureType.KubeNotFound)) return { result: 'deleted' };
         throw err;
       }
       const ops = compute(current);
-      if (!ops) return 'nothing-to-do';
+      if (!ops) return { result: 'nothing-to-do', generation: current.metadata.generation ?? 0 };
       try {
-        await this.kube.jsonPatchClusterObject(ref, ref.name, ops);
-        return 'patched';
+        const patched = await this.kube.jsonPatchClusterObject<ConstraintLike>(ref, ref.name, ops);
+        return { result: 'patched', generation: patched.metadata.generation ?? 0 };
       } catch (err) {
         // A failed `test` means someone changed the constraint since we read it: read again.
         const moved = isKubeError(err, FailureType.KubeInvalid) || isKubeError(err, FailureType.KubeConflict);
@@ -677,18 +742,80 @@ export class PolicyGuard {
     );
   }
 
-  /** Excludes the namespace from each planned constraint; returns those that were deleted meanwhile. */
-  private async excludeFromConstraints(namespace: string, record: RelaxationRecord): Promise<string[]> {
+  /**
+   * Excludes the namespace from each planned constraint; returns those that were deleted
+   * meanwhile and the generation written to each of the others.
+   */
+  private async excludeFromConstraints(
+    namespace: string,
+    record: RelaxationRecord,
+  ): Promise<{ deleted: string[]; written: WrittenConstraint[] }> {
     const deleted: string[] = [];
+    const written: WrittenConstraint[] = [];
     for (const { ref } of record.plan.constraints) {
-      const result = await this.patchConstraint(ref, (c) =>
+      const outcome = await this.patchConstraint(ref, (c) =>
         excludeNamespaceOps(namespace, constraintView(c)),
       );
-      if (result === 'deleted') deleted.push(refName(ref));
-      else this.log(`excluded ${namespace} from ${refName(ref)}`);
+      if (outcome.result === 'deleted') deleted.push(refName(ref));
+      else {
+        written.push({ ref, generation: outcome.generation });
+        this.log(`excluded ${namespace} from ${refName(ref)}`);
+      }
       progress({ relaxed: refName(ref) });
     }
-    return deleted;
+    return { deleted, written };
+  }
+
+  /**
+   * Waits until Gatekeeper has taken in each written constraint: every webhook pod's entry in
+   * `status.byPod` enforces the written generation or a later one. A constraint no Gatekeeper
+   * pod reports on has nothing to wait for; one still behind at the deadline is `unconfirmed`.
+   */
+  private async awaitEnforcement(written: readonly WrittenConstraint[]): Promise<ConstraintEnforcement[]> {
+    const started = Date.now();
+    const deadline = started + this.enforcementTimeoutMs;
+    const done = new Map<string, ConstraintEnforcement>();
+    let waitingFor = new Map<string, string[]>();
+    for (;;) {
+      waitingFor = new Map();
+      for (const { ref, generation } of written) {
+        const name = refName(ref);
+        if (done.has(name)) continue;
+        let live: ConstraintLike;
+        try {
+          live = await this.kube.readClusterObject<ConstraintLike>(ref, ref.name);
+        } catch (err) {
+          if (!isKubeError(err, FailureType.KubeNotFound)) throw err;
+          done.set(name, { constraint: name, generation, state: 'deleted', ms: Date.now() - started });
+          continue;
+        }
+        const e = enforcementOf(live, generation);
+        if (e.state === 'pending') waitingFor.set(name, e.waitingFor);
+        else done.set(name, { constraint: name, generation, state: e.state, ms: Date.now() - started });
+      }
+      if (waitingFor.size === 0) break;
+      if (Date.now() >= deadline) {
+        for (const { ref, generation } of written) {
+          const name = refName(ref);
+          const pods = waitingFor.get(name);
+          if (pods)
+            done.set(name, {
+              constraint: name,
+              generation,
+              state: 'unconfirmed',
+              ms: Date.now() - started,
+              waitingFor: pods,
+            });
+        }
+        break;
+      }
+      progress({ awaitingEnforcement: [...waitingFor.keys()].join(', ') });
+      await sleep(EnforcementPollMs);
+    }
+    const result = written.map(({ ref }) => done.get(refName(ref))!);
+    for (const e of result)
+      this.log(`${e.constraint} generation ${e.generation}: ${e.state} after ${e.ms} ms`);
+    return result;
   }
 
   /** Why the annotation differs from the authoritative record; null when it shows the same. */
@@ -767,10 +894,11 @@ export class PolicyGuard {
     if (!state.ns) {
       // The namespace went away during the window: the record still says which exclusions
       // to take back, so a namesake is not born exempt.
-      await this.restoreConstraints(authority, report, served);
+      const written = await this.restoreConstraints(authority, report, served);
+      report.restoredAt = new Date().toISOString();
+      await this.confirmRestored(written, report);
       if (prot.found) await this.deleteProtected(prot.found);
       report.restored = true;
-      report.restoredAt = new Date().toISOString();
       return;
     }
     await this.restoreNamespace({ ...state, ns: state.ns }, authority, served, report);
@@ -817,7 +945,7 @@ export class PolicyGuard {
     if (changed) report.alarms.push(changed);
 
     await this.restorePodSecurity(namespace, state.ns, authority, report);
-    await this.restoreConstraints(authority, report, served);
+    const written = await this.restoreConstraints(authority, report, served);
 
     const undid =
       report.podSecurity === 'restored' ||
@@ -825,11 +953,12 @@ export class PolicyGuard {
     this.alarmOnRemovedEvidence(state, report, undid);
 
     await this.verifyRestored(authority, report, served);
+    report.restoredAt = new Date().toISOString();
+    await this.confirmRestored(written, report);
 
     if (annotation !== undefined) await this.dropAnnotation(namespace, annotation);
     if (prot.found) await this.deleteProtected(prot.found);
     report.restored = undid || annotation !== undefined || prot.found !== null;
-    report.restoredAt = new Date().toISOString();
     if (report.restored) this.log(`policies of ${namespace} restored and verified`);
   }
 
@@ -888,7 +1017,8 @@ export class PolicyGuard {
     record: RelaxationRecord,
     report: RestoreReport,
     served: readonly CustomResourceKind[],
-  ): Promise<void> {
+  ): Promise<WrittenConstraint[]> {
+    const written: WrittenConstraint[] = [];
     const { namespace } = record.snapshot;
     for (const planned of record.plan.constraints) {
       const ref = this.servedRef(planned.ref, served);
@@ -898,11 +1028,13 @@ export class PolicyGuard {
         continue;
       }
       let listRemoved = false;
-      const result = await this.patchConstraint(ref, (c) => {
+      const outcome = await this.patchConstraint(ref, (c) => {
         const ops = includeNamespaceOps(namespace, constraintView(c));
         listRemoved = ops?.some((o) => o.op === 'remove' && o.path === ExcludedNamespacesPath) ?? false;
         return ops;
       });
+      const { result } = outcome;
+      if (outcome.result !== 'deleted') written.push({ ref, generation: outcome.generation });
       report.constraints.push({
         constraint: refName(ref),
         result:
@@ -917,6 +1049,25 @@ export class PolicyGuard {
       this.log(`restored ${refName(ref)} for ${namespace}: ${report.constraints.at(-1)!.result}`);
       progress({ restored: refName(ref) });
     }
+    return written;
+  }
+
+  /**
+   * Waits for Gatekeeper to enforce the restored constraints again and says when it did. Not
+   * confirmed in time is an alarm, not a failure: what was written is exactly the snapshot, and
+   * only Gatekeeper's own health can make it take effect.
+   */
+  private async confirmRestored(written: readonly WrittenConstraint[], report: RestoreReport): Promise<void> {
+    report.enforcement = await this.awaitEnforcement(written);
+    report.enforcedAt = new Date().toISOString();
+    const late = report.enforcement.filter((e) => e.state === 'unconfirmed');
+    if (late.length === 0) return;
+    report.enforcedAt = report.restoredAt;
+    report.alarms.push(
+      `Gatekeeper has not enforced the restored ${late.map((e) => e.constraint).join(', ')} within ` +
+        `${this.enforcementTimeoutMs / 1000} s (${late.flatMap((e) => e.waitingFor ?? []).join('; ')}): ` +
+        `the constraints are written back as they were, but check Gatekeeper's pods`,
+    );
   }
 
   /** Compares the live state with the snapshot; what differs and is not ours is kept and reported. */

@@ -6,6 +6,7 @@ import type { CheckResult } from '../core/verification.js';
 import * as wf from '@temporalio/workflow';
 import type { AdmissionEvidence } from '../services/ownership-jobs.js';
 import type { RestoreReport } from '../services/policy-guard.js';
+import type { NamespaceAudit } from '../services/gatekeeper-audit.js';
 import type { JobSummary } from '../core/job.js';
 import type { MigrationPlan } from '../core/plan.js';
 import type { RelaxationRecord } from '../core/policy.js';
@@ -134,7 +135,13 @@ export interface JobStatus {
 
 /** One relaxation window. */
 export interface WindowStatus {
+  /** When the relaxation was written (PSA and every constraint). */
   openedAt: string;
+  /** When Gatekeeper had taken in every relaxed constraint: from then on Jobs may be created. */
+  relaxationEnforcedAt?: string;
+  /** When the policies were written back. */
+  writtenBackAt?: string;
+  /** When the run saw the policies enforced again (Gatekeeper included): the window's end. */
   closedAt?: string;
   closedBecause?: string;
 }
@@ -177,6 +184,8 @@ export interface MigrationStatus {
   guardrails: GuardrailsInForce | null;
   /** The checks of every replica once the databases were back (exec and logs), as evidence. */
   databaseChecks: CheckResult[];
+  /** Gatekeeper's audit of the namespace once the databases are back; null when not read. */
+  gatekeeperAudit: NamespaceAudit | null;
 }
 
 /** `temporal workflow query --type status` */
@@ -198,6 +207,8 @@ export interface MigrationReport {
   verification: string[];
   /** Each check of each replica: what it saw and how long it took. */
   databaseChecks: CheckResult[];
+  /** Gatekeeper's audit of the namespace once the databases are back; null when not read. */
+  gatekeeperAudit: NamespaceAudit | null;
   endState: EndState;
   /** Tampering with the relaxation record found during the run. */
   alarms: string[];

@@ -52,6 +52,8 @@ const Patch = {
   Guardrails: 'guardrails',
   /** The checks of every replica through exec and the Log API, after the pod checks. */
   DatabaseChecks: 'database-checks',
+  /** Gatekeeper's audit of the namespace after the Jobs are gone. */
+  GatekeeperAudit: 'gatekeeper-audit',
 } as const;
 
 /** Awaits a step; a refusal of `type` fails the run as that refusal, not as "activity task failed". */
@@ -416,6 +418,8 @@ export class Migration {
       })),
     );
     if (wf.patched(Patch.DatabaseChecks) && input.verify.checks.length) await this.checkDatabases();
+    if (wf.patched(Patch.GatekeeperAudit) && input.verify.audit && input.policies.gatekeeper)
+      await this.auditNamespace();
     if (this.verification.length)
       throw ApplicationFailure.nonRetryable(
         `verification failed: ${this.verification.join('; ')}`,
@@ -455,6 +459,43 @@ export class Migration {
     );
     this.state.status.databaseChecks = results;
     this.verification.push(...results.filter((r) => !r.ok).map(problemOf));
+  }
+
+  /**
+   * The seed's last check: Gatekeeper's audit, in a pass that started once the Jobs were gone,
+   * finds no violation by the migrated databases' pods (a failure); others are alarms.
+   */
+  private async auditNamespace(): Promise<void> {
+    const { input, namespace, plan, state } = this;
+    const audit = await act(
+      this.stubs.steps.auditNamespace,
+      `read Gatekeeper's audit of ${namespace}`,
+      { namespace, since: nowIso(), timeoutSeconds: this.ms(input.verify.auditTimeout) / 1000 },
+      { startToCloseTimeout: this.ms(input.verify.auditTimeout) + Wait.margin },
+    );
+    state.status.gatekeeperAudit = audit;
+    const ours = (pod: string) =>
+      plan.databases.some(
+        (d) => pod.startsWith(`${d.statefulSet}-`) && /^\d+$/.test(pod.slice(d.statefulSet.length + 1)),
+      );
+    for (const c of audit.constraints) {
+      for (const v of c.violations) {
+        const line = `Gatekeeper's audit: ${c.constraint} finds ${v.kind} ${v.name}: ${v.message}`;
+        if (v.kind === 'Pod' && ours(v.name)) this.verification.push(line);
+        else state.alarm(line);
+      }
+      if (c.violations.length === 0 && !c.complete && c.auditTimestamp)
+        state.alarm(
+          `Gatekeeper's audit: ${c.constraint} lists ${c.totalViolations} violations only in part, so some in ${namespace} may not show`,
+        );
+    }
+    if (audit.state === 'not-audited')
+      state.alarm(
+        `Gatekeeper's audit did not pass over ${audit.constraints
+          .filter((c) => !c.auditTimestamp)
+          .map((c) => c.constraint)
+          .join(', ')} within ${input.verify.auditTimeout}: is its audit operation running?`,
+      );
   }
 
   /** After a failure, `abort` or cancel: settles, then ends the run with the right failure. */
@@ -525,6 +566,7 @@ export class Migration {
       approvals: status.gates,
       verification: this.verification,
       databaseChecks: status.databaseChecks,
+      gatekeeperAudit: status.gatekeeperAudit,
       endState,
       alarms: status.alarms,
       guardrails: status.guardrails,

@@ -49,7 +49,10 @@ export class PolicyWindow {
     this.record = relaxed.record;
     state.status.policies.record = relaxed.record;
     state.status.policies.state = 'relaxed';
-    state.status.windows.push({ openedAt: relaxed.relaxedAt });
+    state.status.windows.push({
+      openedAt: relaxed.relaxedAt,
+      ...(relaxed.enforcedAt ? { relaxationEnforcedAt: relaxed.enforcedAt } : {}),
+    });
     const timer = new wf.CancellationScope();
     // Handled at once: a restore that fails here is reported, never thrown into the workflow task.
     const maxTimer = timer
@@ -96,7 +99,12 @@ export class PolicyWindow {
     status.policies.state = 'restored';
     this.mayBeRelaxed = false;
     const w = status.windows.at(-1);
-    if (w && !w.closedAt) Object.assign(w, { closedAt: nowIso(), closedBecause: because });
+    if (w && !w.closedAt)
+      Object.assign(w, {
+        ...(report.restored ? { writtenBackAt: report.restoredAt } : {}),
+        closedAt: nowIso(),
+        closedBecause: because,
+      });
   }
 
   private closedBySweeper(s: WindowClosedBySweeper): void {

@@ -53,6 +53,7 @@ export class RunState {
     alarms: [],
     guardrails: null,
     databaseChecks: [],
+    gatekeeperAudit: null,
   };
   /** Why the run was aborted; undefined while it was not. */
   abortReason: string | undefined;

@@ -7,7 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Kube } from '../../src/cluster/kube.js';
 import { PodSecurityLabel } from '../../src/core/policy.js';
 import { OwnershipJobs, type JobRef } from '../../src/services/ownership-jobs.js';
-import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { createNamespace, kubeConfig, OutsideGatekeeper, uniqueName } from '../support/bed.js';
 
 const kc = kubeConfig();
 const batch = kc.makeApiClient(BatchV1Api);
@@ -54,7 +54,9 @@ async function createJobs(namespace: string, names: string[]): Promise<JobRef[]>
 describe('waitForPodsAdmitted', () => {
   it('returns as soon as every Job has an admitted pod, with the evidence', async () => {
     const ns = uniqueName('window');
-    cleanups.push(await createNamespace(kc, ns, { [PodSecurityLabel.Enforce]: 'baseline' }));
+    cleanups.push(
+      await createNamespace(kc, ns, { [PodSecurityLabel.Enforce]: 'baseline', ...OutsideGatekeeper }),
+    );
     const jobs = await createJobs(ns, ['pgplatform-0', 'timescale-0', 'timescale-1']);
 
     const started = Date.now();
@@ -81,6 +83,19 @@ describe('waitForPodsAdmitted', () => {
     expect(evidence.admitted).toEqual([]);
     expect(evidence.refused).toHaveLength(1);
     expect(evidence.refused[0]!.message).toMatch(/violates PodSecurity "restricted:latest"/);
+  });
+
+  it("reports a refusal by Gatekeeper's webhook, naming the constraint", async () => {
+    const ns = uniqueName('window');
+    cleanups.push(await createNamespace(kc, ns, { [PodSecurityLabel.Enforce]: 'baseline' }));
+    const jobs = await createJobs(ns, ['refused-0']);
+
+    const evidence = await ownershipJobs.waitForPodsAdmitted({ namespace: ns, jobs, timeoutSeconds: 30 });
+    expect(evidence.admitted).toEqual([]);
+    expect(evidence.refused).toHaveLength(1);
+    expect(evidence.refused[0]!.message).toMatch(
+      /admission webhook "validation.gatekeeper.sh" denied the request: .*\[drop-all\]/,
+    );
   });
 
   it('gives up at the timeout and says so', async () => {

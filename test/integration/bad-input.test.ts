@@ -9,6 +9,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  AdmissionregistrationV1Api,
   AppsV1Api,
   CoreV1Api,
   KubeConfig,
@@ -578,6 +579,61 @@ describe('policies in unusual states', () => {
     const end = await unchanged(() => throughTemporal(input));
     expect(end).toMatchObject({ status: 'FAILED', type: 'PreflightFailed' });
     expect(end.messages[0]).toMatch(/K8sPSPAllowedUsers\/allowed-user-ranges: runAsUser 500 is outside/);
+  });
+
+  it("a policy the planner does not model (a ValidatingAdmissionPolicy on uid 5000): the dry run of the databases' pods fails preflight, naming it", async () => {
+    const admission = kc.makeApiClient(AdmissionregistrationV1Api);
+    const name = uniqueName('no-uid-5000');
+    await admission.createValidatingAdmissionPolicy({
+      body: {
+        metadata: { name },
+        spec: {
+          failurePolicy: 'Fail',
+          matchConstraints: {
+            resourceRules: [
+              { apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'] },
+            ],
+          },
+          validations: [
+            {
+              expression:
+                '!has(object.spec.securityContext) || !has(object.spec.securityContext.runAsUser) || object.spec.securityContext.runAsUser != 5000',
+              message: 'uid 5000 belongs to the backup agent here',
+            },
+          ],
+        },
+      },
+    });
+    await admission.createValidatingAdmissionPolicyBinding({
+      body: {
+        metadata: { name },
+        spec: {
+          policyName: name,
+          validationActions: ['Deny'],
+          matchResources: {
+            namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': namespace } },
+          },
+        },
+      },
+    });
+    try {
+      await expect
+        .poll(
+          async () => {
+            const end = await unchanged(() => throughTemporal(valid));
+            return end.status === 'FAILED' ? end.messages[0] : end.status;
+          },
+          { timeout: 60_000, interval: 1000 },
+        )
+        .toMatch(
+          new RegExp(
+            `StatefulSet pgplatform's pods would be refused with 5000:5000 under the policies enforced now: .*ValidatingAdmissionPolicy '${name}'.*uid 5000 belongs to the backup agent here`,
+          ),
+        );
+    } finally {
+      await admission.deleteValidatingAdmissionPolicyBinding({ name }).catch(() => undefined);
+      await admission.deleteValidatingAdmissionPolicy({ name }).catch(() => undefined);
+    }
   });
 
   it('no pod-security label: the plan sets baseline only for the window, and a dry run changes nothing', async () => {

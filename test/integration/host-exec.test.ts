@@ -38,6 +38,7 @@ function hostPod(name: string, script: string): V1Pod {
         runAsUser: uid,
         runAsGroup: gid,
         fsGroup,
+        supplementalGroups: [fsGroup],
         runAsNonRoot: true,
         seccompProfile: { type: 'RuntimeDefault' },
       },
@@ -121,7 +122,6 @@ function kubectl(args: readonly string[], stdin = '') {
   run.child.stdin?.end(stdin);
   return outcome(run);
 }
-
 
 beforeAll(async () => {
   cleanup = await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'restricted' });

@@ -10,7 +10,7 @@ import { BatchV1Api, CoreV1Api, type V1Job, type V1Pod } from '@kubernetes/clien
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostRunnerNode } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
-import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { bed, createNamespace, kubeConfig, OutsideGatekeeper, uniqueName } from '../support/bed.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
@@ -114,7 +114,10 @@ async function finishedPod(job: string): Promise<V1Pod> {
 }
 
 beforeAll(async () => {
-  cleanup = await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'baseline' });
+  cleanup = await createNamespace(kc, namespace, {
+    'pod-security.kubernetes.io/enforce': 'baseline',
+    ...OutsideGatekeeper,
+  });
 });
 afterAll(async () => {
   await cleanup();

@@ -15,7 +15,7 @@ import { OwnershipJobs } from '../../src/services/ownership-jobs.js';
 import { HostRunner, HostRunnerNode } from '../../testbed/host-runner/runner.js';
 import { processGroupMembers } from '../../testbed/host-runner/processes.js';
 import { freePort, waitFor } from '../../testbed/process.js';
-import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { bed, createNamespace, kubeConfig, OutsideGatekeeper, uniqueName } from '../support/bed.js';
 import { makeTree } from '../support/tree.js';
 import { boundVolume, ownerCounts } from '../support/volume.js';
 
@@ -44,7 +44,12 @@ function processesMounting(path: string): number[] {
 }
 
 beforeAll(async () => {
-  cleanups.push(await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'baseline' }));
+  cleanups.push(
+    await createNamespace(kc, namespace, {
+      'pod-security.kubernetes.io/enforce': 'baseline',
+      ...OutsideGatekeeper,
+    }),
+  );
   const pki = join(bed().cluster.workdir, 'clusters', bed().cluster.name, 'pki');
   const runner = new HostRunner({
     kubeConfig: kc,

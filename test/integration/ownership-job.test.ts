@@ -18,7 +18,7 @@ import { Planner } from '../../src/services/planner.js';
 import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
-import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { bed, createNamespace, kubeConfig, OutsideGatekeeper, uniqueName } from '../support/bed.js';
 import { makeTree } from '../support/tree.js';
 import { boundVolume, ownerCounts } from '../support/volume.js';
 import { execFileSync } from 'node:child_process';
@@ -57,7 +57,12 @@ const target = (statefulSet: string, ordinal: number, claimName: string): JobTar
 });
 
 beforeAll(async () => {
-  cleanups.push(await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'baseline' }));
+  cleanups.push(
+    await createNamespace(kc, namespace, {
+      'pod-security.kubernetes.io/enforce': 'baseline',
+      ...OutsideGatekeeper,
+    }),
+  );
 });
 
 afterAll(async () => {

@@ -106,6 +106,8 @@ describe('planMigration on the test bed', () => {
     expect(calls.filter((c) => c.includes('(dry run)')).sort()).toEqual(
       [
         ...['pgplatform', 'timescale'].map((s) => `patch StatefulSet "${namespace}/${s}" (dry run)`),
+        // The databases' pods with the new IDs, put to PSA and Gatekeeper as they are enforced now.
+        ...['pgplatform', 'timescale'].map((s) => `create Pod "${namespace}/${s}-…" (dry run)`),
         ...[
           ['pgplatform', 0],
           ['timescale', 0],
@@ -116,6 +118,7 @@ describe('planMigration on the test bed', () => {
       ].sort(),
     );
     expect(calls.filter((c) => c.endsWith('(write)'))).toEqual([]);
+    expect(p.databasePodsAdmission).toBe('admitted');
     expect(await local()).toEqual(before);
   });
 

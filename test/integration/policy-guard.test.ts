@@ -15,7 +15,6 @@ import {
   PatchStrategy,
   RbacAuthorizationV1Api,
   setHeaderOptions,
-  type V1Pod,
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kube } from '../../src/cluster/kube.js';
@@ -26,6 +25,7 @@ import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { Gatekeeper } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { rootPod } from '../support/pods.js';
 import { policyState } from '../support/policy-state.js';
 import {
   aliveRun,
@@ -113,26 +113,6 @@ async function excludedNamespaces(plural: string, name: string): Promise<string[
   };
   return c.spec.match.excludedNamespaces;
 }
-
-const migrationPod = (name: string): V1Pod => ({
-  metadata: { name },
-  spec: {
-    restartPolicy: 'Never',
-    securityContext: { runAsUser: 0, runAsGroup: 0, seccompProfile: { type: 'RuntimeDefault' } },
-    containers: [
-      {
-        name: 'fix-ownership',
-        image: 'postgres',
-        command: ['sleep', '3600'],
-        securityContext: {
-          runAsNonRoot: false,
-          allowPrivilegeEscalation: false,
-          capabilities: { add: ['CHOWN', 'FOWNER', 'DAC_OVERRIDE'], drop: ['ALL'] },
-        },
-      },
-    ],
-  },
-});
 
 describe('relax then restore leaves everything as it was', () => {
   const cases: [string, () => Promise<{ ns: string; expectEnforce: string | null }>][] = [
@@ -258,17 +238,17 @@ describe('the window', () => {
   it('admits the migration pod while relaxed; afterwards refuses a new one while the admitted one keeps running', async () => {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
     const g = guard();
-    await expect(
-      core.createNamespacedPod({ namespace: ns, body: migrationPod('before') }),
-    ).rejects.toMatchObject({ code: 403 });
+    await expect(core.createNamespacedPod({ namespace: ns, body: rootPod('before') })).rejects.toMatchObject({
+      code: 403,
+    });
 
     await g.relaxPolicies({ namespace: ns, owner });
-    await core.createNamespacedPod({ namespace: ns, body: migrationPod('during') });
+    await core.createNamespacedPod({ namespace: ns, body: rootPod('during') });
     await g.restorePolicies({ namespace: ns, owner });
 
-    await expect(
-      core.createNamespacedPod({ namespace: ns, body: migrationPod('after') }),
-    ).rejects.toMatchObject({ code: 403 });
+    await expect(core.createNamespacedPod({ namespace: ns, body: rootPod('after') })).rejects.toMatchObject({
+      code: 403,
+    });
     const running = await waitFor(
       'admitted pod Running',
       async () => {

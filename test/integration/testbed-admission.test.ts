@@ -5,34 +5,17 @@
  */
 import { CoreV1Api, PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { createNamespace, kubeConfig, OutsideGatekeeper, uniqueName } from '../support/bed.js';
+import { rootPod } from '../support/pods.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const namespace = uniqueName('psa');
 let cleanup: () => Promise<void>;
 
-function rootPod(name: string, capabilities: string[]): V1Pod {
-  return {
-    metadata: { name },
-    spec: {
-      restartPolicy: 'Never',
-      securityContext: { runAsUser: 0, runAsGroup: 0, seccompProfile: { type: 'RuntimeDefault' } },
-      containers: [
-        {
-          name: 'fix-ownership',
-          image: 'busybox',
-          command: ['true'],
-          securityContext: {
-            runAsNonRoot: false,
-            allowPrivilegeEscalation: false,
-            capabilities: { add: capabilities, drop: ['ALL'] },
-          },
-        },
-      ],
-    },
-  };
-}
+/** The ownership Job's pod shape with `capabilities` added, exiting at once. */
+const jobLikePod = (name: string, capabilities: string[]) =>
+  rootPod(name, { capabilities, image: 'busybox', command: ['true'] });
 
 const createPod = (pod: V1Pod) => core.createNamespacedPod({ namespace, body: pod });
 
@@ -47,7 +30,11 @@ async function refusal(pod: V1Pod): Promise<{ code: number; message: string }> {
 }
 
 beforeAll(async () => {
-  cleanup = await createNamespace(kc, namespace, { 'pod-security.kubernetes.io/enforce': 'restricted' });
+  // Pod Security Admission alone: Gatekeeper is tested in gatekeeper.test.ts.
+  cleanup = await createNamespace(kc, namespace, {
+    'pod-security.kubernetes.io/enforce': 'restricted',
+    ...OutsideGatekeeper,
+  });
 });
 afterAll(async () => cleanup());
 
@@ -55,7 +42,7 @@ describe('Pod Security Admission on the test bed', () => {
   const minimal = ['CHOWN', 'FOWNER', 'DAC_OVERRIDE'];
 
   it('refuses a root pod with CHOWN/FOWNER/DAC_OVERRIDE under restricted', async () => {
-    const r = await refusal(rootPod('under-restricted', minimal));
+    const r = await refusal(jobLikePod('under-restricted', minimal));
     expect(r.code).toBe(403);
     expect(r.message).toMatch(/violates PodSecurity "restricted:latest"/);
     expect(r.message).toMatch(/runAsNonRoot|runAsUser=0/);
@@ -70,10 +57,10 @@ describe('Pod Security Admission on the test bed', () => {
       },
       setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
     );
-    const admitted = await createPod(rootPod('under-baseline', minimal));
+    const admitted = await createPod(jobLikePod('under-baseline', minimal));
     expect(admitted.metadata?.uid).toBeTruthy();
 
-    const r = await refusal(rootPod('with-dac-read-search', [...minimal, 'DAC_READ_SEARCH']));
+    const r = await refusal(jobLikePod('with-dac-read-search', [...minimal, 'DAC_READ_SEARCH']));
     expect(r.code).toBe(403);
     expect(r.message).toMatch(/violates PodSecurity "baseline:latest": non-default capabilities/);
     expect(r.message).toContain('DAC_READ_SEARCH');

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FixtureNamespace } from '../../testbed/bed.js';
 import { ItrsDatabases } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
-import { createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
+import { createNamespace, kubeConfig, OutsideGatekeeper, uniqueName } from '../support/bed.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
@@ -17,7 +17,8 @@ const namespace = uniqueName('workloads');
 let cleanup: () => Promise<void>;
 
 beforeAll(async () => {
-  cleanup = await createNamespace(kc, namespace);
+  // Plain workloads with no securityContext: what kwok does with them, not what the policies say.
+  cleanup = await createNamespace(kc, namespace, OutsideGatekeeper);
 });
 afterAll(async () => cleanup());
 

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { inject } from 'vitest';
 import { kubeConfigOf, type BedState } from '../../testbed/bed.js';
+import { GatekeeperWebhook } from '../../testbed/gatekeeper.js';
 import { waitFor } from '../../testbed/process.js';
 
 /** The running test bed. */
@@ -24,6 +25,12 @@ export function uniqueName(prefix: string): string {
 }
 
 /** Creates a namespace with the given labels; returns a function that deletes it. */
+/**
+ * Labels that keep a namespace out of Gatekeeper's webhook (its chart's exemption): for the
+ * data-path tests that create root pods themselves; the policies are tested through the guard.
+ */
+export const OutsideGatekeeper = { [GatekeeperWebhook.ignoreLabel]: 'data-path-test' } as const;
+
 export async function createNamespace(
   kc: KubeConfig,
   name: string,

@@ -34,7 +34,13 @@ describe('parseMigrationInput', () => {
         retries: 1,
       },
       recovery: 'roll-forward',
-      verify: { checks: ['ownership', 'identity', 'sql', 'logs', 'deep'], commands: {}, timeout: '30m' },
+      verify: {
+        checks: ['ownership', 'identity', 'sql', 'logs', 'deep'],
+        commands: {},
+        timeout: '30m',
+        audit: true,
+        auditTimeout: '3m',
+      },
       dryRun: false,
     });
   });

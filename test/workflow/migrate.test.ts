@@ -137,6 +137,8 @@ interface Scenario {
   inspect?: Partial<Record<string, (arg: never) => string | undefined>>;
   /** A check of a replica that fails, with what it saw. */
   failingCheck?: { pod: string; check: string; output: string };
+  /** A violation Gatekeeper's audit lists in the namespace after the run. */
+  auditViolation?: { kind: string; name: string; message: string };
 }
 
 interface Outcome {
@@ -308,6 +310,20 @@ async function run(s: Scenario): Promise<Outcome> {
     ),
     waitForPlatform: stub('waitForPlatform', () => 'DEPLOYED'),
     verifyDatabases: stub('verifyDatabases', () => []),
+    auditNamespace: stub('auditNamespace', (a: { namespace: string }) => ({
+      namespace: a.namespace,
+      state: s.auditViolation ? 'violations' : 'clean',
+      constraints: [
+        {
+          constraint: 'K8sPSPAllowedUsers/allowed-user-ranges',
+          auditTimestamp: new Date().toISOString(),
+          violations: s.auditViolation ? [s.auditViolation] : [],
+          totalViolations: s.auditViolation ? 1 : 0,
+          complete: true,
+        },
+      ],
+      waitedMs: 1,
+    })),
     checkDatabases: stub(
       'checkDatabases',
       (a: { databases: { statefulSet: string }[]; settings: { checks: CheckResult['check'][] } }) =>
@@ -432,6 +448,7 @@ const forward = [
   'waitForPlatform',
   'verifyDatabases',
   'checkDatabases',
+  'auditNamespace',
   'releaseNamespaceLock',
 ];
 const allNew = { pgplatform: '5000', timescale: '5000' };
@@ -645,6 +662,24 @@ describe('migrateOwnership', () => {
     const none = await run({ input: { verify: { checks: [] } } });
     expect(none.calls).not.toContain('checkDatabases');
     expect(none.result?.databaseChecks).toEqual([]);
+  });
+
+  it("fails verification when Gatekeeper's audit finds a migrated database's pod in violation; another pod's is an alarm", async () => {
+    const message = 'container <timescale> runs with runAsUser 5000, outside the allowed ranges 1000-4999';
+    const theirs = await run({ auditViolation: { kind: 'Pod', name: 'timescale-1', message } });
+    expect(cause(theirs.error)).toMatchObject({ type: 'VerificationFailed' });
+    expect(cause(theirs.error)?.message).toContain(
+      `Gatekeeper's audit: K8sPSPAllowedUsers/allowed-user-ranges finds Pod timescale-1: ${message}`,
+    );
+    expect(theirs.status.gatekeeperAudit?.state).toBe('violations');
+    expect(theirs.status.policies.state).toBe('restored');
+
+    const other = await run({ auditViolation: { kind: 'Pod', name: 'someone-elses-debug-pod', message } });
+    expect(other.error).toBeUndefined();
+    expect(other.status.alarms.join('\n')).toContain('finds Pod someone-elses-debug-pod');
+
+    const off = await run({ input: { verify: { audit: false } } });
+    expect(off.calls).not.toContain('auditNamespace');
   });
 
   for (const [during, by, completes] of [

@@ -1,0 +1,142 @@
+/**
+ * The seed's last check (`kubectl get constraints -A`): once the policies are back, Gatekeeper's
+ * audit shows no violation in the namespace. Gatekeeper audits on an interval and writes what
+ * it found into each constraint's status; only a pass that started after `since` counts.
+ */
+import type { Kube } from '../cluster/kube.js';
+import { GatekeeperConstraintGroup } from '../core/policy.js';
+import { progress } from './step.js';
+
+/** Dependencies of {@link GatekeeperAudit}. */
+export interface GatekeeperAuditDeps {
+  kube: Kube;
+  log?: (message: string) => void;
+  /** API group of the constraints. @default "constraints.gatekeeper.sh" */
+  constraintGroup?: string;
+  /** How often the constraints' audit status is read while waiting. @default 1000 */
+  pollMs?: number;
+}
+
+/** Input of {@link GatekeeperAudit.auditNamespace}. */
+export interface AuditInput {
+  namespace: string;
+  /** Only an audit pass that started at or after this instant counts (ISO 8601). */
+  since: string;
+  /** How long to wait for such a pass, in seconds. */
+  timeoutSeconds: number;
+}
+
+/** One violation Gatekeeper's audit found in the namespace. */
+export interface AuditViolation {
+  kind: string;
+  name: string;
+  message: string;
+  enforcementAction?: string;
+}
+
+/** One constraint's audit, as far as the namespace goes. */
+export interface ConstraintAudit {
+  constraint: string;
+  /** When the counted audit pass started; null when none started after `since` in time. */
+  auditTimestamp: string | null;
+  /** Violations in the namespace among those the constraint lists. */
+  violations: AuditViolation[];
+  /** Violations in the whole cluster; more than listed when Gatekeeper's list limit cut it. */
+  totalViolations: number;
+  /** Whether the constraint lists every violation it counted (so none in the namespace is missed). */
+  complete: boolean;
+}
+
+/** What {@link GatekeeperAudit.auditNamespace} found. */
+export interface NamespaceAudit {
+  namespace: string;
+  /**
+   * `clean`: every constraint audited after `since`, none lists a violation in the namespace;
+   * `violations`; `not-audited`: some constraint had no audit pass in time (audit not running);
+   * `no-constraints`.
+   */
+  state: 'clean' | 'violations' | 'not-audited' | 'no-constraints';
+  constraints: ConstraintAudit[];
+  waitedMs: number;
+}
+
+interface AuditedConstraint {
+  metadata: { name: string };
+  status?: {
+    auditTimestamp?: string;
+    totalViolations?: number;
+    violations?: (AuditViolation & { namespace?: string })[];
+  };
+}
+
+/** Reads Gatekeeper's audit results for one namespace. */
+export class GatekeeperAudit {
+  private readonly kube: Kube;
+  private readonly log: (message: string) => void;
+  private readonly group: string;
+  private readonly pollMs: number;
+
+  constructor(deps: GatekeeperAuditDeps) {
+    this.kube = deps.kube;
+    this.log = deps.log ?? (() => undefined);
+    this.group = deps.constraintGroup ?? GatekeeperConstraintGroup;
+    this.pollMs = deps.pollMs ?? 1000;
+  }
+
+  /**
+   * Waits for an audit pass of every constraint that started at or after `since`, then reports
+   * the violations each lists in the namespace. Changes nothing.
+   */
+  async auditNamespace(input: AuditInput): Promise<NamespaceAudit> {
+    const started = Date.now();
+    const since = Date.parse(input.since);
+    const deadline = started + input.timeoutSeconds * 1000;
+    for (;;) {
+      const constraints: ConstraintAudit[] = [];
+      for (const kind of await this.kube.kindsOfGroup(this.group)) {
+        for (const c of await this.kube.listClusterObjects<AuditedConstraint>(kind)) {
+          const at = c.status?.auditTimestamp;
+          const fresh = at !== undefined && Date.parse(at) >= since;
+          const listed = c.status?.violations ?? [];
+          const total = c.status?.totalViolations ?? listed.length;
+          constraints.push({
+            constraint: `${kind.kind}/${c.metadata.name}`,
+            auditTimestamp: fresh ? at : null,
+            violations: fresh
+              ? listed
+                  .filter((v) => v.namespace === input.namespace)
+                  .map(({ kind: k, name, message, enforcementAction }) => ({
+                    kind: k,
+                    name,
+                    message,
+                    ...(enforcementAction ? { enforcementAction } : {}),
+                  }))
+              : [],
+            totalViolations: fresh ? total : 0,
+            complete: fresh ? listed.length >= total : false,
+          });
+        }
+      }
+      const pending = constraints.filter((c) => c.auditTimestamp === null);
+      if (pending.length === 0 || Date.now() >= deadline) {
+        const result: NamespaceAudit = {
+          namespace: input.namespace,
+          state:
+            constraints.length === 0
+              ? 'no-constraints'
+              : constraints.some((c) => c.violations.length > 0)
+                ? 'violations'
+                : pending.length > 0
+                  ? 'not-audited'
+                  : 'clean',
+          constraints,
+          waitedMs: Date.now() - started,
+        };
+        this.log(`Gatekeeper audit of ${input.namespace}: ${result.state} after ${result.waitedMs} ms`);
+        return result;
+      }
+      progress({ awaitingAudit: pending.map((c) => c.constraint).join(', ') });
+      await new Promise((r) => setTimeout(r, this.pollMs));
+    }
+  }
+}
