@@ -3,7 +3,7 @@
  */
 import { AlwaysDeniedNamespaces, type GuardrailsInForce } from '../core/guardrails.js';
 import CliTable from 'cli-table3';
-import type { MigrationReport, MigrationStatus } from '../workflows/messages.js';
+import type { MigrationReport, MigrationStatus, WindowStatus } from '../workflows/messages.js';
 import type { MigrationPlan } from '../core/plan.js';
 import type { NamespaceAudit } from '../services/gatekeeper-audit.js';
 import type { CheckResult } from '../core/verification.js';
@@ -63,6 +63,8 @@ export function renderPlan(plan: MigrationPlan): string {
     }
   }
   const rec = plan.policies;
+  // PSA's refusal hides Gatekeeper's verdict until PSA is relaxed.
+  const hidden = plan.jobPodsAdmission?.refusals.some((r) => /^(pod-security|unavailable):/.test(r)) ?? false;
   const policies = new Table({ head: ['policy', 'now', 'during the window'] });
   policies.push([
     'PSA enforce',
@@ -79,8 +81,10 @@ export function renderPlan(plan: MigrationPlan): string {
         ? 'excludedNamespaces absent'
         : `excludes ${c.excludedNamespaces.join(', ') || '(empty)'}`,
       action
-        ? `${action === 'create' ? 'create list with' : 'add'} ${plan.namespace}`
-        : `already excluded by "${c.excludedBy}"`,
+        ? `${action === 'create' ? 'create list with' : 'add'} ${plan.namespace}${hidden ? ' if it refuses the Job pods' : ''}`
+        : c.excludedBy === null
+          ? 'left enforced: it admits the Job pods'
+          : `already excluded by "${c.excludedBy}"`,
     ]);
   }
   const lines = [
@@ -95,6 +99,13 @@ export function renderPlan(plan: MigrationPlan): string {
       ? `platform ${plan.platform.plural}/${plan.platform.name}: ${plan.platform.status ?? '(not found)'} (ready when ${plan.platform.ready})`
       : '',
     ...rec.snapshot.skipped.map((s) => `not relaxed: ${s.ref.kind}/${s.ref.name}: ${s.reason}`),
+    ...(plan.jobPodsAdmission
+      ? [
+          `the ownership Jobs' pods, asked of the admission chain by dry run: ${plan.jobPodsAdmission.state}`,
+          ...plan.jobPodsAdmission.refusals.map((r) => `  refused by ${r}`),
+          ...plan.jobPodsAdmission.relaxation.map((r) => `  relaxation: ${r}`),
+        ]
+      : []),
     plan.databasePodsAdmission
       ? `the databases' pods with ${plan.uid}:${plan.gid}, asked of the admission chain by dry run: ${plan.databasePodsAdmission}`
       : '',
@@ -122,7 +133,8 @@ export function renderStatus(s: MigrationStatus, workflowId: string): string {
   }
   const windows = s.windows.map(
     (w, i) =>
-      `#${i + 1} opened ${w.openedAt}${w.closedAt ? `, closed after ${since(w.openedAt, w.closedAt)} (${w.closedBecause})` : `, OPEN for ${since(w.openedAt)}`}`,
+      `#${i + 1} opened ${w.openedAt}${w.closedAt ? `, closed after ${since(w.openedAt, w.closedAt)} (${w.closedBecause})` : `, OPEN for ${since(w.openedAt)}`}` +
+      (w.admission ? `; ${relaxedFor(w.admission)}` : ''),
   );
   return [
     `run ${workflowId} — namespace ${s.namespace ?? '?'} — phase ${s.phase}${s.phaseSince && !s.endState ? ` for ${since(s.phaseSince)}` : ''}`,
@@ -205,7 +217,17 @@ export function renderReport(r: MigrationReport): string {
     ...(r.databaseChecks?.length ? [renderDatabaseChecks(r.databaseChecks)] : []),
     ...(r.gatekeeperAudit ? [renderAudit(r.gatekeeperAudit)] : []),
     `policies relaxed for ${r.windowSeconds.toFixed(1)} s in ${r.windows.length} window(s)`,
+    ...r.windows.flatMap((w, i) => (w.admission ? [`window #${i + 1}: ${relaxedFor(w.admission)}`] : [])),
     `approvals (who, as the approver named themselves): ${r.approvals.map((a) => `${a.gate}=${a.state}${a.by ? ` by ${a.by} at ${a.at}` : ''}`).join(', ')}`,
     guardrails,
   ].join('\n');
+}
+
+/** What a window relaxed for the Job pods, and what it left enforced. */
+function relaxedFor(a: NonNullable<WindowStatus['admission']>): string {
+  if (a.admittedAt === null) return 'the worker may not dry-run pods: every blocking constraint relaxed';
+  return (
+    `Job pods admitted after ${a.dryRuns} dry runs; relaxed ${a.relaxed.join(', ') || 'no constraint'}` +
+    (a.leftEnforced.length ? `, left enforced ${a.leftEnforced.join(', ')}` : '')
+  );
 }

@@ -1,8 +1,9 @@
 /**
- * Pods to put to the admission chain by server-side dry run: what a StatefulSet would create
- * once its template carries the target IDs.
+ * Pods to put to the admission chain by server-side dry run — what a StatefulSet would create
+ * once its template carries the target IDs, what an ownership Job's controller would create —
+ * and who refused them, read from the refusal.
  */
-import type { V1Pod, V1StatefulSet } from '@kubernetes/client-node';
+import type { V1Job, V1Pod, V1StatefulSet } from '@kubernetes/client-node';
 import type { PodIds } from './plan.js';
 
 /**
@@ -34,4 +35,58 @@ export function podOfStatefulSet(
       volumes: [...volumes, ...claimVolumes],
     },
   };
+}
+
+/**
+ * The pod a Job's controller would create from it: its template, with the labels the Job
+ * controller adds, so policies that select by label judge it as they will judge the real one.
+ */
+export function podOfJob(job: V1Job): V1Pod {
+  const name = job.metadata?.name ?? 'job';
+  const template = job.spec?.template;
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      generateName: `${name}-`,
+      labels: { ...template?.metadata?.labels, 'job-name': name, 'batch.kubernetes.io/job-name': name },
+      ...(template?.metadata?.annotations ? { annotations: template.metadata.annotations } : {}),
+    },
+    spec: { ...template!.spec! },
+  };
+}
+
+/** The webhook Gatekeeper's chart registers for validation. */
+export const GatekeeperWebhook = 'validation.gatekeeper.sh';
+
+/**
+ * Who refused a pod, read from the API server's message. The validating chain stops at the first
+ * refusal, and Pod Security Admission comes before the webhooks: while PSA refuses, Gatekeeper's
+ * verdict is unknown.
+ */
+export type AdmissionRefusal =
+  | { by: 'pod-security'; message: string }
+  /** Gatekeeper's webhook, naming each constraint that refused (one `[name] …` line each). */
+  | { by: 'gatekeeper'; constraints: string[]; message: string }
+  /** A webhook that could not be called (down, timing out): the refusal says nothing yet. */
+  | { by: 'unavailable'; message: string }
+  /** Not judged at all: the pod itself is invalid (the Job's own dry run names the input field). */
+  | { by: 'invalid'; message: string }
+  /** Anything the guard cannot relax: another webhook, a ValidatingAdmissionPolicy, a quota… */
+  | { by: 'other'; message: string };
+
+/** Reads who refused a pod from the API server's message (`KubeError.reason`). */
+export function refusalOf(message: string): AdmissionRefusal {
+  if (/violates PodSecurity "/.test(message)) return { by: 'pod-security', message };
+  if (/failed calling webhook|context deadline exceeded|connection refused/.test(message))
+    return { by: 'unavailable', message };
+  const gatekeeper = new RegExp(
+    `admission webhook "${GatekeeperWebhook.replace(/\./g, '\\.')}" denied the request:`,
+  );
+  if (gatekeeper.test(message)) {
+    const after = message.slice(message.search(gatekeeper));
+    const constraints = [...after.matchAll(/(?:^|\n|request: )\[([^\]\s]+)\]/g)].map((m) => m[1]!);
+    if (constraints.length > 0) return { by: 'gatekeeper', constraints: [...new Set(constraints)], message };
+  }
+  return { by: 'other', message };
 }

@@ -50,6 +50,19 @@ export interface MigrationPlan {
    * refusals are in `preflight`), or why it was not asked. Absent from plans made before.
    */
   databasePodsAdmission?: string;
+  /**
+   * What the admission chain said about the ownership Jobs' pods under the policies enforced at
+   * planning (server-side dry runs), and the relaxation it leads to (`policies.plan`). The run
+   * asks again once PSA is relaxed. Absent from plans made before.
+   */
+  jobPodsAdmission?: {
+    /** `admitted`, `refused`, or why the chain was not asked. */
+    state: string;
+    /** Each distinct refusal: who refused and what it said. */
+    refusals: string[];
+    /** The relaxation they lead to, one line per policy. */
+    relaxation: string[];
+  };
 }
 
 /** The pod-level IDs of a template, as they were (null: absent). */

@@ -87,7 +87,10 @@ export interface PolicySnapshot {
 export interface RelaxationPlan {
   /** The `enforce` level to set; null when the current one already admits the migration pods. */
   podSecurityEnforce: RelaxedPodSecurityLevel | null;
-  /** Constraints to exclude the namespace from: append to the list, or create it. */
+  /**
+   * Constraints to exclude the namespace from (append to the list, or create it): the blocking
+   * constraints of the snapshot, or those of them that refuse the Job pods, in snapshot order.
+   */
   constraints: { ref: ConstraintRef; action: 'append' | 'create' }[];
 }
 
@@ -258,7 +261,11 @@ export function podSecurityLabelsOf(
 
 const levelRank: Record<string, number> = { privileged: 0, baseline: 1, restricted: 2 };
 
-/** Plans the least relaxation that admits the migration pods. */
+/**
+ * Plans the least relaxation that admits the migration pods, as far as the snapshot tells:
+ * every blocking constraint is a candidate. The guard narrows `constraints` to those the
+ * admission chain names when it has Job pods to ask about (see `PolicyGuard.relaxPolicies`).
+ */
 export function planRelaxation(snapshot: PolicySnapshot, level: RelaxedPodSecurityLevel): RelaxationPlan {
   const current = snapshot.podSecurity[PodSecurityLabel.Enforce];
   // An absent label means the cluster default, which may be restricted: set the level explicitly.
@@ -546,11 +553,17 @@ function inconsistency(record: RelaxationRecord): string | null {
   }
   // The plan must be exactly the one the snapshot leads to.
   const expected = planRelaxation(snapshot, plan.podSecurityEnforce ?? PodSecurityLevel.Baseline);
-  if (expected.podSecurityEnforce !== plan.podSecurityEnforce)
+  // null: PSA admitted the Job pods as it was, so it is left alone.
+  if (plan.podSecurityEnforce !== null && expected.podSecurityEnforce !== plan.podSecurityEnforce)
     return `plan.podSecurityEnforce ${plan.podSecurityEnforce ?? 'null'} does not follow from the recorded enforce label ${snapshot.podSecurity[PodSecurityLabel.Enforce] ?? '(absent)'}`;
-  const planned = plan.constraints.map((c) => `${refKey(c.ref)}:${c.action}`).join(',');
-  if (planned !== expected.constraints.map((c) => `${refKey(c.ref)}:${c.action}`).join(','))
-    return 'plan.constraints do not follow from snapshot.constraints';
+  // The guard relaxes only the constraints that refuse the Job pods: a subset, in snapshot order.
+  const candidates = expected.constraints.map((c) => `${refKey(c.ref)}:${c.action}`);
+  let next = 0;
+  for (const c of plan.constraints) {
+    const at = candidates.indexOf(`${refKey(c.ref)}:${c.action}`, next);
+    if (at < 0) return 'plan.constraints do not follow from snapshot.constraints';
+    next = at + 1;
+  }
   return null;
 }
 
@@ -632,4 +645,13 @@ export function sameRecord(a: RelaxationRecord, b: RelaxationRecord): boolean {
           )
         : v;
   return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
+}
+
+/**
+ * Whether two records describe the same relaxation, whatever constraints each plan narrowed to:
+ * the guard writes a narrowed plan to the protected record, then to the annotation.
+ */
+export function sameRelaxation(a: RelaxationRecord, b: RelaxationRecord): boolean {
+  const unplanned = (r: RelaxationRecord) => ({ ...r, plan: { ...r.plan, constraints: [] } });
+  return sameRecord(unplanned(a), unplanned(b));
 }

@@ -16,12 +16,17 @@ import {
   type MigrationPlan,
   type PlatformPlan,
 } from '../core/plan.js';
-import { GatekeeperConstraintGroup, type RelaxationRecord, type RunRef } from '../core/policy.js';
+import {
+  GatekeeperConstraintGroup,
+  PodSecurityLabel,
+  type RelaxationRecord,
+  type RunRef,
+} from '../core/policy.js';
 import { profileOf, type PlatformResource, type ProfileDatabase } from '../core/profiles.js';
 import { OwnershipScript } from './ownership-script.js';
-import type { PolicyGuard } from './policy-guard.js';
+import type { PodsAdmissionPlan, PolicyGuard } from './policy-guard.js';
 import { podIdsPatch } from './statefulsets.js';
-import { podOfStatefulSet } from '../core/admission.js';
+import { podOfJob, podOfStatefulSet } from '../core/admission.js';
 import { getPath } from './workloads.js';
 
 /** Dependencies of {@link Planner}. */
@@ -57,6 +62,31 @@ function refusals(err: KubeError, fallback: string): string[] {
 
 const isRefusal = (err: unknown): err is KubeError =>
   isKubeError(err, FailureType.KubeInvalid) || isKubeError(err, FailureType.KubeBadRequest);
+
+/** The relaxation the admission chain's answer leads to, one line per policy, for the plan. */
+function relaxationOf(policies: RelaxationRecord, asked: PodsAdmissionPlan): string[] {
+  const { plan, snapshot } = policies;
+  const enforce = snapshot.podSecurity[PodSecurityLabel.Enforce] ?? '(cluster default)';
+  const psa = asked.plan.podSecurityEnforce;
+  const candidates = snapshot.constraints.filter((c) => c.excludedBy === null).map((c) => refName(c.ref));
+  const relaxed = asked.plan.constraints.map((c) => refName(c.ref));
+  const left = candidates.filter((c) => !relaxed.includes(c));
+  if (asked.state.startsWith('not-asked'))
+    return [
+      `Pod Security Admission: ${plan.podSecurityEnforce ? `enforce ${enforce} → ${plan.podSecurityEnforce}` : 'unchanged'}`,
+      `Gatekeeper: every blocking constraint (${relaxed.join(', ') || 'none'})`,
+    ];
+  const hidden = asked.refusals.some((r) => /^(pod-security|unavailable):/.test(r));
+  return [
+    `Pod Security Admission: ${psa ? `enforce ${enforce} → ${psa} (it refuses the Job pods)` : `unchanged (${enforce} admits the Job pods)`}`,
+    hidden
+      ? `Gatekeeper: asked again once PSA admits the Job pods (the chain stops at PSA's refusal); then only the constraints it names among ${candidates.join(', ') || 'none'}`
+      : `Gatekeeper: ${relaxed.length ? `exclude the namespace from ${relaxed.join(', ')} (they refuse the Job pods)` : 'nothing refuses the Job pods'}` +
+        (left.length ? `; ${left.join(', ')} left enforced` : ''),
+  ];
+}
+
+const refName = (r: { kind: string; name: string }) => `${r.kind}/${r.name}`;
 
 /** Plans runs from the cluster as it is. */
 export class Planner {
@@ -94,6 +124,10 @@ export class Planner {
     const platform = profile?.platform ? await this.readPlatform(profile.platform, inp.namespace) : null;
     const refused = await this.dryRunWrites(inp, owner, databases);
     const admission = await this.dryRunDatabasePods(inp, databases);
+    const jobPods = databases.flatMap((db) =>
+      db.jobs.map((t) => podOfJob(buildOwnershipJob(inp, t, owner, OwnershipScript))),
+    );
+    const asked = jobPods.length ? await this.policyGuard.planForPods(policies, jobPods) : null;
     return {
       namespace: inp.namespace,
       uid: inp.uid,
@@ -101,13 +135,23 @@ export class Planner {
       supplementalGroups: inp.supplementalGroups,
       databases,
       platform,
-      policies,
+      policies: asked ? { ...policies, plan: asked.plan } : policies,
       preflight: [
         ...preflight(inp, policies, allowedUsers, databases, runAsNonRoot),
         ...refused,
         ...admission.refusals,
+        ...(asked?.unrelaxable ? [`${asked.unrelaxable}: nothing is changed`] : []),
       ],
       databasePodsAdmission: admission.state,
+      ...(asked
+        ? {
+            jobPodsAdmission: {
+              state: asked.state,
+              refusals: asked.refusals,
+              relaxation: relaxationOf(policies, asked),
+            },
+          }
+        : {}),
     };
   }
 

@@ -10,7 +10,7 @@
  * Event on the Namespace.
  */
 import { createHash } from 'node:crypto';
-import { PatchStrategy, type V1ConfigMap, type V1Namespace } from '@kubernetes/client-node';
+import { PatchStrategy, type V1ConfigMap, type V1Namespace, type V1Pod } from '@kubernetes/client-node';
 import { isKubeError, type CustomResourceKind, type Kube } from '../cluster/kube.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import {
@@ -33,9 +33,11 @@ import {
   relaxNamespacePatch,
   restorePodSecurityPatch,
   sameRecord,
+  sameRelaxation,
   type ConstraintRef,
   type JsonPatchOp,
   type PolicySnapshot,
+  type RelaxationPlan,
   type RelaxationRecord,
   type RelaxedPodSecurityLevel,
   type RunRef,
@@ -54,6 +56,10 @@ import {
 } from '../core/records.js';
 import { currentStep, progress } from './step.js';
 import { enforcementOf, type EnforcementView } from '../core/enforcement.js';
+import { podOfJob, refusalOf, type AdmissionRefusal } from '../core/admission.js';
+import type { MigrationInput } from '../core/input.js';
+import { buildOwnershipJob, type JobTarget } from '../core/job.js';
+import { OwnershipScript } from './ownership-script.js';
 
 /** Dependencies of the {@link PolicyGuard}. */
 export interface PolicyGuardDeps {
@@ -108,6 +114,37 @@ export interface RelaxInput {
    * (window.max + window.grace); written into the record as `notAfter`. None: no limit.
    */
   closeWithinSeconds?: number;
+  /**
+   * The ownership Jobs the window is for. Given, the guard asks the admission chain about their
+   * pods (server-side dry runs) once PSA is relaxed, relaxes only the constraints Gatekeeper
+   * names, and returns only once every pod is admitted. Absent: every blocking constraint.
+   */
+  jobs?: { run: Pick<MigrationInput, 'namespace' | 'uid' | 'gid' | 'job'>; targets: JobTarget[] };
+}
+
+/** What the admission chain said about the ownership Jobs' pods while the guard relaxed. */
+export interface JobPodsAdmission {
+  /** Each distinct refusal met, in order: who refused and what it said. */
+  refusals: string[];
+  /** The constraints relaxed because Gatekeeper named them in a refusal. */
+  relaxed: string[];
+  /** Blocking constraints of the namespace that refused none of the pods: left enforced. */
+  leftEnforced: string[];
+  /** Server-side dry runs made. */
+  dryRuns: number;
+  /** When every pod was admitted; null when the worker may not ask (then every constraint is relaxed). */
+  admittedAt: string | null;
+}
+
+/** What {@link PolicyGuard.planForPods} found: the chain's answer and the relaxation it leads to. */
+export interface PodsAdmissionPlan {
+  /** `admitted`, `refused`, or why the chain was not asked. */
+  state: string;
+  /** Each distinct refusal: who refused and what it said. */
+  refusals: string[];
+  plan: RelaxationPlan;
+  /** Why the run cannot relax what refuses the pods; null when it can. */
+  unrelaxable: string | null;
 }
 
 /** What {@link PolicyGuard.relaxPolicies} did. */
@@ -122,6 +159,8 @@ export interface RelaxResult {
   enforcement: ConstraintEnforcement[];
   /** When Gatekeeper had taken in every relaxed constraint (the relaxation in effect). */
   enforcedAt: string;
+  /** What the admission chain said about the Job pods; absent when no Jobs were given. */
+  admission?: JobPodsAdmission;
   apiCalls: number;
 }
 
@@ -220,6 +259,12 @@ interface WrittenConstraint {
 
 /** How often the guard reads a constraint's status while Gatekeeper takes it in. */
 const EnforcementPollMs = 200;
+/** How long a PSA refusal may outlive the label change before it counts (PSA's namespace cache). */
+const PodSecurityCacheMs = 5_000;
+/** How many distinct refusals a relaxation reports. */
+const QuotedRefusals = 20;
+/** A refusal as reports quote it: who, and what it said (without the generated pod name). */
+const refusalText = (r: AdmissionRefusal) => `${r.by}: ${r.message.replace(/pods "[^"]*"/g, 'pods')}`;
 
 /** The protected record of a namespace: found, absent (both null), or why it cannot be used. */
 interface ProtectedLookup {
@@ -300,8 +345,13 @@ export class PolicyGuard {
    */
   async relaxPolicies(input: RelaxInput): Promise<RelaxResult> {
     const before = this.apiCalls();
+    const pods = input.jobs?.targets.map((t) =>
+      podOfJob(buildOwnershipJob(input.jobs!.run, t, input.owner, OwnershipScript)),
+    );
     let record: RelaxationRecord | undefined;
     let resumed = false;
+    // What the admission chain said before anything changed.
+    let askedFirst = { refusals: [] as string[], dryRuns: 0 };
     // The protected record this call wrote and has not yet applied: replaced, not resumed.
     let written: V1ConfigMap | undefined;
     for (let attempt = 0; !record; attempt++) {
@@ -315,6 +365,16 @@ export class PolicyGuard {
         }
       }
       const candidate = await this.takeSnapshot(input, ns);
+      if (pods?.length) {
+        const asked = await this.planForPods(candidate, pods);
+        if (asked.unrelaxable)
+          throw TypedFailure.nonRetryable(
+            `${asked.unrelaxable}: nothing was changed`,
+            FailureType.AdmissionRefused,
+          );
+        candidate.plan = asked.plan;
+        askedFirst = { refusals: asked.refusals, dryRuns: pods.length };
+      }
       // Refuse before any change rather than record what could not be read back.
       parseRelaxationRecord(JSON.stringify(candidate), this.expectation(input.namespace));
       try {
@@ -347,10 +407,66 @@ export class PolicyGuard {
     this.log(
       `recorded relaxation of ${input.namespace} in ${this.protectedName(input.namespace)} and set enforce=${record.plan.podSecurityEnforce ?? '(unchanged)'}`,
     );
-    const excluded = await this.excludeFromConstraints(input.namespace, record);
-    const deletedConstraints = excluded.deleted;
+    const asked = pods?.length
+      ? await this.relaxForPods(input.namespace, record, resumed, pods, askedFirst)
+      : null;
+    if (asked) record = asked.record;
+    const excluded = asked ?? (await this.excludeFromConstraints(input.namespace, record.plan.constraints));
     const relaxedAt = new Date().toISOString();
-    const enforcement = await this.awaitEnforcement(excluded.written);
+    const enforcement =
+      asked?.enforcement ?? this.confirmRelaxed(await this.awaitEnforcement(excluded.written));
+    return {
+      record,
+      relaxedAt,
+      deletedConstraints: excluded.deleted,
+      resumed,
+      enforcement,
+      enforcedAt: new Date().toISOString(),
+      ...(asked ? { admission: asked.admission } : {}),
+      apiCalls: this.apiCalls() - before,
+    };
+  }
+
+  /**
+   * Asks the admission chain about `pods` under the policies as they are (server-side dry runs,
+   * nothing changed) and narrows `record`'s plan to what refuses them: PSA only when PSA refuses;
+   * exactly the constraints Gatekeeper names when PSA admits the pods; every candidate while
+   * PSA's refusal hides Gatekeeper's verdict (the chain stops at the first refusal).
+   */
+  async planForPods(record: RelaxationRecord, pods: V1Pod[]): Promise<PodsAdmissionPlan> {
+    const namespace = record.snapshot.namespace;
+    const answers = await Promise.all(pods.map((p) => this.admissionOf(namespace, p)));
+    if (answers.includes('not-asked'))
+      return {
+        state: 'not-asked: the worker may not create pods (dry run); every blocking constraint is relaxed',
+        refusals: [],
+        plan: record.plan,
+        unrelaxable: null,
+      };
+    const refused = answers.filter((a): a is AdmissionRefusal => a !== null && a !== 'not-asked');
+    const refusals = [...new Set(refused.map(refusalText))].slice(0, QuotedRefusals);
+    const candidates = record.snapshot.constraints.filter((c) => c.excludedBy === null);
+    const byPsa = refused.some((r) => r.by === 'pod-security');
+    const hidden = byPsa || refused.some((r) => r.by === 'unavailable' || r.by === 'invalid');
+    const blocking = byPsa
+      ? null
+      : refused.map((r) => this.unrelaxable(r, record, candidates, Infinity)).find((why) => why !== null);
+    const named = new Set(refused.flatMap((r) => (r.by === 'gatekeeper' ? r.constraints : [])));
+    return {
+      state: refused.length === 0 ? 'admitted' : 'refused',
+      refusals,
+      plan: {
+        podSecurityEnforce: byPsa ? record.plan.podSecurityEnforce : null,
+        constraints: hidden
+          ? record.plan.constraints
+          : record.plan.constraints.filter((c) => named.has(c.ref.name)),
+      },
+      unrelaxable: blocking ?? null,
+    };
+  }
+
+  /** Fails the relaxation when Gatekeeper has not taken in every relaxed constraint. */
+  private confirmRelaxed(enforcement: ConstraintEnforcement[]): ConstraintEnforcement[] {
     const unconfirmed = enforcement.filter((e) => e.state === 'unconfirmed');
     if (unconfirmed.length > 0) {
       throw TypedFailure.nonRetryable(
@@ -360,15 +476,182 @@ export class PolicyGuard {
         FailureType.EnforcementNotConfirmed,
       );
     }
-    return {
-      record,
-      relaxedAt,
-      deletedConstraints,
-      resumed,
-      enforcement,
-      enforcedAt: new Date().toISOString(),
-      apiCalls: this.apiCalls() - before,
+    return enforcement;
+  }
+
+  /**
+   * Relaxes, after PSA, only what refuses the Job pods: asks the admission chain by server-side
+   * dry run, excludes the namespace from each constraint Gatekeeper names, and asks again until
+   * every pod is admitted. The record is narrowed to those constraints before any is patched, so
+   * it always covers what was changed. A refusal the guard cannot relax fails at once, naming it.
+   *
+   * @returns null when the worker may not create pods, not even as a dry run: relax everything.
+   */
+  private async relaxForPods(
+    namespace: string,
+    recorded: RelaxationRecord,
+    resumed: boolean,
+    pods: V1Pod[],
+    asked: { refusals: string[]; dryRuns: number },
+  ): Promise<
+    | (Awaited<ReturnType<PolicyGuard['excludeFromConstraints']>> & {
+        record: RelaxationRecord;
+        enforcement: ConstraintEnforcement[];
+        admission: JobPodsAdmission;
+      })
+    | null
+  > {
+    let record = recorded;
+    const candidates = record.snapshot.constraints.filter((c) => c.excludedBy === null);
+    const planOf = (keys: Set<string>) =>
+      planRelaxation(record.snapshot, 'baseline').constraints.filter((c) => keys.has(refName(c.ref)));
+    // On a retry, the constraints this relaxation already excluded the namespace from stay in it.
+    const relaxed = new Set<string>();
+    if (resumed)
+      for (const { ref } of record.plan.constraints) {
+        const live = await this.kube.readClusterObject<ConstraintLike>(ref, ref.name).catch(() => undefined);
+        if (live?.spec?.match?.excludedNamespaces?.includes(namespace)) relaxed.add(refName(ref));
+      }
+    const admission: JobPodsAdmission = {
+      refusals: [...asked.refusals],
+      relaxed: [],
+      leftEnforced: [],
+      dryRuns: asked.dryRuns,
+      admittedAt: null,
     };
+    const result = {
+      deleted: [] as string[],
+      written: [] as WrittenConstraint[],
+      enforcement: [] as ConstraintEnforcement[],
+    };
+    const started = Date.now();
+    for (;;) {
+      const answers = await Promise.all(pods.map((p) => this.admissionOf(namespace, p)));
+      admission.dryRuns += pods.length;
+      if (answers.includes('not-asked')) {
+        this.log(`the worker may not dry-run pods in ${namespace}: every blocking constraint is relaxed`);
+        return null;
+      }
+      const refused = answers.filter((a): a is AdmissionRefusal => a !== null && a !== 'not-asked');
+      for (const text of refused.map(refusalText))
+        if (!admission.refusals.includes(text) && admission.refusals.length < QuotedRefusals)
+          admission.refusals.push(text);
+      if (refused.length === 0) break;
+      const named = new Set<string>();
+      for (const r of refused) {
+        const blocking = this.unrelaxable(r, record, candidates, Date.now() - started);
+        if (blocking) throw TypedFailure.nonRetryable(blocking, FailureType.AdmissionRefused);
+        if (r.by !== 'gatekeeper') continue;
+        for (const name of r.constraints)
+          for (const c of candidates)
+            if (c.ref.name === name && !relaxed.has(refName(c.ref))) named.add(refName(c.ref));
+      }
+      if (named.size === 0) {
+        if (Date.now() - started > this.enforcementTimeoutMs)
+          throw TypedFailure.nonRetryable(
+            `the ownership Jobs' pods are still refused ${this.enforcementTimeoutMs / 1000} s after the relaxation: ${refused[0]!.message}`,
+            FailureType.AdmissionRefused,
+          );
+        progress({ awaitingAdmission: refused[0]!.message.slice(0, 200) });
+        await sleep(EnforcementPollMs);
+        continue;
+      }
+      record = await this.replan(record, planOf(new Set([...relaxed, ...named])));
+      const refs = record.plan.constraints.map((c) => c.ref).filter((ref) => named.has(refName(ref)));
+      const excluded = await this.excludeFromConstraints(namespace, refs);
+      for (const key of named) relaxed.add(key);
+      result.deleted.push(...excluded.deleted);
+      result.written.push(...excluded.written);
+      result.enforcement.push(...this.confirmRelaxed(await this.awaitEnforcement(excluded.written)));
+    }
+    admission.admittedAt = new Date().toISOString();
+    record = await this.replan(record, planOf(relaxed));
+    admission.relaxed = candidates.map((c) => refName(c.ref)).filter((k) => relaxed.has(k));
+    admission.leftEnforced = candidates.map((c) => refName(c.ref)).filter((k) => !relaxed.has(k));
+    this.log(
+      `the Job pods are admitted in ${namespace} after ${admission.dryRuns} dry runs; relaxed ${admission.relaxed.join(', ') || 'no constraint'}, left enforced ${admission.leftEnforced.join(', ') || 'none'}`,
+    );
+    return { ...result, record, admission };
+  }
+
+  /** Why a refusal cannot be relaxed by this run; null when it can (or may pass by itself). */
+  private unrelaxable(
+    r: AdmissionRefusal,
+    record: RelaxationRecord,
+    candidates: readonly { ref: ConstraintRef }[],
+    elapsedMs: number,
+  ): string | null {
+    const level =
+      record.plan.podSecurityEnforce ??
+      record.snapshot.podSecurity[PodSecurityLabel.Enforce] ??
+      'the default';
+    switch (r.by) {
+      case 'other':
+        return `the ownership Jobs' pods are refused by something runas-migrate does not relax: ${r.message}. Exempt the namespace there, or ask its owner; the policies are put back`;
+      case 'pod-security':
+        // PSA reads namespaces from a cache: give a just-written label a moment.
+        return elapsedMs > PodSecurityCacheMs
+          ? `Pod Security Admission still refuses the ownership Jobs' pods at ${level}: ${r.message}. Set policies.podSecurity to privileged if your images need it; the policies are put back`
+          : null;
+      case 'unavailable':
+        return null;
+      case 'invalid':
+        // Planning's dry run of the Jobs names the input field; here it only stops the run.
+        return elapsedMs === Infinity ? null : `the ownership Jobs' pods are invalid: ${r.message}`;
+      case 'gatekeeper': {
+        const unknown = r.constraints.filter((n) => !candidates.some((c) => c.ref.name === n));
+        return unknown.length === 0
+          ? null
+          : `Gatekeeper constraint ${unknown.join(', ')} refuses the ownership Jobs' pods, but the run may not relax it ` +
+              `(policies.gatekeeper is false, or it is not a ${this.group} constraint that blocks the namespace): ${r.message}. The policies are put back`;
+      }
+    }
+  }
+
+  /** One pod put to the admission chain: null when admitted, who refused it, or 'not-asked'. */
+  private async admissionOf(namespace: string, pod: V1Pod): Promise<AdmissionRefusal | null | 'not-asked'> {
+    try {
+      await this.kube.dryRunPod(namespace, pod);
+      return null;
+    } catch (err) {
+      if (isKubeError(err, FailureType.KubeForbidden) && /cannot create resource "pods"/.test(err.reason))
+        return 'not-asked';
+      if (!isKubeError(err) || err.status === undefined) throw err;
+      if (err.type === FailureType.KubeInvalid || err.type === FailureType.KubeBadRequest)
+        return { by: 'invalid', message: err.reason };
+      return refusalOf(err.reason);
+    }
+  }
+
+  /**
+   * Writes the record with `constraints` as its plan, protected copy first, then the annotation;
+   * returns it unchanged when the plan already is that.
+   */
+  private async replan(
+    record: RelaxationRecord,
+    constraints: RelaxationRecord['plan']['constraints'],
+  ): Promise<RelaxationRecord> {
+    const key = (cs: typeof constraints) => cs.map((c) => refName(c.ref)).join(',');
+    if (key(constraints) === key(record.plan.constraints)) return record;
+    const namespace = record.snapshot.namespace;
+    const next: RelaxationRecord = { ...record, plan: { ...record.plan, constraints } };
+    parseRelaxationRecord(JSON.stringify(next), this.expectation(namespace));
+    const { found, problem } = await this.readProtected(namespace);
+    if (problem || !found || !sameRecord(found.record, record))
+      throw TypedFailure.nonRetryable(
+        `the protected record of ${namespace} changed during the relaxation (${problem ?? 'it is not the one written'}): nothing more is relaxed`,
+        FailureType.MalformedRecord,
+      );
+    await this.writeProtected(next, {
+      metadata: { name: found.configMap.name, resourceVersion: found.configMap.resourceVersion },
+    });
+    await this.kube.patchNamespace(
+      namespace,
+      { metadata: { annotations: { [RelaxationAnnotation]: JSON.stringify(next) } } },
+      PatchStrategy.MergePatch,
+    );
+    this.log(`narrowed the relaxation of ${namespace} to ${key(constraints) || 'no constraint'}`);
+    return next;
   }
 
   /**
@@ -721,7 +1004,7 @@ export class PolicyGuard {
     const enforce = record.plan.podSecurityEnforce;
     if (annotation === shown && (!enforce || ns.metadata?.labels?.[PodSecurityLabel.Enforce] === enforce))
       return;
-    if (annotation !== undefined && annotation !== shown) {
+    if (annotation !== undefined && this.annotationDiffers(annotation, record)) {
       await this.raiseAlarm(
         namespace,
         [
@@ -748,11 +1031,12 @@ export class PolicyGuard {
    */
   private async excludeFromConstraints(
     namespace: string,
-    record: RelaxationRecord,
+    constraints: readonly ({ ref: ConstraintRef } | ConstraintRef)[],
   ): Promise<{ deleted: string[]; written: WrittenConstraint[] }> {
     const deleted: string[] = [];
     const written: WrittenConstraint[] = [];
-    for (const { ref } of record.plan.constraints) {
+    for (const c of constraints) {
+      const ref = 'ref' in c ? c.ref : c;
       const outcome = await this.patchConstraint(ref, (c) =>
         excludeNamespaceOps(namespace, constraintView(c)),
       );
@@ -827,7 +1111,8 @@ export class PolicyGuard {
         ...this.expectation(authority.snapshot.namespace),
         source: 'the annotation',
       });
-      if (sameRecord(shown, authority)) return null;
+      // Same relaxation, plan narrowed or not yet: a stop between the two writes of a narrowing.
+      if (sameRelaxation(shown, authority)) return null;
       why = `it describes another relaxation (run ${runName(shown.owner)}, taken ${shown.snapshot.takenAt})`;
     } catch (err) {
       if (!(err instanceof RelaxationRecordError)) throw err;

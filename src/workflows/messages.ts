@@ -5,7 +5,7 @@ import type { GuardrailsInForce } from '../core/guardrails.js';
 import type { CheckResult } from '../core/verification.js';
 import * as wf from '@temporalio/workflow';
 import type { AdmissionEvidence } from '../services/ownership-jobs.js';
-import type { RestoreReport } from '../services/policy-guard.js';
+import type { JobPodsAdmission, RestoreReport } from '../services/policy-guard.js';
 import type { NamespaceAudit } from '../services/gatekeeper-audit.js';
 import type { JobSummary } from '../core/job.js';
 import type { MigrationPlan } from '../core/plan.js';
@@ -139,6 +139,11 @@ export interface WindowStatus {
   openedAt: string;
   /** When Gatekeeper had taken in every relaxed constraint: from then on Jobs may be created. */
   relaxationEnforcedAt?: string;
+  /**
+   * What the admission chain said about the Job pods, by dry run, while the policies were
+   * relaxed: each refusal, the constraints relaxed for it, those left enforced.
+   */
+  admission?: JobPodsAdmission;
   /** When the policies were written back. */
   writtenBackAt?: string;
   /** When the run saw the policies enforced again (Gatekeeper included): the window's end. */

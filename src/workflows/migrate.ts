@@ -242,7 +242,11 @@ export class Migration {
 
   private relaxGateText(): string {
     const { input, plan, namespace } = this;
-    return `relax PSA to ${input.policies.podSecurity} and exclude ${namespace} from ${plan.policies.plan.constraints.length} Gatekeeper constraints; on failure after the Jobs start: ${input.recovery}${this.imageNote}`;
+    const { podSecurityEnforce: psa, constraints } = plan.policies.plan;
+    const relax =
+      plan.jobPodsAdmission?.relaxation.join('; ') ??
+      `relax PSA to ${psa ?? '(unchanged)'} and exclude ${namespace} from ${constraints.length} Gatekeeper constraints`;
+    return `${relax}; on failure after the Jobs start: ${input.recovery}${this.imageNote}`;
   }
 
   /** Plans again after the approvals: what was approved must still be what is done. */

@@ -62,7 +62,8 @@ async function oneRound(
 ): Promise<JobOutcome[]> {
   const { state, input, namespace, stubs } = m;
   state.setPhase(Phase.RelaxingPolicies);
-  const window = await m.window.open();
+  const run = { namespace, uid: ids.uid, gid: ids.gid, job: input.job };
+  const window = await m.window.open({ run, targets: batch });
 
   state.setPhase(Phase.MigratingOwnership);
   m.progress.jobsStarted = true;
@@ -70,7 +71,7 @@ async function oneRound(
   const refs: JobRef[] = await act(
     stubs.steps.createOwnershipJobs,
     `create ${batch.length} ownership Jobs to ${ids.uid}:${ids.gid}`,
-    { run: { namespace, uid: ids.uid, gid: ids.gid, job: input.job }, targets: batch, owner: m.owner },
+    { run, targets: batch, owner: m.owner },
   );
   m.progress.refs = refs;
   for (const r of refs) updateJob(jobs, r.name, { state: 'created', attempts: attempt });

@@ -10,6 +10,7 @@ import { reasonOf } from '../core/failure-reason.js';
 import type { WindowClosedBySweeper } from './messages.js';
 import { nowIso, type RunState } from './run-state.js';
 import { act, type Steps } from './steps.js';
+import type { RelaxInput } from '../services/policy-guard.js';
 import { parseDuration } from '../core/input.js';
 
 const ms = (d: string) => parseDuration(d) ?? 0;
@@ -32,10 +33,11 @@ export class PolicyWindow {
   }
 
   /**
-   * Relaxes the policies and opens a window, closed by `window.max` at the latest. Returns when
-   * it opened and a promise that settles once the `window.max` timer is done with.
+   * Relaxes the policies and opens a window, closed by `window.max` at the latest: only as far
+   * as the admission chain refuses `jobs`' pods, when given. Returns when it opened and a promise
+   * that settles once the `window.max` timer is done with.
    */
-  async open(): Promise<{ relaxedAt: string; closeTimer: () => Promise<void> }> {
+  async open(jobs?: RelaxInput['jobs']): Promise<{ relaxedAt: string; closeTimer: () => Promise<void> }> {
     const { state, input } = this;
     const namespace = input.namespace;
     this.mayBeRelaxed = true;
@@ -45,6 +47,7 @@ export class PolicyWindow {
       closeWithinSeconds: (ms(input.window.max) + ms(input.window.grace)) / 1000,
       podSecurity: input.policies.podSecurity,
       gatekeeper: input.policies.gatekeeper,
+      ...(jobs ? { jobs } : {}),
     });
     this.record = relaxed.record;
     state.status.policies.record = relaxed.record;
@@ -52,6 +55,7 @@ export class PolicyWindow {
     state.status.windows.push({
       openedAt: relaxed.relaxedAt,
       ...(relaxed.enforcedAt ? { relaxationEnforcedAt: relaxed.enforcedAt } : {}),
+      ...(relaxed.admission ? { admission: relaxed.admission } : {}),
     });
     const timer = new wf.CancellationScope();
     // Handled at once: a restore that fails here is reported, never thrown into the workflow task.

@@ -154,6 +154,14 @@ describe('migrateOwnership end to end', () => {
     expect(report.volumes.every((v) => v.changed > 0 && v.changed === v.scanned)).toBe(true);
     expect(report.approvals.filter((a) => a.required).map((a) => a.by)).toEqual(['alice', 'bob']);
     expect(report.windows).toHaveLength(1);
+    // relaxed as far as the admission chain refused the Jobs' pods: PSA first, then what Gatekeeper named
+    const asked = report.windows[0]!.admission!;
+    expect(asked.refusals.map((r) => r.split(':')[0])).toEqual(['pod-security', 'gatekeeper']);
+    expect(asked.relaxed.sort()).toEqual([
+      'K8sPSPAllowedUsers/allowed-user-ranges',
+      'K8sPSPCapabilities/drop-all',
+    ]);
+    expect(asked.admittedAt).not.toBeNull();
     // policies exactly as before, replicas and platform back, template carries the new IDs, no Job left
     expect(after.policies).toEqual(before.policies);
     for (const db of ItrsDatabases) {

@@ -636,18 +636,19 @@ describe('policies in unusual states', () => {
     }
   });
 
-  it('no pod-security label: the plan sets baseline only for the window, and a dry run changes nothing', async () => {
+  it('no pod-security label: the cluster default admits the Job pods, so the plan leaves PSA alone, and a dry run changes nothing', async () => {
     const input = { ...valid, namespace: unlabelled };
     const plan = await unchanged(() => runasMigrate(['plan', '--input', JSON.stringify(input)]), unlabelled);
     expect(plan.code).toBe(0);
-    expect(plan.stdout).toMatch(/PSA enforce\s*│\s*\(absent\)\s*│\s*baseline/);
+    // The bed's PSA default (privileged) admits the Job pods: PSA is left alone.
+    expect(plan.stdout).toMatch(/PSA enforce\s*│\s*\(absent\)\s*│\s*\(unchanged\)/);
     const end = await unchanged(() => throughTemporal(input), unlabelled);
     expect(end.status).toBe('COMPLETED');
     expect(end.result?.dryRun).toBe(true);
     expect(Object.values(end.result?.plan.policies.snapshot.podSecurity ?? { missing: 'snapshot' })).toEqual(
       Object.values(PodSecurityLabel).map(() => null),
     );
-    expect(end.result?.plan.policies.plan.podSecurityEnforce).toBe('baseline');
+    expect(end.result?.plan.policies.plan.podSecurityEnforce).toBeNull();
   });
 
   it('no pod-security label: a full run completes and leaves the labels absent', async () => {

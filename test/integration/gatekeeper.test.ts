@@ -21,7 +21,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectClient } from '../../src/app/worker.js';
 import { Kube } from '../../src/cluster/kube.js';
 import { FailureType } from '../../src/core/failures.js';
-import { PodSecurityLabel, type RunRef } from '../../src/core/policy.js';
+import { PodSecurityLabel, RelaxationAnnotation, type RunRef } from '../../src/core/policy.js';
+import { podOfJob } from '../../src/core/admission.js';
+import { parseMigrationInput } from '../../src/core/input.js';
+import { buildOwnershipJob, JobLabel } from '../../src/core/job.js';
+import { OwnershipScript } from '../../src/services/ownership-script.js';
 import { PolicyGuard } from '../../src/services/policy-guard.js';
 import { Gatekeeper } from '../../testbed/fixture.js';
 import { GatekeeperPod, webhookConfiguration } from '../../testbed/gatekeeper.js';
@@ -29,7 +33,7 @@ import { freePort } from '../../testbed/process.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { typedFailureOf } from '../support/failures.js';
 import { rootPod } from '../support/pods.js';
-import { aliveRun } from '../support/records.js';
+import { aliveRun, protectedRecord } from '../support/records.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
@@ -196,6 +200,170 @@ describe('Gatekeeper on the bed', () => {
       .poll(() => refusal(ns, pod), { timeout: 30_000, interval: 200 })
       .toContain(`[${name}] privileged container <postgres> is not allowed`);
     expect(await refusal(ns, databasePod('plain', 2000))).toBeNull();
+  });
+});
+
+describe('relaxing only what refuses the Job pods', () => {
+  const job = (ns: string) => ({
+    run: {
+      namespace: ns,
+      uid: 5000,
+      gid: 5000,
+      job: parseMigrationInput({ namespace: ns, uid: 5000, gid: 5000 }).job,
+    },
+    targets: [
+      {
+        statefulSet: 'pg',
+        ordinal: 0,
+        image: 'postgres',
+        volumes: [{ volume: 'data', claimName: 'data-pg-0', mountPath: '/var/lib/postgresql/data' }],
+      },
+    ],
+  });
+  const jobPod = (ns: string) =>
+    podOfJob(buildOwnershipJob(job(ns).run, job(ns).targets[0]!, owner, OwnershipScript));
+  const excludedBy = async (plural: string, name: string) =>
+    (
+      (await custom.getClusterCustomObject({
+        group: Gatekeeper.group,
+        version: Gatekeeper.version,
+        plural,
+        name,
+      })) as {
+        spec?: { match?: { excludedNamespaces?: string[] } };
+      }
+    ).spec?.match?.excludedNamespaces ?? null;
+  const labelsOf = async (ns: string) => (await core.readNamespace({ name: ns })).metadata?.labels ?? {};
+
+  /** A ValidatingAdmissionPolicy refusing runas-migrate's pods in `ns`: something the guard cannot relax. */
+  async function refuseOwnershipPods(ns: string): Promise<string> {
+    const name = uniqueName('no-root-jobs');
+    await admission.createValidatingAdmissionPolicy({
+      body: {
+        metadata: { name },
+        spec: {
+          failurePolicy: 'Fail',
+          matchConstraints: {
+            resourceRules: [
+              { apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'] },
+            ],
+          },
+          validations: [
+            {
+              expression: `!has(object.metadata.labels) || !('${JobLabel.ManagedBy}' in object.metadata.labels)`,
+              message: 'ownership changes go through the platform team here',
+            },
+          ],
+        },
+      },
+    });
+    await admission.createValidatingAdmissionPolicyBinding({
+      body: {
+        metadata: { name },
+        spec: {
+          policyName: name,
+          validationActions: ['Deny'],
+          matchResources: { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': ns } } },
+        },
+      },
+    });
+    cleanups.push(async () => {
+      await admission.deleteValidatingAdmissionPolicyBinding({ name });
+      await admission.deleteValidatingAdmissionPolicy({ name });
+    });
+    // The policy is in force once it refuses the Job's pod.
+    await expect.poll(() => refusal(ns, jobPod(ns)), { timeout: 30_000, interval: 200 }).toContain(name);
+    return name;
+  }
+
+  it('PSA refusing first: relaxes PSA, asks again, excludes the namespace from exactly the constraints Gatekeeper names; record and restore follow', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const left = await privilegedConstraint(ns, 'admits-jobs');
+    const relaxed = await guard().relaxPolicies({ namespace: ns, owner, jobs: job(ns) });
+    const a = relaxed.admission!;
+    expect(a.refusals[0]).toMatch(
+      /^pod-security: pods is forbidden: violates PodSecurity "restricted:latest"/,
+    );
+    expect(a.refusals[1]).toMatch(
+      /^gatekeeper: admission webhook "validation.gatekeeper.sh" denied the request: .*\[drop-all\]/s,
+    );
+    expect(a.relaxed.sort()).toEqual([
+      'K8sPSPAllowedUsers/allowed-user-ranges',
+      'K8sPSPCapabilities/drop-all',
+    ]);
+    expect(a.leftEnforced).toEqual([`K8sPSPPrivilegedContainer/${left}`]);
+    expect(a.admittedAt).not.toBeNull();
+    // The record covers exactly what was relaxed, in both copies.
+    expect(relaxed.record.plan.podSecurityEnforce).toBe('baseline');
+    expect(relaxed.record.plan.constraints.map((c) => c.ref.name).sort()).toEqual([
+      'allowed-user-ranges',
+      'drop-all',
+    ]);
+    expect(relaxed.record.snapshot.constraints.map((c) => c.ref.name)).toContain(left);
+    expect(await protectedRecord(kc, ns)).toEqual(relaxed.record);
+    expect((await core.readNamespace({ name: ns })).metadata?.annotations?.[RelaxationAnnotation]).toBe(
+      JSON.stringify(relaxed.record),
+    );
+    expect(await excludedBy('k8spspprivilegedcontainer', left)).toBeNull();
+    expect(await refusal(ns, jobPod(ns))).toBeNull();
+
+    const report = await guard().restorePolicies({ namespace: ns, owner, record: relaxed.record });
+    expect(report.alarms).toEqual([]);
+    expect(report.constraints.map((c) => c.constraint).sort()).toEqual(a.relaxed);
+    expect((await labelsOf(ns))[PodSecurityLabel.Enforce]).toBe('restricted');
+    expect(await refusal(ns, jobPod(ns))).toMatch(/violates PodSecurity/);
+    expect(await protectedRecord(kc, ns)).toBeUndefined();
+  });
+
+  it('PSA admitting: Gatekeeper is asked before any change, and PSA is left alone', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'baseline' });
+    const relaxed = await guard().relaxPolicies({ namespace: ns, owner, jobs: job(ns) });
+    expect(relaxed.record.plan.podSecurityEnforce).toBeNull();
+    expect(relaxed.admission!.refusals.every((r) => r.startsWith('gatekeeper: '))).toBe(true);
+    expect((await labelsOf(ns))[PodSecurityLabel.Enforce]).toBe('baseline');
+    expect(await refusal(ns, jobPod(ns))).toBeNull();
+    const report = await guard().restorePolicies({ namespace: ns, owner, record: relaxed.record });
+    expect(report.podSecurity).toBe('unchanged');
+    expect(await refusal(ns, jobPod(ns))).toContain('[drop-all]');
+  });
+
+  it('a refusal the guard cannot relax (a ValidatingAdmissionPolicy), PSA admitting: fails before any change, naming it', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'baseline' });
+    const policy = await refuseOwnershipPods(ns);
+    const before = await core.readNamespace({ name: ns });
+    const failure = await typedFailureOf(guard().relaxPolicies({ namespace: ns, owner, jobs: job(ns) }));
+    expect(failure.type).toBe(FailureType.AdmissionRefused);
+    expect(failure.retryable).toBe(false);
+    expect(failure.message).toMatch(
+      new RegExp(
+        `refused by something runas-migrate does not relax: .*ValidatingAdmissionPolicy '${policy}'.*platform team.*nothing was changed`,
+      ),
+    );
+    const after = await core.readNamespace({ name: ns });
+    expect(after.metadata?.resourceVersion).toBe(before.metadata?.resourceVersion);
+    expect(await protectedRecord(kc, ns)).toBeUndefined();
+    expect(await excludedBy('k8spspcapabilities', 'drop-all')).not.toContain(ns);
+  });
+
+  it('the same behind PSA: found once PSA is relaxed, the step fails naming it, and the restore puts PSA back', async () => {
+    // In force first (asked while PSA admits the pods), then PSA put in front of it.
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'baseline' });
+    const policy = await refuseOwnershipPods(ns);
+    await core.patchNamespace(
+      { name: ns, body: { metadata: { labels: { [PodSecurityLabel.Enforce]: 'restricted' } } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    const failure = await typedFailureOf(guard().relaxPolicies({ namespace: ns, owner, jobs: job(ns) }));
+    expect(failure.type).toBe(FailureType.AdmissionRefused);
+    expect(failure.message).toContain(`ValidatingAdmissionPolicy '${policy}'`);
+    // Only PSA was relaxed, and the record says no more than that.
+    const record = await protectedRecord(kc, ns);
+    expect(record?.plan.podSecurityEnforce).toBe('baseline');
+    expect(await excludedBy('k8spspcapabilities', 'drop-all')).not.toContain(ns);
+    const report = await guard().restorePolicies({ namespace: ns, owner });
+    expect(report.restored).toBe(true);
+    expect(report.alarms).toEqual([]);
+    expect((await labelsOf(ns))[PodSecurityLabel.Enforce]).toBe('restricted');
   });
 });
 

@@ -115,10 +115,29 @@ describe('planMigration on the test bed', () => {
         ].map(
           ([s, i]) => `create Job "${namespace}/${ownershipJobName(s as string, i as number)}" (dry run)`,
         ),
+        // The Jobs' pods, put to the admission chain as it is enforced now.
+        ...[
+          ['pgplatform', 0],
+          ['timescale', 0],
+          ['timescale', 1],
+        ].map(
+          ([s, i]) => `create Pod "${namespace}/${ownershipJobName(s as string, i as number)}-…" (dry run)`,
+        ),
       ].sort(),
     );
     expect(calls.filter((c) => c.endsWith('(write)'))).toEqual([]);
     expect(p.databasePodsAdmission).toBe('admitted');
+    // PSA restricted refuses the Jobs' pods first, hiding Gatekeeper's verdict until it is relaxed.
+    expect(p.jobPodsAdmission?.state).toBe('refused');
+    expect(p.jobPodsAdmission?.refusals).toEqual([
+      expect.stringMatching(/^pod-security: pods is forbidden: violates PodSecurity "restricted:latest"/),
+    ]);
+    expect(p.jobPodsAdmission?.relaxation).toEqual([
+      'Pod Security Admission: enforce restricted → baseline (it refuses the Job pods)',
+      expect.stringMatching(
+        /^Gatekeeper: asked again once PSA admits the Job pods .*K8sPSPCapabilities\/drop-all/,
+      ),
+    ]);
     expect(await local()).toEqual(before);
   });
 

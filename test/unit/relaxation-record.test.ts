@@ -241,6 +241,26 @@ describe('parseRelaxationRecord', () => {
     ).toBe(RecordProblem.Inconsistent);
   });
 
+  it('accepts a plan narrowed to the constraints that refused, in snapshot order, and nothing else', () => {
+    for (const keep of [[0], [1], []]) {
+      const r = record();
+      r.plan.constraints = keep.map((i) => r.plan.constraints[i]!);
+      expect(parseRelaxationRecord(r, at).plan.constraints).toHaveLength(keep.length);
+    }
+    // the same constraint twice
+    expect(
+      refusal((r) => {
+        r.plan.constraints = [r.plan.constraints[0]!, r.plan.constraints[0]!];
+      }),
+    ).toBe(RecordProblem.Inconsistent);
+    // out of snapshot order
+    expect(
+      refusal((r) => {
+        r.plan.constraints.reverse();
+      }),
+    ).toBe(RecordProblem.Inconsistent);
+  });
+
   it("upgrades a run's version 1 copy with the run's Temporal namespace, and compares records by content", () => {
     const { temporalNamespace: _, ...v1 } = { ...record(), version: 1 };
     expect(parseRunCopy(v1, at, 'payments')).toEqual({ ...record(), temporalNamespace: 'payments' });
