@@ -117,13 +117,16 @@ export class Planner {
         gatekeeper,
       });
     const policies = await snapshot(inp.policies.gatekeeper);
-    const { databases, runAsNonRoot } = await this.planDatabases(inp, inp.databases ?? profile!.databases);
+    const { databases, runAsNonRoot, statefulSets } = await this.planDatabases(
+      inp,
+      inp.databases ?? profile!.databases,
+    );
     // Constraints left alone (gatekeeper: false) still judge the restarted pods: read them anyway.
     const enforced = inp.policies.gatekeeper ? policies : await snapshot(true);
     const allowedUsers = await this.allowedUsers(enforced);
     const platform = profile?.platform ? await this.readPlatform(profile.platform, inp.namespace) : null;
     const refused = await this.dryRunWrites(inp, owner, databases);
-    const admission = await this.dryRunDatabasePods(inp, databases);
+    const admission = await this.dryRunDatabasePods(inp, statefulSets);
     const jobPods = databases.flatMap((db) =>
       db.jobs.map((t) => podOfJob(buildOwnershipJob(inp, t, owner, OwnershipScript))),
     );
@@ -163,7 +166,7 @@ export class Planner {
    */
   private async dryRunDatabasePods(
     inp: MigrationInput,
-    databases: DatabasePlan[],
+    statefulSets: readonly V1StatefulSet[],
   ): Promise<{ refusals: string[]; state: MigrationPlan['databasePodsAdmission'] }> {
     const ids = {
       runAsUser: inp.uid,
@@ -172,8 +175,7 @@ export class Planner {
       supplementalGroups: inp.supplementalGroups,
     };
     const refusals: string[] = [];
-    for (const db of databases) {
-      const sts = await this.kube.readStatefulSet(inp.namespace, db.statefulSet);
+    for (const sts of statefulSets) {
       try {
         await this.kube.dryRunPod(inp.namespace, podOfStatefulSet(sts, ids));
       } catch (err) {
@@ -184,7 +186,7 @@ export class Planner {
           };
         if (!isKubeError(err) || err.retryable) throw err;
         refusals.push(
-          `StatefulSet ${db.statefulSet}'s pods would be refused with ${inp.uid}:${inp.gid} under the policies enforced now: ${err.reason}: choose IDs they admit`,
+          `StatefulSet ${sts.metadata?.name}'s pods would be refused with ${inp.uid}:${inp.gid} under the policies enforced now: ${err.reason}: choose IDs they admit`,
         );
       }
     }
@@ -199,9 +201,14 @@ export class Planner {
   private async planDatabases(
     inp: MigrationInput,
     wanted: NonNullable<MigrationInput['databases']> | ProfileDatabase[],
-  ): Promise<{ databases: DatabasePlan[]; runAsNonRoot: Record<string, boolean> }> {
+  ): Promise<{
+    databases: DatabasePlan[];
+    runAsNonRoot: Record<string, boolean>;
+    statefulSets: V1StatefulSet[];
+  }> {
     const claims = await this.kube.listClaims(inp.namespace);
     const databases: DatabasePlan[] = [];
+    const statefulSets: V1StatefulSet[] = [];
     const runAsNonRoot: Record<string, boolean> = {};
     for (const db of wanted) {
       let sts: V1StatefulSet;
@@ -216,13 +223,14 @@ export class Planner {
         throw err;
       }
       databases.push(planDatabase(sts, db.container, 'volumes' in db ? db.volumes : undefined, claims));
+      statefulSets.push(sts);
       const spec = sts.spec?.template.spec;
       runAsNonRoot[db.statefulSet] =
         spec?.securityContext?.runAsNonRoot === true ||
         (spec?.containers.find((c) => c.name === db.container)?.securityContext?.runAsNonRoot ?? false) ===
           true;
     }
-    return { databases, runAsNonRoot };
+    return { databases, runAsNonRoot, statefulSets };
   }
 
   /** The parameters of every Gatekeeper K8sPSPAllowedUsers constraint that applies to the namespace. */

@@ -617,9 +617,14 @@ export class PolicyGuard {
       if (isKubeError(err, FailureType.KubeForbidden) && /cannot create resource "pods"/.test(err.reason))
         return 'not-asked';
       if (!isKubeError(err) || err.status === undefined) throw err;
-      if (err.type === FailureType.KubeInvalid || err.type === FailureType.KubeBadRequest)
-        return { by: 'invalid', message: err.reason };
-      return refusalOf(err.reason);
+      const refusal = refusalOf(err.reason);
+      // A pod the API server finds invalid (422, 400) was judged by no policy; a
+      // ValidatingAdmissionPolicy refuses with 422 too, but says so.
+      const invalid =
+        (err.type === FailureType.KubeInvalid || err.type === FailureType.KubeBadRequest) &&
+        refusal.by === 'other' &&
+        !/ValidatingAdmissionPolicy|admission webhook|denied/.test(err.reason);
+      return invalid ? { by: 'invalid', message: err.reason } : refusal;
     }
   }
 

@@ -33,7 +33,8 @@ import { freePort } from '../../testbed/process.js';
 import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js';
 import { typedFailureOf } from '../support/failures.js';
 import { rootPod } from '../support/pods.js';
-import { aliveRun, protectedRecord } from '../support/records.js';
+import { aliveRun, protectedRecord, tamperEvents } from '../support/records.js';
+import { namespacePolicies } from '../support/policy-state.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
@@ -364,6 +365,105 @@ describe('relaxing only what refuses the Job pods', () => {
     expect(report.restored).toBe(true);
     expect(report.alarms).toEqual([]);
     expect((await labelsOf(ns))[PodSecurityLabel.Enforce]).toBe('restricted');
+  });
+});
+
+describe('a relaxation stopped half-way resumes from its protected record', () => {
+  /** A guard whose step stops (as a killed worker's would) at the first call `stopAt` picks. */
+  function stoppingGuard(stopAt: (method: string, args: unknown[]) => boolean) {
+    const kube = new Kube(kc);
+    let stopped = false;
+    const proxied = new Proxy(kube, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        return (...args: unknown[]) => {
+          if (!stopped && stopAt(String(prop), args)) {
+            stopped = true;
+            return Promise.reject(new Error(`the worker died before ${String(prop)}`));
+          }
+          return (v as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    return new PolicyGuard({ kube: proxied });
+  }
+  const jobs = (ns: string) => ({
+    run: {
+      namespace: ns,
+      uid: 5000,
+      gid: 5000,
+      job: parseMigrationInput({ namespace: ns, uid: 5000, gid: 5000 }).job,
+    },
+    targets: [
+      {
+        statefulSet: 'pg',
+        ordinal: 0,
+        image: 'postgres',
+        volumes: [{ volume: 'data', claimName: 'data-pg-0', mountPath: '/var/lib/postgresql/data' }],
+      },
+    ],
+  });
+
+  it('stopped before its first constraint patch: the retry asks again and relaxes exactly what refuses', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    const left = await privilegedConstraint(ns, 'resume-left');
+    const before = await namespacePolicies(kc, ns);
+    const stopping = stoppingGuard((method) => method === 'jsonPatchClusterObject');
+    await expect(stopping.relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) })).rejects.toThrow(
+      /worker died/,
+    );
+    // PSA relaxed, the record narrowed to the two that refuse, no constraint patched yet.
+    const halfway = await protectedRecord(kc, ns);
+    expect(halfway?.plan.constraints.map((c) => c.ref.name).sort()).toEqual([
+      'allowed-user-ranges',
+      'drop-all',
+    ]);
+    expect((await namespacePolicies(kc, ns)).excludedBy).toEqual([]);
+
+    const resumed = await guard().relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) });
+    expect(resumed.resumed).toBe(true);
+    expect(resumed.admission?.relaxed.sort()).toEqual([
+      'K8sPSPAllowedUsers/allowed-user-ranges',
+      'K8sPSPCapabilities/drop-all',
+    ]);
+    expect(resumed.admission?.leftEnforced).toEqual([`K8sPSPPrivilegedContainer/${left}`]);
+    expect(await protectedRecord(kc, ns)).toEqual(resumed.record);
+    const report = await guard().restorePolicies({ namespace: ns, owner, record: resumed.record });
+    expect(report.alarms).toEqual([]);
+    expect(await namespacePolicies(kc, ns)).toEqual(before);
+  });
+
+  it('stopped between the two writes of a narrowing: no tamper alarm, the annotation catches up', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    await privilegedConstraint(ns, 'narrowed-away');
+    const before = await namespacePolicies(kc, ns);
+    // The narrowing writes the protected record, then the annotation alone.
+    const stopping = stoppingGuard((method, args) => {
+      const m = (
+        args[1] as { metadata?: { resourceVersion?: string; labels?: object; annotations?: object } }
+      )?.metadata;
+      return (
+        method === 'patchNamespace' &&
+        m?.resourceVersion === undefined &&
+        m?.labels === undefined &&
+        RelaxationAnnotation in (m?.annotations ?? {})
+      );
+    });
+    await expect(stopping.relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) })).rejects.toThrow(
+      /worker died/,
+    );
+    const shown = (await core.readNamespace({ name: ns })).metadata?.annotations?.[RelaxationAnnotation];
+    expect(shown).not.toBe(JSON.stringify(await protectedRecord(kc, ns)));
+
+    const resumed = await guard().relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) });
+    expect((await core.readNamespace({ name: ns })).metadata?.annotations?.[RelaxationAnnotation]).toBe(
+      JSON.stringify(resumed.record),
+    );
+    const report = await guard().restorePolicies({ namespace: ns, owner, record: resumed.record });
+    expect(report.alarms).toEqual([]);
+    expect(await tamperEvents(kc, ns)).toEqual([]);
+    expect(await namespacePolicies(kc, ns)).toEqual(before);
   });
 });
 
