@@ -2,6 +2,7 @@
  * `runas-migrate`: the operator's command line.
  */
 import { Command, Option } from 'commander';
+import { stringify as toYaml } from 'yaml';
 import { PolicyGuard, type RestoreReport } from '../services/policy-guard.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
 import { RecordsNamespaceEnv, recordsNamespaceOf } from '../core/records.js';
@@ -290,15 +291,27 @@ function statusPrinter(workflowId: string): (s: Parameters<typeof renderStatus>[
   };
 }
 
+/** How `plan` and `status` print: tables for people, or the raw object for scripts. */
+type OutputFormat = 'text' | 'json' | 'yaml';
+const outputOption = () =>
+  new Option('-o, --output <format>', 'text, or the raw object as json or yaml')
+    .choices(['text', 'json', 'yaml'])
+    .default('text');
+/** `value` as the machine-readable `format`. */
+const formatted = (value: unknown, format: 'json' | 'yaml') =>
+  format === 'json' ? JSON.stringify(value, null, 2) + '\n' : toYaml(value);
+
 /**
  * Prints the guardrails that apply to `input` and whether they refuse it (returns true then).
  * An identity that may not read the worker's ConfigMap is told so; the worker enforces them anyway.
+ * With `--output json|yaml` this goes to stderr, leaving stdout to the object.
  */
 async function showGuardrails(
   kube: Kube,
   input: MigrationInput,
-  flags: { guardrails?: string; recordsNamespace?: string },
+  flags: { guardrails?: string; recordsNamespace?: string; output?: OutputFormat },
 ): Promise<boolean> {
+  const out = flags.output && flags.output !== 'text' ? process.stderr : process.stdout;
   let inForce;
   try {
     inForce = await loadGuardrails({
@@ -308,7 +321,7 @@ async function showGuardrails(
     });
   } catch (err) {
     if (!isKubeError(err, FailureType.KubeForbidden)) throw err;
-    process.stdout.write(
+    out.write(
       `Guardrails: not readable with this kubeconfig (${err.message.split('. Fix')[0]}): the worker checks them at start; pass --guardrails FILE to see them here\n`,
     );
     return false;
@@ -321,7 +334,7 @@ async function showGuardrails(
       throw err;
     },
   );
-  process.stdout.write(renderGuardrails(inForce, refusals) + '\n');
+  out.write(renderGuardrails(inForce, refusals) + '\n');
   return refusals.length > 0;
 }
 
@@ -335,11 +348,19 @@ recordsOption(
           new Option('--guardrails <file>', "the worker's guardrails file, if it has one").env(
             GuardrailsFileEnv,
           ),
-        ),
+        )
+        .addOption(outputOption()),
     ),
   ),
 ).action(
-  async (flags: InputFlags & { kubeconfig?: string; guardrails?: string; recordsNamespace?: string }) => {
+  async (
+    flags: InputFlags & {
+      kubeconfig?: string;
+      guardrails?: string;
+      recordsNamespace?: string;
+      output: OutputFormat;
+    },
+  ) => {
     const input = parseMigrationInput(rawInput(flags));
     const kube = Kube.fromKubeconfig(flags.kubeconfig);
     if (await showGuardrails(kube, input, flags)) {
@@ -348,6 +369,11 @@ recordsOption(
     }
     const planner = new Planner({ kube, policyGuard: new PolicyGuard({ kube }) });
     const plan = await planner.planMigration({ run: input, owner: { workflowId: 'plan', runId: 'plan' } });
+    if (flags.output !== 'text') {
+      process.stdout.write(formatted(plan, flags.output));
+      if (plan.preflight.length) process.exitCode = 3;
+      return;
+    }
     process.stdout.write(renderPlan(plan) + '\n');
     if (input.job.image)
       process.stdout.write(
@@ -453,44 +479,56 @@ temporalOptions(
     .description("show the status of the namespace's run")
     .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
     .option('--watch', 'refresh until the run ends')
-    .option('--json', 'print the raw status query result'),
-).action(async (flags: TemporalFlags & { namespace: string; watch?: boolean; json?: boolean }) => {
-  const c = await client(flags);
-  const id = workflowIdOf(flags.namespace);
-  if (flags.json) process.stdout.write(JSON.stringify(await queryStatus(c, flags.namespace), null, 2) + '\n');
-  else if (flags.watch) {
-    try {
-      process.stdout.write(renderReport(await followRun(c.workflow.getHandle(id), statusPrinter(id))) + '\n');
-    } catch (err) {
-      if (!(err instanceof WorkflowFailedError)) throw err;
-      process.stdout.write(`run ended: ${reasonOf(err.cause ?? err)}\n`);
-      process.exitCode = 1;
+    .addOption(outputOption())
+    .option('--json', 'the same as --output json'),
+).action(
+  async (
+    flags: TemporalFlags & { namespace: string; watch?: boolean; json?: boolean; output: OutputFormat },
+  ) => {
+    const output: OutputFormat = flags.json ? 'json' : flags.output;
+    if (output !== 'text' && flags.watch)
+      throw new InvalidInputError(
+        `--watch redraws tables: leave out --output ${output}, or poll without --watch`,
+      );
+    const c = await client(flags);
+    const id = workflowIdOf(flags.namespace);
+    if (output !== 'text') process.stdout.write(formatted(await queryStatus(c, flags.namespace), output));
+    else if (flags.watch) {
+      try {
+        process.stdout.write(
+          renderReport(await followRun(c.workflow.getHandle(id), statusPrinter(id))) + '\n',
+        );
+      } catch (err) {
+        if (!(err instanceof WorkflowFailedError)) throw err;
+        process.stdout.write(`run ended: ${reasonOf(err.cause ?? err)}\n`);
+        process.exitCode = 1;
+      }
+    } else {
+      const progress = await runProgress(c, flags.namespace);
+      try {
+        const status = await c.connection.withDeadline(Date.now() + StatusQueryTimeoutMs, () =>
+          queryStatus(c, flags.namespace),
+        );
+        process.stdout.write(
+          [renderStatus(status, id), renderProgress(progress)].filter(Boolean).join('\n') + '\n',
+        );
+      } catch (err) {
+        if (progress.status !== 'RUNNING') throw err;
+        // A stuck run cannot answer: Temporal's own view of it is all there is.
+        process.stdout.write(
+          [
+            `run ${id} — ${progress.status} on task queue ${progress.taskQueue} — it did not answer its status query within ${StatusQueryTimeoutMs / 1000} s (${reasonOf(err)})`,
+            renderProgress(progress),
+          ]
+            .filter(Boolean)
+            .join('\n') + '\n',
+        );
+        process.exitCode = 2;
+      }
     }
-  } else {
-    const progress = await runProgress(c, flags.namespace);
-    try {
-      const status = await c.connection.withDeadline(Date.now() + StatusQueryTimeoutMs, () =>
-        queryStatus(c, flags.namespace),
-      );
-      process.stdout.write(
-        [renderStatus(status, id), renderProgress(progress)].filter(Boolean).join('\n') + '\n',
-      );
-    } catch (err) {
-      if (progress.status !== 'RUNNING') throw err;
-      // A stuck run cannot answer: Temporal's own view of it is all there is.
-      process.stdout.write(
-        [
-          `run ${id} — ${progress.status} on task queue ${progress.taskQueue} — it did not answer its status query within ${StatusQueryTimeoutMs / 1000} s (${reasonOf(err)})`,
-          renderProgress(progress),
-        ]
-          .filter(Boolean)
-          .join('\n') + '\n',
-      );
-      process.exitCode = 2;
-    }
-  }
-  await c.connection.close();
-});
+    await c.connection.close();
+  },
+);
 
 program.parseAsync().catch((err: unknown) => {
   const message =

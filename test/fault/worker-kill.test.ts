@@ -24,7 +24,6 @@ import {
 import { waitFor } from '../../testbed/process.js';
 import { abortSignal, type MigrationReport } from '../../src/workflows/messages.js';
 import { restartTemporal } from '../../testbed/bed.js';
-import { matrix } from '../support/matrix.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import type { KillPoint } from '../support/fault-interceptors.js';
 import { policyState } from '../support/policy-state.js';
@@ -196,7 +195,7 @@ describe('fault: the worker is killed', () => {
 
 describe('fault: the worker is killed at every phase boundary', () => {
   // Before a step, or after its work with its completion lost (the step then runs again).
-  const allKillPoints: KillPoint[] = [
+  const killPoints: KillPoint[] = [
     'before:acquireNamespaceLock',
     'after:planMigration',
     'after:scaleDown',
@@ -211,17 +210,6 @@ describe('fault: the worker is killed at every phase boundary', () => {
     'before:verifyDatabases',
     'after:releaseNamespaceLock',
   ];
-  // `npm test` kills at the boundaries of the window and the data path; the bench at every one.
-  const killPoints = matrix(allKillPoints, (at) =>
-    [
-      'before:acquireNamespaceLock',
-      'after:relaxPolicies',
-      'after:createOwnershipJobs',
-      'before:restorePolicies',
-      'after:waitForJobs',
-      'after:scaleUp',
-    ].includes(at),
-  );
 
   it(
     `${killPoints.length} workers SIGKILLed one after the other: the run completes, nothing lost or done twice`,

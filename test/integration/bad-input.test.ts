@@ -6,10 +6,10 @@
  * annotations, constraints, StatefulSets, claims, Jobs and the owner of every file).
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  AdmissionregistrationV1Api,
   AppsV1Api,
   CoreV1Api,
   KubeConfig,
@@ -31,6 +31,7 @@ import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snap
 import { outcome, runasMigrate as runasMigrateAt, type Outcome } from '../support/cli.js';
 import { approveWithCli, startMigrationWithCli, temporalCli } from '../support/temporal.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
+import { podAdmissionPolicy } from '../support/admission-policy.js';
 
 const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
@@ -582,40 +583,14 @@ describe('policies in unusual states', () => {
   });
 
   it("a policy the planner does not model (a ValidatingAdmissionPolicy on uid 5000): the dry run of the databases' pods fails preflight, naming it", async () => {
-    const admission = kc.makeApiClient(AdmissionregistrationV1Api);
     const name = uniqueName('no-uid-5000');
-    await admission.createValidatingAdmissionPolicy({
-      body: {
-        metadata: { name },
-        spec: {
-          failurePolicy: 'Fail',
-          matchConstraints: {
-            resourceRules: [
-              { apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'] },
-            ],
-          },
-          validations: [
-            {
-              expression:
-                '!has(object.spec.securityContext) || !has(object.spec.securityContext.runAsUser) || object.spec.securityContext.runAsUser != 5000',
-              message: 'uid 5000 belongs to the backup agent here',
-            },
-          ],
-        },
-      },
-    });
-    await admission.createValidatingAdmissionPolicyBinding({
-      body: {
-        metadata: { name },
-        spec: {
-          policyName: name,
-          validationActions: ['Deny'],
-          matchResources: {
-            namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': namespace } },
-          },
-        },
-      },
-    });
+    const remove = await podAdmissionPolicy(
+      kc,
+      name,
+      namespace,
+      '!has(object.spec.securityContext) || !has(object.spec.securityContext.runAsUser) || object.spec.securityContext.runAsUser != 5000',
+      'uid 5000 belongs to the backup agent here',
+    );
     try {
       await expect
         .poll(
@@ -631,8 +606,7 @@ describe('policies in unusual states', () => {
           ),
         );
     } finally {
-      await admission.deleteValidatingAdmissionPolicyBinding({ name }).catch(() => undefined);
-      await admission.deleteValidatingAdmissionPolicy({ name }).catch(() => undefined);
+      await remove();
     }
   });
 
@@ -642,6 +616,15 @@ describe('policies in unusual states', () => {
     expect(plan.code).toBe(0);
     // The bed's PSA default (privileged) admits the Job pods: PSA is left alone.
     expect(plan.stdout).toMatch(/PSA enforce\s*│\s*\(absent\)\s*│\s*\(unchanged\)/);
+    // The same plan for scripts: stdout is the plan object alone.
+    const asJson = await runasMigrate(['plan', '--input', JSON.stringify(input), '--output', 'json']);
+    expect(asJson.code).toBe(0);
+    const planned = JSON.parse(asJson.stdout) as MigrationReport['plan'];
+    expect(planned.policies.plan.podSecurityEnforce).toBeNull();
+    expect(planned.jobPodsAdmission?.relaxation[0]).toBe(
+      'Pod Security Admission: unchanged ((cluster default) admits the Job pods)',
+    );
+    expect(asJson.stderr).toContain('Guardrails');
     const end = await unchanged(() => throughTemporal(input), unlabelled);
     expect(end.status).toBe('COMPLETED');
     expect(end.result?.dryRun).toBe(true);
@@ -805,6 +788,14 @@ describe('steering a run the wrong way', () => {
     const abort = await unchanged(() => runasMigrate(['abort', '-n', namespace, '--reason', 'again']));
     expect(abort.code).toBe(1);
     expect(abort.stderr).toContain('has already ended (FAILED): there is nothing to abort');
+    // The ended run's status, for scripts: the raw query result as JSON or YAML, the same object.
+    const asJson = await runasMigrate(['status', '-n', namespace, '--output', 'json']);
+    const asYaml = await runasMigrate(['status', '-n', namespace, '-o', 'yaml']);
+    expect((JSON.parse(asJson.stdout) as MigrationStatus).phase).toBe('aborted');
+    expect(parseYaml(asYaml.stdout)).toEqual(JSON.parse(asJson.stdout));
+    const watched = await runasMigrate(['status', '-n', namespace, '--watch', '-o', 'json']);
+    expect(watched.code).toBe(1);
+    expect(watched.stderr).toContain('--watch redraws tables: leave out --output json');
     const signal = await unchanged(() =>
       temporal(['workflow', 'signal', '-w', workflowId, '--name', 'approve', '--input', '{"gate":"plan"}']),
     );

@@ -34,6 +34,7 @@ import { bed, createNamespace, kubeConfig, uniqueName } from '../support/bed.js'
 import { typedFailureOf } from '../support/failures.js';
 import { rootPod } from '../support/pods.js';
 import { aliveRun, protectedRecord, tamperEvents } from '../support/records.js';
+import { podAdmissionPolicy } from '../support/admission-policy.js';
 import { namespacePolicies } from '../support/policy-state.js';
 
 const kc = kubeConfig();
@@ -67,6 +68,26 @@ async function namespace(labels: Record<string, string> = {}): Promise<string> {
   });
   return name;
 }
+
+/** The Jobs of a window in `ns`: one, for replica 0 of a StatefulSet `pg`, to 5000:5000. */
+const job = (ns: string) => ({
+  run: {
+    namespace: ns,
+    uid: 5000,
+    gid: 5000,
+    job: parseMigrationInput({ namespace: ns, uid: 5000, gid: 5000 }).job,
+  },
+  targets: [
+    {
+      statefulSet: 'pg',
+      ordinal: 0,
+      image: 'postgres',
+      volumes: [{ volume: 'data', claimName: 'data-pg-0', mountPath: '/var/lib/postgresql/data' }],
+    },
+  ],
+});
+const jobPod = (ns: string) =>
+  podOfJob(buildOwnershipJob(job(ns).run, job(ns).targets[0]!, owner, OwnershipScript));
 
 /** A database pod with the given IDs, dropping every capability. */
 const databasePod = (name: string, id: number): V1Pod => ({
@@ -205,24 +226,6 @@ describe('Gatekeeper on the bed', () => {
 });
 
 describe('relaxing only what refuses the Job pods', () => {
-  const job = (ns: string) => ({
-    run: {
-      namespace: ns,
-      uid: 5000,
-      gid: 5000,
-      job: parseMigrationInput({ namespace: ns, uid: 5000, gid: 5000 }).job,
-    },
-    targets: [
-      {
-        statefulSet: 'pg',
-        ordinal: 0,
-        image: 'postgres',
-        volumes: [{ volume: 'data', claimName: 'data-pg-0', mountPath: '/var/lib/postgresql/data' }],
-      },
-    ],
-  });
-  const jobPod = (ns: string) =>
-    podOfJob(buildOwnershipJob(job(ns).run, job(ns).targets[0]!, owner, OwnershipScript));
   const excludedBy = async (plural: string, name: string) =>
     (
       (await custom.getClusterCustomObject({
@@ -239,39 +242,15 @@ describe('relaxing only what refuses the Job pods', () => {
   /** A ValidatingAdmissionPolicy refusing runas-migrate's pods in `ns`: something the guard cannot relax. */
   async function refuseOwnershipPods(ns: string): Promise<string> {
     const name = uniqueName('no-root-jobs');
-    await admission.createValidatingAdmissionPolicy({
-      body: {
-        metadata: { name },
-        spec: {
-          failurePolicy: 'Fail',
-          matchConstraints: {
-            resourceRules: [
-              { apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'] },
-            ],
-          },
-          validations: [
-            {
-              expression: `!has(object.metadata.labels) || !('${JobLabel.ManagedBy}' in object.metadata.labels)`,
-              message: 'ownership changes go through the platform team here',
-            },
-          ],
-        },
-      },
-    });
-    await admission.createValidatingAdmissionPolicyBinding({
-      body: {
-        metadata: { name },
-        spec: {
-          policyName: name,
-          validationActions: ['Deny'],
-          matchResources: { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': ns } } },
-        },
-      },
-    });
-    cleanups.push(async () => {
-      await admission.deleteValidatingAdmissionPolicyBinding({ name });
-      await admission.deleteValidatingAdmissionPolicy({ name });
-    });
+    cleanups.push(
+      await podAdmissionPolicy(
+        kc,
+        name,
+        ns,
+        `!has(object.metadata.labels) || !('${JobLabel.ManagedBy}' in object.metadata.labels)`,
+        'ownership changes go through the platform team here',
+      ),
+    );
     // The policy is in force once it refuses the Job's pod.
     await expect.poll(() => refusal(ns, jobPod(ns)), { timeout: 30_000, interval: 200 }).toContain(name);
     return name;
@@ -388,29 +367,12 @@ describe('a relaxation stopped half-way resumes from its protected record', () =
     });
     return new PolicyGuard({ kube: proxied });
   }
-  const jobs = (ns: string) => ({
-    run: {
-      namespace: ns,
-      uid: 5000,
-      gid: 5000,
-      job: parseMigrationInput({ namespace: ns, uid: 5000, gid: 5000 }).job,
-    },
-    targets: [
-      {
-        statefulSet: 'pg',
-        ordinal: 0,
-        image: 'postgres',
-        volumes: [{ volume: 'data', claimName: 'data-pg-0', mountPath: '/var/lib/postgresql/data' }],
-      },
-    ],
-  });
-
   it('stopped before its first constraint patch: the retry asks again and relaxes exactly what refuses', async () => {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
     const left = await privilegedConstraint(ns, 'resume-left');
     const before = await namespacePolicies(kc, ns);
     const stopping = stoppingGuard((method) => method === 'jsonPatchClusterObject');
-    await expect(stopping.relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) })).rejects.toThrow(
+    await expect(stopping.relaxPolicies({ namespace: ns, owner, jobs: job(ns) })).rejects.toThrow(
       /worker died/,
     );
     // PSA relaxed, the record narrowed to the two that refuse, no constraint patched yet.
@@ -421,7 +383,7 @@ describe('a relaxation stopped half-way resumes from its protected record', () =
     ]);
     expect((await namespacePolicies(kc, ns)).excludedBy).toEqual([]);
 
-    const resumed = await guard().relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) });
+    const resumed = await guard().relaxPolicies({ namespace: ns, owner, jobs: job(ns) });
     expect(resumed.resumed).toBe(true);
     expect(resumed.admission?.relaxed.sort()).toEqual([
       'K8sPSPAllowedUsers/allowed-user-ranges',
@@ -450,13 +412,13 @@ describe('a relaxation stopped half-way resumes from its protected record', () =
         RelaxationAnnotation in (m?.annotations ?? {})
       );
     });
-    await expect(stopping.relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) })).rejects.toThrow(
+    await expect(stopping.relaxPolicies({ namespace: ns, owner, jobs: job(ns) })).rejects.toThrow(
       /worker died/,
     );
     const shown = (await core.readNamespace({ name: ns })).metadata?.annotations?.[RelaxationAnnotation];
     expect(shown).not.toBe(JSON.stringify(await protectedRecord(kc, ns)));
 
-    const resumed = await guard().relaxPolicies({ namespace: ns, owner, jobs: jobs(ns) });
+    const resumed = await guard().relaxPolicies({ namespace: ns, owner, jobs: job(ns) });
     expect((await core.readNamespace({ name: ns })).metadata?.annotations?.[RelaxationAnnotation]).toBe(
       JSON.stringify(resumed.record),
     );
