@@ -37,9 +37,19 @@ export interface NamespaceSnapshot {
 /** Owners of every entry of a fixture namespace's volumes, except mount points of nested volumes. */
 export function ownersOnDisk(pvRoot: string, namespace: string): Record<string, string> {
   const owners: Record<string, string> = {};
+  // A running PostgreSQL removes files of its own (pg_internal.init, temporary files) between
+  // the listing of a folder and the lstat of its entries: an entry gone by then has no owner.
   const owner = (p: string) => {
-    const s = lstatSync(p);
-    return `${s.uid}:${s.gid}`;
+    const s = lstatSync(p, { throwIfNoEntry: false });
+    return s && `${s.uid}:${s.gid}`;
+  };
+  const entries = (dir: string) => {
+    try {
+      return readdirSync(dir, { withFileTypes: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
   };
   for (const db of ItrsDatabases) {
     const mounts = db.claims.map((c) => c.mountPath);
@@ -52,13 +62,17 @@ export function ownersOnDisk(pvRoot: string, namespace: string): Record<string, 
             .filter((m) => m !== c.mountPath && m.startsWith(`${c.mountPath}/`))
             .map((m) => join(root, m.slice(c.mountPath.length))),
         );
+        const record = (p: string) => {
+          const o = owner(p);
+          if (o) owners[p] = o;
+        };
         const walk = (dir: string) => {
-          owners[dir] = owner(dir);
-          for (const e of readdirSync(dir, { withFileTypes: true })) {
+          record(dir);
+          for (const e of entries(dir)) {
             const p = join(dir, e.name);
             if (hidden.has(p)) continue;
             if (e.isDirectory()) walk(p);
-            else owners[p] = owner(p);
+            else record(p);
           }
         };
         walk(root);
