@@ -51,6 +51,11 @@ export const ToolVersions = {
    */
   hostExec: `${kubernetesVersion}-2`,
   gatekeeper: '3.23.1',
+  /**
+   * The Compose checker (testbed/compose-check): compose-go's version, then a revision to bump
+   * whenever main.go changes.
+   */
+  composeCheck: '2.16.2-1',
 } as const;
 
 /** Where Gatekeeper's CRDs are in its Go module. */
@@ -69,6 +74,7 @@ export const ToolName = {
   TemporalTestServer: 'temporal-test-server',
   HostExec: 'host-exec',
   Gatekeeper: 'gatekeeper',
+  ComposeCheck: 'compose-check',
 } as const;
 export type ToolName = (typeof ToolName)[keyof typeof ToolName];
 
@@ -254,6 +260,20 @@ const components: readonly Component[] = [
       ) as { Dir: string };
       cpSync(join(Dir, GatekeeperCrdsInModule), join(dirname(binDir), 'crds'), { recursive: true });
     },
+  },
+  {
+    id: `compose-check-${ToolVersions.composeCheck}`,
+    version: ToolVersions.composeCheck,
+    binaries: [ToolName.ComposeCheck],
+    // Our own program: never one found on PATH.
+    matchesVersion: () => false,
+    build: (binDir, log) =>
+      run(
+        'go',
+        ['build', '-trimpath', '-ldflags=-s -w', '-o', join(binDir, ToolName.ComposeCheck), '.'],
+        { cwd: join(testbedDir, 'compose-check'), env: goEnv() },
+        log,
+      ),
   },
   {
     id: `temporal-test-server-${ToolVersions.temporalTestServer}`,

@@ -8,7 +8,7 @@ import { isKubeError, Kube } from '../cluster/kube.js';
 import { RecordsNamespaceEnv, recordsNamespaceOf } from '../core/records.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
 import { ApplicationFailure } from '@temporalio/common';
-import { DefaultLogger, Runtime, type LogLevel } from '@temporalio/worker';
+import type { LogLevel } from '@temporalio/worker';
 import { WorkflowFailedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { Planner } from '../services/planner.js';
 import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
@@ -29,16 +29,27 @@ import {
   webUiLink,
   workflowIdOf,
 } from './runs.js';
+import { installRuntime, LogLevelEnv, LogLevels, MetricsAddressEnv } from './telemetry.js';
 import { renderGuardrails, renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
 
-// The worker's own logs stay at warnings; the CLI says what matters.
-Runtime.install({
-  logger: new DefaultLogger((process.env.RUNAS_MIGRATE_LOG_LEVEL as LogLevel | undefined) ?? 'WARN'),
-});
-
-const program = new Command('runas-migrate').description(
-  'Change the UID/GID of PostgreSQL/TimescaleDB StatefulSets behind strict security policies, durably, on Temporal.',
-);
+const program = new Command('runas-migrate')
+  .description(
+    'Change the UID/GID of PostgreSQL/TimescaleDB StatefulSets behind strict security policies, durably, on Temporal.',
+  )
+  .addOption(
+    // The SDK's own logs stay at warnings by default; the CLI says what matters.
+    new Option('--log-level <level>', "the Temporal SDK's log level")
+      .choices(LogLevels)
+      .default('WARN')
+      .env(LogLevelEnv),
+  )
+  .configureHelp({ showGlobalOptions: true })
+  .hook('preAction', (self, action) => {
+    installRuntime({
+      logLevel: self.opts<{ logLevel: LogLevel }>().logLevel,
+      metricsAddress: action.opts<{ metricsAddress?: string }>().metricsAddress,
+    });
+  });
 
 const temporalOptions = (cmd: Command) =>
   cmd
@@ -196,14 +207,23 @@ recordsOption(
           'run a worker on the runas-migrate task queue (and create the sweeper Schedule if missing)',
         )
         .option('--task-queue <name>', 'task queue', TaskQueue)
-        .option(
-          '--guardrails <file>',
-          `guardrails file (YAML); default $${GuardrailsFileEnv}, else the ConfigMap ${GuardrailsConfigMap.name} in the worker's namespace, else the defaults`,
+        .addOption(
+          new Option(
+            '--guardrails <file>',
+            `guardrails file (YAML); else the ConfigMap ${GuardrailsConfigMap.name} in the worker's namespace, else the defaults`,
+          ).env(GuardrailsFileEnv),
+        )
+        .addOption(
+          new Option(
+            '--metrics-address <host:port>',
+            "serve Prometheus metrics (the SDK's and runas-migrate's) on http://<host:port>/metrics",
+          ).env(MetricsAddressEnv),
         ),
     ),
   ),
 ).action(
   async (opts: {
+    metricsAddress?: string;
     guardrails?: string;
     taskQueue: string;
     kubeconfig?: string;
@@ -218,9 +238,10 @@ recordsOption(
       kubeconfig: opts.kubeconfig,
       recordsNamespace: opts.recordsNamespace,
       guardrailsFile: opts.guardrails,
+      metrics: opts.metricsAddress !== undefined,
     });
     process.stderr.write(
-      `[runas-migrate] worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}\n`,
+      `[runas-migrate] worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}${opts.metricsAddress ? `; metrics on http://${opts.metricsAddress}/metrics` : ''}\n`,
     );
     await w.worker.run();
     await w.close();

@@ -5,12 +5,13 @@
 import { GuardrailsFileEnv } from '../core/guardrails.js';
 import { loadGuardrails } from '../services/guardrails.js';
 import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
-import { NativeConnection, Worker, type WorkerInterceptors } from '@temporalio/worker';
+import { NativeConnection, Runtime, Worker, type WorkerInterceptors } from '@temporalio/worker';
 import { createActivities } from '../activities/index.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
 import { FailureType } from '../core/failures.js';
 import { TaskQueue, WorkflowType } from '../core/names.js';
-import { recordsNamespaceOf } from '../core/records.js';
+import { RecordSelector, recordsNamespaceOf } from '../core/records.js';
+import { ProductMetric } from '../core/metrics.js';
 import { workflowBundlePath } from './workflow-bundle.js';
 
 /** Where the worker connects. */
@@ -48,6 +49,51 @@ export interface WorkerOptions {
   stickyQueueScheduleToStartTimeout?: string;
   /** Temporal worker interceptors (fault tests use them to stop a worker at a chosen step). */
   interceptors?: WorkerInterceptors;
+  /**
+   * Keep the open-windows gauge ({@link ProductMetric.WindowsOpen}) up to date; the runtime must
+   * export metrics (`installRuntime` with a metrics address). @default false
+   */
+  metrics?: boolean;
+}
+
+/** How often a worker counts the relaxation records for the open-windows gauge. */
+export const WindowsGaugeEveryMs = 15_000;
+
+/**
+ * Sets the open-windows gauge from the relaxation records every {@link WindowsGaugeEveryMs}: the
+ * cluster's truth, which no crash of a worker or a run can leave stale (each worker reports the
+ * same count: aggregate with max, not sum).
+ *
+ * Also recounted as soon as a relax or restore step of this worker ends.
+ */
+function countOpenWindows(
+  kube: Kube,
+  recordsNamespace: string,
+  log: (m: string) => void,
+): { recount(): Promise<void>; stop(): void } {
+  const gauge = Runtime.instance().metricMeter.createGauge(
+    ProductMetric.WindowsOpen,
+    'int',
+    '',
+    'security windows open now: relaxation records in the records namespace',
+  );
+  let failing = false;
+  const recount = () =>
+    kube.listConfigMaps(recordsNamespace, RecordSelector).then(
+      (records) => {
+        gauge.set(records.length);
+        failing = false;
+      },
+      (err: unknown) => {
+        if (!failing)
+          log(`cannot count the relaxation records for ${ProductMetric.WindowsOpen}: ${String(err)}`);
+        failing = true;
+      },
+    );
+  void recount();
+  const timer = setInterval(() => void recount(), WindowsGaugeEveryMs);
+  timer.unref();
+  return { recount, stop: () => clearInterval(timer) };
 }
 
 /** Temporal connection settings from options and the `temporal` CLI's environment variables. */
@@ -129,6 +175,21 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
         `records namespace ${recordsNamespace} does not exist: every relaxation will be refused until it does`,
       );
   });
+  const windows = opts.metrics ? countOpenWindows(kube, recordsNamespace, log) : undefined;
+  const activities = createActivities({
+    kube,
+    client,
+    log,
+    recordsNamespace,
+    temporalNamespace: target.namespace,
+    guardrails,
+  });
+  if (windows)
+    for (const name of ['relaxPolicies', 'restorePolicies'] as const) {
+      const step = activities[name] as (...args: unknown[]) => Promise<unknown>;
+      (activities as Record<string, unknown>)[name] = (...args: unknown[]) =>
+        step(...args).finally(() => void windows.recount());
+    }
   const worker = await Worker.create({
     connection,
     namespace: target.namespace,
@@ -137,14 +198,7 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
     // A step learns of an abort only from a heartbeat's answer; the SDK holds heartbeats back for
     // up to 0.8 × heartbeatTimeout (24 s by default), and every step now waits for its cancellation.
     maxHeartbeatThrottleInterval: '1 second',
-    activities: createActivities({
-      kube,
-      client,
-      log,
-      recordsNamespace,
-      temporalNamespace: target.namespace,
-      guardrails,
-    }),
+    activities,
     ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
     ...(opts.stickyQueueScheduleToStartTimeout
       ? { stickyQueueScheduleToStartTimeout: opts.stickyQueueScheduleToStartTimeout }
@@ -156,6 +210,7 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
     worker,
     client,
     async close() {
+      windows?.stop();
       await connection.close();
       await client.connection.close();
     },

@@ -24,6 +24,7 @@ import type { RunRef } from '../core/policy.js';
 import { DefaultConnection, profileOf } from '../core/profiles.js';
 import { problemOf } from '../core/verification.js';
 import type { JobRef } from '../services/ownership-jobs.js';
+import { compensationRan } from './metrics.js';
 import { EndState, Phase, type JobStatus, type MigrationReport } from './messages.js';
 import { runOwnershipJobs } from './ownership-rounds.js';
 import { PolicyWindow } from './policy-window.js';
@@ -534,9 +535,11 @@ export class Migration {
     try {
       const value = await fn();
       status.compensations.push(name);
+      compensationRan(name, true);
       return { value };
     } catch (failure) {
       status.compensationFailures.push(`${name}: ${reasonOf(failure)}`);
+      compensationRan(name, false);
       return undefined;
     }
   }

@@ -10,6 +10,7 @@ import { reasonOf } from '../core/failure-reason.js';
 import type { WindowClosedBySweeper } from './messages.js';
 import { nowIso, type RunState } from './run-state.js';
 import { act, type Steps } from './steps.js';
+import { windowClosed } from './metrics.js';
 import type { RelaxInput } from '../services/policy-guard.js';
 import { parseDuration } from '../core/input.js';
 
@@ -103,12 +104,14 @@ export class PolicyWindow {
     status.policies.state = 'restored';
     this.mayBeRelaxed = false;
     const w = status.windows.at(-1);
-    if (w && !w.closedAt)
+    if (w && !w.closedAt) {
       Object.assign(w, {
         ...(report.restored ? { writtenBackAt: report.restoredAt } : {}),
         closedAt: nowIso(),
         closedBecause: because,
       });
+      windowClosed((Date.parse(w.closedAt!) - Date.parse(w.openedAt)) / 1000);
+    }
   }
 
   private closedBySweeper(s: WindowClosedBySweeper): void {

@@ -6,6 +6,7 @@
 import * as wf from '@temporalio/workflow';
 import { ApplicationFailure, defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { FailureType } from '../core/failures.js';
+import { phaseEntered } from './metrics.js';
 import type { Gate } from '../core/input.js';
 import { SearchAttribute } from '../core/names.js';
 import {
@@ -104,6 +105,7 @@ export class RunState {
     if (status.phase !== phase) {
       status.phase = phase;
       status.phaseSince = nowIso();
+      phaseEntered(phase);
     }
     wf.upsertSearchAttributes([
       { key: PhaseKey, value: phase },

@@ -1,0 +1,147 @@
+/**
+ * The worker's Prometheus endpoint, scraped during a real run on the bed: the SDK's metrics and
+ * runas-migrate's own (open windows, window seconds, phases entered, compensations).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { CoreV1Api } from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationInputRaw } from '../../src/core/input.js';
+import { ProductMetric } from '../../src/core/metrics.js';
+import { DefaultRecordsNamespace, RecordSelector } from '../../src/core/records.js';
+import { queryStatus, startRun } from '../../src/app/runs.js';
+import { connectClient, sweeperScheduleId } from '../../src/app/worker.js';
+import { abortSignal, Phase } from '../../src/workflows/messages.js';
+import { hostRunnerRun } from '../../testbed/fixture.js';
+import { freePort, waitFor } from '../../testbed/process.js';
+import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { scrape, sumOf, type Sample } from '../support/prometheus.js';
+import { readyFixture, removeFixtures } from '../support/snapshot.js';
+
+const kc = kubeConfig();
+const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+const namespace = uniqueName('metrics');
+const taskQueue = uniqueName('metrics');
+let worker: ChildProcess;
+let address: string;
+let client: Awaited<ReturnType<typeof connectClient>>;
+
+const recordsNow = async () =>
+  (
+    await kc
+      .makeApiClient(CoreV1Api)
+      .listNamespacedConfigMap({ namespace: DefaultRecordsNamespace, labelSelector: RecordSelector })
+  ).items.length;
+
+beforeAll(async () => {
+  client = await connectClient({ address: bed().temporal.address });
+  await readyFixture(kc, namespace, bed().pvRoot);
+  address = `127.0.0.1:${await freePort()}`;
+  worker = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
+    env: {
+      ...process.env,
+      KUBECONFIG: bed().kubeconfig,
+      TEMPORAL_ADDRESS: bed().temporal.address,
+      RUNAS_MIGRATE_METRICS_ADDRESS: address,
+    },
+    stdio: 'ignore',
+  });
+  await waitFor(
+    'the metrics endpoint',
+    () =>
+      scrape(address).then(
+        () => true,
+        () => false,
+      ),
+    30_000,
+    200,
+  );
+});
+
+afterAll(async () => {
+  worker?.kill('SIGKILL');
+  await client.schedule
+    .getHandle(sweeperScheduleId(taskQueue))
+    .delete()
+    .catch(() => undefined);
+  await client.workflow
+    .getHandle(`runas-migrate-${namespace}`)
+    .terminate('metrics test cleanup')
+    .catch(() => undefined);
+  await client.connection.close();
+  await removeFixtures(kc, [namespace]);
+});
+
+describe('worker metrics', () => {
+  it(
+    'a run held in its window and aborted shows up in the open-windows gauge, the window histogram, the phase and compensation counters, and the SDK metrics',
+    { timeout: 180_000 },
+    async () => {
+      const mine = { task_queue: taskQueue };
+      const input: MigrationInputRaw = {
+        ...hostRunnerRun(namespace, 'job-duration'),
+        // Jobs that can never be scheduled keep the run inside its window until it is aborted.
+        job: { nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } },
+      };
+      const { handle } = await startRun(client, input, { taskQueue });
+      await waitFor(
+        'policies relaxed',
+        async () => (await queryStatus(client, namespace)).policies.state === 'relaxed',
+        120_000,
+        100,
+      );
+      // The gauge is the cluster's count of relaxation records (other runs' included).
+      let during: Sample[] = [];
+      await waitFor(
+        'the open-windows gauge counts this window',
+        async () => {
+          during = await scrape(address);
+          const records = await recordsNow();
+          return records >= 1 && sumOf(during, ProductMetric.WindowsOpen) === records;
+        },
+        20_000,
+        200,
+      );
+      expect(sumOf(during, `${ProductMetric.PhaseEntered}_total`, { phase: Phase.RelaxingPolicies })).toBe(1);
+      expect(sumOf(during, `${ProductMetric.PhaseEntered}_total`, { phase: Phase.Verifying })).toBe(0);
+      expect(sumOf(during, `${ProductMetric.WindowSeconds}_count`)).toBe(0);
+
+      await handle.signal(abortSignal, { reason: 'metrics test', by: 'test' });
+      await expect(handle.result()).rejects.toThrow();
+      const status = await queryStatus(client, namespace);
+      const after = await scrape(address);
+
+      expect(sumOf(after, `${ProductMetric.PhaseEntered}_total`, { phase: Phase.Aborted })).toBe(1);
+      expect(sumOf(after, `${ProductMetric.PhaseEntered}_total`, { phase: Phase.Compensating })).toBe(1);
+      // One window, closed: the histogram holds its seconds as the run measured them.
+      const window = status.windows.at(-1)!;
+      expect(window.closedAt).toBeDefined();
+      expect(sumOf(after, `${ProductMetric.WindowSeconds}_count`)).toBe(1);
+      expect(sumOf(after, `${ProductMetric.WindowSeconds}_sum`)).toBeCloseTo(
+        (Date.parse(window.closedAt!) - Date.parse(window.openedAt)) / 1000,
+        3,
+      );
+      expect(status.compensations.length).toBeGreaterThan(0);
+      expect(sumOf(after, `${ProductMetric.Compensations}_total`, { result: 'ok' })).toBe(
+        status.compensations.length,
+      );
+      expect(sumOf(after, `${ProductMetric.Compensations}_total`, { result: 'failed' })).toBe(0);
+      for (const c of status.compensations)
+        expect(sumOf(after, `${ProductMetric.Compensations}_total`, { compensation: c })).toBeGreaterThan(0);
+      await waitFor(
+        'the open-windows gauge drops the closed window',
+        async () => sumOf(await scrape(address), ProductMetric.WindowsOpen) === (await recordsNow()),
+        20_000,
+        200,
+      );
+      // The SDK's own metrics, for this task queue.
+      expect(
+        sumOf(after, 'temporal_activity_execution_latency_count', {
+          ...mine,
+          activity_type: 'relaxPolicies',
+        }),
+      ).toBeGreaterThan(0);
+      expect(sumOf(after, 'temporal_workflow_failed_total', mine)).toBe(1);
+    },
+  );
+});
