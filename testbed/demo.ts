@@ -9,13 +9,18 @@ import { HostRunnerPlacement } from './host-runner/runner.js';
 import { approveSignal, type MigrationStatus } from '../src/workflows/messages.js';
 import type { MigrationInputRaw } from '../src/core/input.js';
 import { followRun, RunInProgressError, startRun, webUiLink, workflowIdOf } from '../src/app/runs.js';
-import { renderReport, renderStatus } from '../src/app/status-view.js';
+import { renderReport } from '../src/app/status-view.js';
+import { liveStatus } from '../src/app/live-view.js';
 import { createWorker } from '../src/app/worker.js';
+import { installRuntime, LogLevelEnv } from '../src/app/telemetry.js';
+import type { LogLevel } from '@temporalio/worker';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 
 /** Runs the demo; resolves when the migration ended. */
 export async function runDemo(): Promise<void> {
+  // The SDK's INFO lines would bury the run's events; RUNAS_MIGRATE_LOG_LEVEL brings them back.
+  installRuntime({ logLevel: (process.env[LogLevelEnv] as LogLevel | undefined) ?? 'WARN' });
   say('runas-migrate demo: bringing up the test bed (the first time builds the tools: minutes)…');
   const bed = await up({ log: (l) => say(`  ${l}`) });
   const kc = kubeConfigOf(bed);
@@ -61,25 +66,21 @@ export async function runDemo(): Promise<void> {
       'the demo approves each gate itself, as "demo (auto-approved)"; an operator would run runas-migrate approve',
     );
     const approved = new Set<string>();
-    let last = '';
+    const live = liveStatus(handle.workflowId);
     const report = await followRun(
       handle,
       async (s: MigrationStatus) => {
-        const text = renderStatus(s, handle.workflowId);
-        if (text !== last) {
-          last = text;
-          say(`\n${text}`);
-        }
+        live.show(s);
         for (const g of s.gates) {
           if (g.state === 'waiting' && !approved.has(g.gate)) {
             approved.add(g.gate);
-            say(`>> approving gate "${g.gate}" automatically (demo)`);
+            live.note(`>> approving gate "${g.gate}" automatically (demo)`);
             await handle.signal(approveSignal, { gate: g.gate, by: 'demo (auto-approved)' });
           }
         }
       },
       500,
-    );
+    ).finally(() => live.done());
     say(`\n${renderReport(report)}`);
     say(`\nWeb UI of this run: ${link}`);
     say(

@@ -9,7 +9,12 @@ import { RecordsNamespaceEnv, recordsNamespaceOf } from '../core/records.js';
 import { connectClient, createWorker, temporalTarget } from './worker.js';
 import { ApplicationFailure } from '@temporalio/common';
 import type { LogLevel } from '@temporalio/worker';
-import { WorkflowFailedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
+import {
+  WorkflowFailedError,
+  WorkflowNotFoundError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
 import { Planner } from '../services/planner.js';
 import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
 import { reasonOf } from '../core/failure-reason.js';
@@ -31,6 +36,8 @@ import {
 } from './runs.js';
 import { installRuntime, LogLevelEnv, LogLevels, MetricsAddressEnv } from './telemetry.js';
 import { renderGuardrails, renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
+import { liveStatus } from './live-view.js';
+import type { MigrationReport } from '../workflows/messages.js';
 
 const program = new Command('runas-migrate')
   .description(
@@ -301,15 +308,14 @@ type TemporalFlags = { address?: string; temporalNamespace?: string };
 const client = (o: TemporalFlags): Promise<Client> =>
   connectClient({ address: o.address, namespace: o.temporalNamespace });
 
-/** Prints the status view, redrawn in place on a terminal. */
-function statusPrinter(workflowId: string): (s: Parameters<typeof renderStatus>[0]) => void {
-  let last = '';
-  return (s) => {
-    const text = renderStatus(s, workflowId);
-    if (text === last) return;
-    last = text;
-    process.stdout.write(process.stdout.isTTY ? `\x1b[2J\x1b[H${text}\n` : `${text}\n\n`);
-  };
+/** Follows a run to its end, showing each status; returns its report. */
+async function follow(handle: WorkflowHandle, workflowId: string): Promise<MigrationReport> {
+  const live = liveStatus(workflowId);
+  try {
+    return await followRun(handle, (s) => live.show(s));
+  } finally {
+    live.done();
+  }
 }
 
 /** How `plan` and `status` print: tables for people, or the raw object for scripts. */
@@ -428,8 +434,7 @@ temporalOptions(
       `it waits for: ${input.approvals.map((g) => `runas-migrate approve -n ${input.namespace} --gate ${g}`).join(', then ')}\n`,
     );
   }
-  if (flags.follow)
-    process.stdout.write(renderReport(await followRun(handle, statusPrinter(handle.workflowId))) + '\n');
+  if (flags.follow) process.stdout.write(renderReport(await follow(handle, handle.workflowId)) + '\n');
   await c.connection.close();
 });
 
@@ -516,9 +521,7 @@ temporalOptions(
     if (output !== 'text') process.stdout.write(formatted(await queryStatus(c, flags.namespace), output));
     else if (flags.watch) {
       try {
-        process.stdout.write(
-          renderReport(await followRun(c.workflow.getHandle(id), statusPrinter(id))) + '\n',
-        );
+        process.stdout.write(renderReport(await follow(c.workflow.getHandle(id), id)) + '\n');
       } catch (err) {
         if (!(err instanceof WorkflowFailedError)) throw err;
         process.stdout.write(`run ended: ${reasonOf(err.cause ?? err)}\n`);

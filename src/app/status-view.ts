@@ -231,3 +231,60 @@ function relaxedFor(a: NonNullable<WindowStatus['admission']>): string {
     (a.leftEnforced.length ? `, left enforced ${a.leftEnforced.join(', ')}` : '')
   );
 }
+
+/**
+ * What changed between two statuses of a run, one line per event, for a log or a pipe: phase,
+ * gates, windows, Jobs (and roll-back Jobs), compensations, ignored signals, alarms, the error
+ * and the end. `prev` undefined: the events that brought the run to `next`.
+ */
+export function statusEvents(prev: MigrationStatus | undefined, next: MigrationStatus): string[] {
+  const events: string[] = [];
+  const added = <T>(before: readonly T[] | undefined, after: readonly T[] | undefined) =>
+    (after ?? []).slice((before ?? []).length);
+  if (prev?.phase !== next.phase)
+    events.push(`phase ${next.phase}${next.namespace ? ` (${next.namespace})` : ''}`);
+  for (const g of next.gates) {
+    const was = prev?.gates.find((x) => x.gate === g.gate);
+    if (g.state !== 'not-required' && was?.state !== g.state)
+      events.push(`gate ${g.gate}: ${g.state}${g.by ? ` by ${g.by}` : ''}`);
+  }
+  next.windows.forEach((w, i) => {
+    const was = prev?.windows[i];
+    if (!was) events.push(`window #${i + 1} opened ${w.openedAt}: policies relaxed`);
+    if (w.admission && !was?.admission) events.push(`window #${i + 1}: ${relaxedFor(w.admission)}`);
+    if (w.closedAt && !was?.closedAt)
+      events.push(
+        `window #${i + 1} closed after ${since(w.openedAt, w.closedAt)} (${w.closedBecause ?? 'closed'})`,
+      );
+  });
+  for (const [kind, jobs, before] of [
+    ['job', next.jobs, prev?.jobs],
+    ['roll-back job', next.rollbackJobs, prev?.rollbackJobs],
+  ] as const) {
+    for (const j of jobs ?? []) {
+      const was = before?.find((x) => x.name === j.name);
+      if (was?.state === j.state && was.attempts === j.attempts) continue;
+      const detail =
+        j.state === 'succeeded' && j.summary
+          ? `: ${j.summary.changed} of ${j.summary.scanned} entries changed in ${j.summary.seconds} s`
+          : j.state === 'failed' || j.state === 'not-admitted'
+            ? `: ${j.message ?? ''}`
+            : j.pod
+              ? ` (pod ${j.pod})`
+              : '';
+      events.push(
+        `${kind} ${j.name}: ${j.state}${j.attempts > 1 ? ` (attempt ${j.attempts})` : ''}${detail}`,
+      );
+    }
+  }
+  for (const c of added(prev?.compensations, next.compensations)) events.push(`compensation done: ${c}`);
+  for (const c of added(prev?.compensationFailures, next.compensationFailures))
+    events.push(`compensation FAILED: ${c}`);
+  for (const r of added(prev?.rejectedSignals, next.rejectedSignals)) events.push(`ignored signal: ${r}`);
+  for (const a of added(prev?.alarms, next.alarms)) events.push(`ALARM: ${a}`);
+  if (next.error && next.error !== prev?.error) events.push(`error: ${next.error}`);
+  if (next.endState && !prev?.endState)
+    events.push(`ended: ${next.endState}${next.recovery ? ` (recovery ${next.recovery})` : ''}`);
+  for (const t of added(prev?.leftToDo, next.leftToDo)) events.push(`LEFT TO DO: ${t}`);
+  return events;
+}

@@ -87,6 +87,16 @@ describe('migrateOwnership end to end', () => {
       taskQueue,
     ]);
     expect(r.stdout).toContain(`dry run of ${namespace}: nothing was changed`);
+    // Piped, --follow prints one timestamped line per event, each once, then the report.
+    const events = r.stdout
+      .split('\n')
+      .filter((l) => /^\d{4}-\d\d-\d\dT[\d:.]+Z /.test(l))
+      .map((l) => l.slice(l.indexOf(' ') + 1));
+    // A poll a second: a phase shorter than that may not be seen, the end always is.
+    expect(events[0]).toMatch(new RegExp(`^phase [a-z-]+ \\(${namespace}\\)$`));
+    expect(events.filter((e) => e.startsWith('phase completed'))).toHaveLength(1);
+    expect(events.at(-1)).toMatch(/^ended: /);
+    expect(new Set(events).size).toBe(events.length);
     expect(r.stdout).toContain(ownershipJobName('timescale', 1));
     expect(r.stdout).toMatch(/timescale-ha-tablespace-data-2-timescale-1/);
     expect(await snapshot()).toEqual(before);
