@@ -133,7 +133,7 @@ describe('statusEvents: one line per event', () => {
       compensationFailures: ['scale up: timed out'],
       alarms: ['record tampered'],
       error: 'Job failed',
-      endState: 'stopped-scaled-down' as MigrationStatus['endState'],
+      endState: 'stopped-scaled-down',
       leftToDo: ['scale timescale back to 2'],
     };
     expect(statusEvents({ ...start, phase: 'failed' }, failed)).toEqual([
