@@ -114,6 +114,13 @@ export class RunState {
     const lines = [`**${phase}**${status.namespace ? ` — namespace \`${status.namespace}\`` : ''}`];
     if (details) lines.push(details);
     if (status.policies.state !== 'enforced') lines.push(`policies: **${status.policies.state}**`);
+    const w = status.windows.at(-1);
+    if (w)
+      lines.push(
+        w.closedAt
+          ? `security window #${status.windows.length}: opened ${w.openedAt}, closed ${w.closedAt} (${w.closedBecause ?? 'closed'})`
+          : `security window #${status.windows.length}: **open** since ${w.openedAt}`,
+      );
     wf.setCurrentDetails(lines.join('\n\n'));
   }
 
