@@ -34,7 +34,16 @@ import {
   webUiLink,
   workflowIdOf,
 } from './runs.js';
-import { installRuntime, LogLevelEnv, LogLevels, MetricsAddressEnv } from './telemetry.js';
+import {
+  installRuntime,
+  LogFormatEnv,
+  LogFormats,
+  LogLevelEnv,
+  LogLevels,
+  MetricsAddressEnv,
+  workerLog,
+  type LogFormat,
+} from './telemetry.js';
 import { renderGuardrails, renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
 import { liveStatus } from './live-view.js';
 import type { MigrationReport } from '../workflows/messages.js';
@@ -50,10 +59,17 @@ const program = new Command('runas-migrate')
       .default('WARN')
       .env(LogLevelEnv),
   )
+  .addOption(
+    new Option('--log-format <format>', 'log lines for people (text) or one JSON object per line (json)')
+      .choices(LogFormats)
+      .default('text')
+      .env(LogFormatEnv),
+  )
   .configureHelp({ showGlobalOptions: true })
   .hook('preAction', (self, action) => {
     installRuntime({
       logLevel: self.opts<{ logLevel: LogLevel }>().logLevel,
+      logFormat: self.opts<{ logFormat: LogFormat }>().logFormat,
       metricsAddress: action.opts<{ metricsAddress?: string }>().metricsAddress,
     });
   });
@@ -238,6 +254,7 @@ recordsOption(
     temporalNamespace?: string;
     recordsNamespace?: string;
   }) => {
+    const log = workerLog(program.opts<{ logFormat: LogFormat }>().logFormat);
     const w = await createWorker({
       address: opts.address,
       namespace: opts.temporalNamespace,
@@ -246,9 +263,10 @@ recordsOption(
       recordsNamespace: opts.recordsNamespace,
       guardrailsFile: opts.guardrails,
       metrics: opts.metricsAddress !== undefined,
+      log,
     });
-    process.stderr.write(
-      `[runas-migrate] worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}${opts.metricsAddress ? `; metrics on http://${opts.metricsAddress}/metrics` : ''}\n`,
+    log(
+      `worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}${opts.metricsAddress ? `; metrics on http://${opts.metricsAddress}/metrics` : ''}`,
     );
     await w.worker.run();
     await w.close();

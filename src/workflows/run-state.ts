@@ -106,6 +106,7 @@ export class RunState {
       status.phase = phase;
       status.phaseSince = nowIso();
       phaseEntered(phase);
+      wf.log.info('phase entered', { targetNamespace: status.namespace, phase });
     }
     wf.upsertSearchAttributes([
       { key: PhaseKey, value: phase },

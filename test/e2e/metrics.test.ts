@@ -1,6 +1,7 @@
 /**
  * The worker's Prometheus endpoint, scraped during a real run on the bed: the SDK's metrics and
- * runas-migrate's own (open windows, window seconds, phases entered, compensations).
+ * runas-migrate's own (open windows, window seconds, phases entered, compensations); and its
+ * JSON logs.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +26,7 @@ const taskQueue = uniqueName('metrics');
 let worker: ChildProcess;
 let address: string;
 let client: Awaited<ReturnType<typeof connectClient>>;
+let stderr = '';
 
 const recordsNow = async () =>
   (
@@ -43,9 +45,12 @@ beforeAll(async () => {
       KUBECONFIG: bed().kubeconfig,
       TEMPORAL_ADDRESS: bed().temporal.address,
       RUNAS_MIGRATE_METRICS_ADDRESS: address,
+      RUNAS_MIGRATE_LOG_FORMAT: 'json',
+      RUNAS_MIGRATE_LOG_LEVEL: 'INFO',
     },
-    stdio: 'ignore',
+    stdio: ['ignore', 'ignore', 'pipe'],
   });
+  worker.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   await waitFor(
     'the metrics endpoint',
     () =>
@@ -72,7 +77,7 @@ afterAll(async () => {
   await removeFixtures(kc, [namespace]);
 });
 
-describe('worker metrics', () => {
+describe('worker metrics and logs', () => {
   it(
     'a run held in its window and aborted shows up in the open-windows gauge, the window histogram, the phase and compensation counters, and the SDK metrics',
     { timeout: 180_000 },
@@ -142,6 +147,24 @@ describe('worker metrics', () => {
         }),
       ).toBeGreaterThan(0);
       expect(sumOf(after, 'temporal_workflow_failed_total', mine)).toBe(1);
+
+      // RUNAS_MIGRATE_LOG_FORMAT=json: every line the worker wrote is one JSON object, and the
+      // run's own lines carry its IDs, target namespace and phase.
+      const lines = stderr.split('\n').filter(Boolean);
+      const entries = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+      for (const e of entries) expect(Object.keys(e).slice(0, 3)).toEqual(['time', 'level', 'message']);
+      expect(entries.some((e) => String(e.message).startsWith(`worker polling ${taskQueue}`))).toBe(true);
+      const { runId } = await handle.describe();
+      const phases = entries.filter((e) => e.message === 'phase entered' && e.runId === runId);
+      expect(phases.map((e) => e.phase)).toEqual(
+        expect.arrayContaining([Phase.RelaxingPolicies, Phase.Compensating, Phase.Aborted]),
+      );
+      for (const e of phases)
+        expect(e).toMatchObject({
+          workflowId: `runas-migrate-${namespace}`,
+          targetNamespace: namespace,
+          taskQueue,
+        });
     },
   );
 });
