@@ -115,7 +115,7 @@ describe('the floors of the product', () => {
           (e) =>
             e.isDirectory() &&
             !e.name.startsWith('.') &&
-            !['node_modules', 'dist', 'coverage'].includes(e.name),
+            !['node_modules', 'dist', 'coverage', 'test-artifacts'].includes(e.name),
         )
         .map((e) => e.name),
     ];
