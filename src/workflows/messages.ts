@@ -193,6 +193,35 @@ export interface MigrationStatus {
   gatekeeperAudit: NamespaceAudit | null;
 }
 
+/** The status of a run that has just started, at `now` (ISO 8601). */
+export function initialStatus(now: string): MigrationStatus {
+  return {
+    phase: Phase.Validating,
+    namespace: null,
+    startedAt: now,
+    phaseSince: now,
+    gates: [],
+    windowMode: null,
+    windows: [],
+    jobs: [],
+    policies: { state: 'enforced', record: null, lastRestore: null },
+    admission: [],
+    compensations: [],
+    compensationFailures: [],
+    rejectedSignals: [],
+    plan: null,
+    error: null,
+    recovery: null,
+    rollbackJobs: [],
+    endState: null,
+    leftToDo: [],
+    alarms: [],
+    guardrails: null,
+    databaseChecks: [],
+    gatekeeperAudit: null,
+  };
+}
+
 /** `temporal workflow query --type status` */
 export const statusQuery = wf.defineQuery<MigrationStatus>('status');
 

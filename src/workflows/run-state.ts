@@ -9,11 +9,12 @@ import { FailureType } from '../core/failures.js';
 import { phaseEntered } from './metrics.js';
 import type { Gate } from '../core/input.js';
 import { SearchAttribute } from '../core/names.js';
+import type { Phase } from './messages.js';
 import {
   abortSignal,
+  initialStatus,
   approvalRefusal,
   approveSignal,
-  Phase,
   securityContextAppliedSignal,
   statusQuery,
   windowClosedBySweeperSignal,
@@ -31,31 +32,7 @@ export const nowIso = () => new Date(Date.now()).toISOString();
 
 /** The state of one run and its message handlers. */
 export class RunState {
-  readonly status: MigrationStatus = {
-    phase: Phase.Validating,
-    namespace: null,
-    startedAt: nowIso(),
-    phaseSince: nowIso(),
-    gates: [],
-    windowMode: null,
-    windows: [],
-    jobs: [],
-    policies: { state: 'enforced', record: null, lastRestore: null },
-    admission: [],
-    compensations: [],
-    compensationFailures: [],
-    rejectedSignals: [],
-    plan: null,
-    error: null,
-    recovery: null,
-    rollbackJobs: [],
-    endState: null,
-    leftToDo: [],
-    alarms: [],
-    guardrails: null,
-    databaseChecks: [],
-    gatekeeperAudit: null,
-  };
+  readonly status: MigrationStatus = initialStatus(nowIso());
   /** Why the run was aborted; undefined while it was not. */
   abortReason: string | undefined;
   /** How many `securityContextApplied` signals arrived. */

@@ -11,13 +11,14 @@ import type { MigrationInputRaw } from '../../src/core/input.js';
 import { ProductMetric } from '../../src/core/metrics.js';
 import { DefaultRecordsNamespace, RecordSelector } from '../../src/core/records.js';
 import { queryStatus, startRun } from '../../src/app/runs.js';
-import { connectClient, sweeperScheduleId } from '../../src/app/worker.js';
+import { connectClient } from '../../src/app/worker.js';
 import { abortSignal, Phase } from '../../src/workflows/messages.js';
 import { hostRunnerRun } from '../../testbed/fixture.js';
 import { freePort, waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { scrape, sumOf, type Sample } from '../support/prometheus.js';
 import { readyFixture, removeFixtures } from '../support/snapshot.js';
+import { cleanUpAfterProcessWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
 const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
@@ -65,14 +66,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   worker?.kill('SIGKILL');
-  await client.schedule
-    .getHandle(sweeperScheduleId(taskQueue))
-    .delete()
-    .catch(() => undefined);
-  await client.workflow
-    .getHandle(`runas-migrate-${namespace}`)
-    .terminate('metrics test cleanup')
-    .catch(() => undefined);
+  await cleanUpAfterProcessWorker(client, { taskQueue, namespace, test: 'metrics' });
   await client.connection.close();
   await removeFixtures(kc, [namespace]);
 });

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInputRaw } from '../../src/core/input.js';
 import { queryStatus, runProgress, startRun } from '../../src/app/runs.js';
-import { connectClient, sweeperScheduleId } from '../../src/app/worker.js';
+import { connectClient } from '../../src/app/worker.js';
 import { hostRunnerRun } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { abortSignal } from '../../src/workflows/messages.js';
@@ -21,7 +21,7 @@ import { failureOf } from '../support/failures.js';
 import { namespacePolicies } from '../support/policy-state.js';
 import { protectedRecord } from '../support/records.js';
 import { namespaceSnapshot, readyFixture, removeFixtures } from '../support/snapshot.js';
-import { startTestWorker, type TestWorker } from '../support/worker.js';
+import { cleanUpAfterProcessWorker, startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
 const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
@@ -40,14 +40,7 @@ afterAll(async () => {
   if (fleet?.exitCode === null && fleet.signalCode === null) process.kill(-fleet.pid!, 'SIGKILL');
   for (const w of workers) await w.stop();
   // The killed worker's sweeper Schedule, and the run if the test failed before it ended.
-  await client.schedule
-    .getHandle(sweeperScheduleId(taskQueue))
-    .delete()
-    .catch(() => undefined);
-  await client.workflow
-    .getHandle(`runas-migrate-${namespace}`)
-    .terminate('stuck-run test cleanup')
-    .catch(() => undefined);
+  await cleanUpAfterProcessWorker(client, { taskQueue, namespace, test: 'stuck-run' });
   await client.connection.close();
   await removeFixtures(kc, [namespace]);
 });

@@ -7,6 +7,7 @@ import {
   type RunningWorker,
   type WorkerOptions,
 } from '../../src/app/worker.js';
+import { workflowIdOf } from '../../src/app/runs.js';
 import { waitFor } from '../../testbed/process.js';
 import type { SweepReport } from '../../src/workflows/sweeper.js';
 import { bed } from './bed.js';
@@ -68,4 +69,22 @@ export async function sweepOnce(w: RunningWorker, taskQueue: string): Promise<Sw
     200,
   );
   return (await w.client.workflow.getHandle(id).result()) as SweepReport;
+}
+
+/**
+ * After a test whose worker ran as a process of its own: deletes that worker's sweeper Schedule
+ * and terminates the run of `namespace` if the test failed before it ended.
+ */
+export async function cleanUpAfterProcessWorker(
+  client: RunningWorker['client'],
+  o: { taskQueue: string; namespace: string; test: string },
+): Promise<void> {
+  await client.schedule
+    .getHandle(sweeperScheduleId(o.taskQueue))
+    .delete()
+    .catch(() => undefined);
+  await client.workflow
+    .getHandle(workflowIdOf(o.namespace))
+    .terminate(`${o.test} test cleanup`)
+    .catch(() => undefined);
 }

@@ -2,33 +2,9 @@ import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { liveStatus } from '../../src/app/live-view.js';
 import { statusEvents } from '../../src/app/status-view.js';
-import type { JobStatus, MigrationStatus } from '../../src/workflows/messages.js';
+import { initialStatus, type JobStatus, type MigrationStatus } from '../../src/workflows/messages.js';
 
-const start: MigrationStatus = {
-  phase: 'validating',
-  phaseSince: '2026-12-01T10:00:00.000Z',
-  namespace: null,
-  startedAt: '2026-12-01T10:00:00.000Z',
-  gates: [],
-  windowMode: null,
-  windows: [],
-  jobs: [],
-  policies: { state: 'enforced', record: null, lastRestore: null },
-  admission: [],
-  compensations: [],
-  compensationFailures: [],
-  rejectedSignals: [],
-  plan: null,
-  error: null,
-  recovery: null,
-  rollbackJobs: [],
-  endState: null,
-  leftToDo: [],
-  alarms: [],
-  guardrails: null,
-  databaseChecks: [],
-  gatekeeperAudit: null,
-};
+const start: MigrationStatus = initialStatus('2026-12-01T10:00:00.000Z');
 const job = (state: JobStatus['state'], extra: Partial<JobStatus> = {}): JobStatus => ({
   name: 'runas-migrate-timescale-0',
   statefulSet: 'timescale',
