@@ -40,7 +40,8 @@ async function openRun(workflowId: string, runId: string, tab: 'history' | 'user
   const page = await browser.newPage({ viewport: { width: 1600, height: 1200 } });
   await page.goto(
     `${bed().temporal.uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}/${runId}/${tab}`,
-    { waitUntil: 'networkidle' },
+    // Not 'networkidle': the UI long-polls a running workflow's history, so the network never idles.
+    { waitUntil: 'domcontentloaded' },
   );
   await page.getByText(workflowId).first().waitFor();
   return page;
