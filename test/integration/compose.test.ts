@@ -238,22 +238,34 @@ describe("the worker's Dockerfile, parsed by BuildKit", () => {
               if (!c.from) expect(ignored, `COPY ${src}: .dockerignore leaves it out`).not.toContain(src);
               expect(existsSync(from), `${c.source}: ${src} exists`).toBe(true);
               const to = dest.endsWith('/') ? join(inStage(dest), posix.basename(src)) : inStage(dest);
-              // Package installs are not replayed: node_modules is the project's own.
-              if (posix.basename(src) === 'node_modules') symlinkSync(join(root, 'node_modules'), to);
-              else cpSync(from, to, { recursive: true, dereference: false });
+              cpSync(from, to, { recursive: true, dereference: false });
             }
           } else if (c.instruction === 'RUN') {
             const steps = c
               .args!.join(' ')
               .split('&&')
               .map((x) => x.trim());
-            for (const step of steps.filter((x) => !/^npm (ci|prune)\b/.test(x))) {
-              if (!existsSync(join(dir, 'node_modules')))
-                symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
-              await exec('sh', ['-c', step], {
-                cwd: dir,
-                env: { PATH: process.env.PATH, HOME: process.env.HOME },
-              });
+            for (const step of steps) {
+              const modules = join(dir, 'node_modules');
+              // `npm ci`: the build uses the project's own node_modules. `npm prune --omit=dev`:
+              // replayed as a production-only install, so the worker below starts with exactly
+              // the packages the image keeps, and a dev dependency needed at run time fails here.
+              if (/^npm ci\b/.test(step)) symlinkSync(join(root, 'node_modules'), modules);
+              else if (/^npm prune\b/.test(step)) {
+                rmSync(modules, { recursive: true, force: true });
+                await exec(
+                  'npm',
+                  ['ci', '--omit=dev', '--ignore-scripts', '--prefer-offline', '--no-audit', '--no-fund'],
+                  {
+                    cwd: dir,
+                    env: { PATH: process.env.PATH, HOME: process.env.HOME },
+                  },
+                );
+              } else
+                await exec('sh', ['-c', step], {
+                  cwd: dir,
+                  env: { PATH: process.env.PATH, HOME: process.env.HOME },
+                });
             }
           } else if (c.instruction === 'ENTRYPOINT') entrypoint = c.args!;
           else if (c.instruction === 'CMD') cmd = c.args!;
@@ -261,6 +273,10 @@ describe("the worker's Dockerfile, parsed by BuildKit", () => {
       }
       const image = dirs[stages().at(-1)!.name]!;
       expect(existsSync(join(image, 'dist/workflow-bundle.js'))).toBe(true);
+      // The image keeps production packages only: no test runner, no browser driver.
+      expect(existsSync(join(image, 'node_modules/@temporalio/worker'))).toBe(true);
+      for (const dev of ['vitest', 'playwright-core', 'tsx'])
+        expect(existsSync(join(image, 'node_modules', dev)), dev).toBe(false);
       expect([...entrypoint, ...cmd].slice(-2)).toEqual(['bin/runas-migrate.js', 'worker']);
 
       // The compose service's environment, with the addresses Docker's network and bind mount
