@@ -42,9 +42,17 @@ export class RunState {
   /** Told when the sweeper closed a window of this run. */
   onWindowClosedBySweeper: (s: WindowClosedBySweeper) => void = () => undefined;
 
-  /** Registers the query and the signals; call first thing in the workflow. */
+  /** Registers the status query; call first thing in the workflow. */
   listen(): void {
     wf.setHandler(statusQuery, () => this.status);
+  }
+
+  /**
+   * Registers the signals. Called by {@link begin}: a signal sent with the start is delivered
+   * before the workflow function runs and held until its handler is set, so the handler must see
+   * the run's gates already.
+   */
+  private takeSignals(): void {
     wf.setHandler(approveSignal, (a) => {
       const refusal = approvalRefusal(this.status.gates, a?.gate, this.status.phase);
       if (refusal) {
@@ -74,6 +82,7 @@ export class RunState {
       state: o.approvals.includes(g) ? 'pending' : 'not-required',
     }));
     wf.upsertSearchAttributes([{ key: NamespaceKey, value: namespace }]);
+    this.takeSignals();
   }
 
   /** Enters `phase` (search attributes and the Web UI's current details follow). */

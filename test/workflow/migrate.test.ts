@@ -129,6 +129,8 @@ interface Scenario {
   preflight?: string[];
   /** The second plan (after the approvals), when it differs. */
   replan?: MigrationPlan;
+  /** An approval sent with the start: delivered before the workflow function runs. */
+  approveWithStart?: { gate: string; by: string };
   /** Called right after the start (signals sent before the run waits). */
   onStart?: (handle: WorkflowHandle) => Promise<void>;
   /** Saves the run's history under test/histories/<name>.json when RUNAS_MIGRATE_RECORD_HISTORIES=1. */
@@ -363,11 +365,14 @@ async function run(s: Scenario): Promise<Outcome> {
       }),
     );
   return worker.runUntil(async () => {
-    handle = await env.client.workflow.start('migrateOwnership', {
-      taskQueue,
-      workflowId: `runas-migrate-${taskQueue}`,
-      args: [input],
-    });
+    const options = { taskQueue, workflowId: `runas-migrate-${taskQueue}`, args: [input] };
+    handle = s.approveWithStart
+      ? await env.client.workflow.signalWithStart('migrateOwnership', {
+          ...options,
+          signal: approveSignal,
+          signalArgs: [s.approveWithStart],
+        })
+      : await env.client.workflow.start('migrateOwnership', options);
     await s.onStart?.(handle);
     // Queries need a worker to replay: ask while this one still runs.
     const done = { calls, violations, template, files: {} as Record<string, string> };
@@ -477,6 +482,21 @@ describe('migrateOwnership', () => {
     const at = calls.indexOf('createOwnershipJobs(3)');
     expect(calls.slice(at, at + 3)).toEqual(['createOwnershipJobs(3)', 'waitForJobs', 'restorePolicies']);
     expect(calls).not.toContain('waitForPodsAdmitted');
+  });
+
+  it('judges an approval sent with the start against the gates of the run', async () => {
+    const { result, status } = await run({
+      input: { approvals: ['relax'] },
+      approveWithStart: { gate: 'relax', by: 'eve' },
+      onStart: async (h) => {
+        await untilGateWaits(h, 'relax');
+        await h.signal(approveSignal, { gate: 'relax', by: 'bob' });
+      },
+    });
+    expect(status.rejectedSignals).toEqual([
+      'approve for gate "relax": not reached yet (the run is validating): approve it when the status shows it waiting',
+    ]);
+    expect(result?.approvals.find((a) => a.gate === 'relax')?.by).toBe('bob');
   });
 
   it('takes approvals only for a gate it waits at, records who gave them, and plans again after the last gate', async () => {
