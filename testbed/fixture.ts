@@ -11,12 +11,15 @@ import {
   lchownSync,
   lstatSync,
   mkdirSync,
+  mkdtempSync,
   readdirSync,
   rmSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { join, posix } from 'node:path';
+import { tmpdir } from 'node:os';
+import { dirname, join, posix } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import {
   ApiextensionsV1Api,
   AppsV1Api,
@@ -133,6 +136,75 @@ export interface FixtureOptions {
    * @default "postgres"
    */
   databases?: 'postgres' | 'simulated';
+  /**
+   * Install the StatefulSets as a Helm release of the bed's chart (testbed/charts/iax-databases)
+   * instead of creating them: `helm` is the binary, `release` the release name.
+   */
+  helmRelease?: { helm: string; release: string };
+}
+
+/** The bed's chart of the databases: their IDs under the vendor procedure's values keys. */
+export const DatabasesChart = join(dirname(fileURLToPath(import.meta.url)), 'charts', 'iax-databases');
+
+/**
+ * The chart's values for these StatefulSets: the pod-level IDs under `securityContext.pod`,
+ * everything else of each StatefulSet as the chart takes it.
+ */
+export function chartValues(sets: readonly V1StatefulSet[]) {
+  const sc = sets[0]?.spec?.template.spec?.securityContext ?? {};
+  return {
+    securityContext: {
+      pod: {
+        runAsUser: sc.runAsUser,
+        runAsGroup: sc.runAsGroup,
+        supplementalGroups: sc.supplementalGroups,
+        fsGroup: sc.fsGroup,
+        fsGroupChangePolicy: sc.fsGroupChangePolicy,
+      },
+    },
+    databases: sets.map((sts) => {
+      const { securityContext: _ids, ...podSpec } = sts.spec!.template.spec!;
+      return {
+        name: sts.metadata!.name,
+        replicas: sts.spec!.replicas,
+        podSpec,
+        volumeClaimTemplates: sts.spec!.volumeClaimTemplates,
+      };
+    }),
+  };
+}
+
+/** `helm install` of the bed's chart with these StatefulSets, as the bed's administrator. */
+function installRelease(
+  kc: KubeConfig,
+  namespace: string,
+  sets: V1StatefulSet[],
+  o: { helm: string; release: string },
+) {
+  const dir = mkdtempSync(join(tmpdir(), 'runas-migrate-fixture-'));
+  try {
+    const kubeconfig = join(dir, 'kubeconfig');
+    writeFileSync(kubeconfig, kc.exportConfig(), { mode: 0o600 });
+    const values = join(dir, 'values.json');
+    writeFileSync(values, JSON.stringify(chartValues(sets)));
+    execFileSync(
+      o.helm,
+      [
+        'install',
+        o.release,
+        DatabasesChart,
+        '--namespace',
+        namespace,
+        '--values',
+        values,
+        '--kubeconfig',
+        kubeconfig,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 },
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 const isConflict = (err: unknown) => (err as { code?: number }).code === 409;
@@ -417,6 +489,7 @@ export async function seedItrsFixture(
     }),
   );
   const claims: Record<string, string[]> = {};
+  const released: V1StatefulSet[] = [];
   for (const db of ItrsDatabases) {
     claims[db.statefulSet] = [];
     const template = databases === 'postgres' ? databaseTemplate(db.claims) : undefined;
@@ -461,13 +534,12 @@ export async function seedItrsFixture(
         );
       }
     }
-    await createIfMissing(() =>
-      apps.createNamespacedStatefulSet({
-        namespace: opts.namespace,
-        body: statefulSet(opts.namespace, db, uid, databases),
-      }),
-    );
+    const sts = statefulSet(opts.namespace, db, uid, databases);
+    if (opts.helmRelease) released.push(sts);
+    else
+      await createIfMissing(() => apps.createNamespacedStatefulSet({ namespace: opts.namespace, body: sts }));
   }
+  if (released.length) installRelease(kc, opts.namespace, released, opts.helmRelease!);
   await createIfMissing(() =>
     custom.createNamespacedCustomObject({
       group: IaxPlatform.group,

@@ -56,6 +56,8 @@ export const ToolVersions = {
    * whenever main.go changes.
    */
   composeCheck: '2.16.2-1',
+  /** Helm 3, for runs with `securityContext.apply: helm` against a release of the bed's chart. */
+  helm: '3.22.0',
 } as const;
 
 /** Where Gatekeeper's CRDs are in its Go module. */
@@ -75,6 +77,7 @@ export const ToolName = {
   HostExec: 'host-exec',
   Gatekeeper: 'gatekeeper',
   ComposeCheck: 'compose-check',
+  Helm: 'helm',
 } as const;
 export type ToolName = (typeof ToolName)[keyof typeof ToolName];
 
@@ -276,6 +279,26 @@ const components: readonly Component[] = [
       ),
   },
   {
+    id: `helm-${ToolVersions.helm}`,
+    version: ToolVersions.helm,
+    binaries: [ToolName.Helm],
+    matchesVersion: (out) =>
+      out.trim().startsWith(`v${ToolVersions.helm}+`) || out.trim() === `v${ToolVersions.helm}`,
+    build: (binDir, log) =>
+      run(
+        'go',
+        [
+          'install',
+          '-trimpath',
+          // Its Makefile stamps the version this way; without it `helm version` says only "v3.22".
+          `-ldflags=-s -w -X helm.sh/helm/v3/internal/version.version=v${ToolVersions.helm} -X helm.sh/helm/v3/internal/version.gitTreeState=clean`,
+          `helm.sh/helm/v3/cmd/helm@v${ToolVersions.helm}`,
+        ],
+        { env: { ...goEnv(), GOFLAGS: '', GOBIN: binDir } },
+        log,
+      ),
+  },
+  {
     id: `temporal-test-server-${ToolVersions.temporalTestServer}`,
     version: ToolVersions.temporalTestServer,
     binaries: [ToolName.TemporalTestServer],
@@ -326,7 +349,11 @@ function onPath(tool: ToolName, c: Component): string | undefined {
     try {
       const out = execFileSync(
         candidate,
-        tool === ToolName.Kubectl ? ['version', '--client'] : ['--version'],
+        tool === ToolName.Kubectl
+          ? ['version', '--client']
+          : tool === ToolName.Helm
+            ? ['version', '--short']
+            : ['--version'],
         {
           encoding: 'utf8',
           stdio: ['ignore', 'pipe', 'pipe'],

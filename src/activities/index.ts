@@ -10,6 +10,7 @@ import { recordsNamespaceOf } from '../core/records.js';
 import { DatabaseChecks } from '../services/database-checks.js';
 import { GatekeeperAudit } from '../services/gatekeeper-audit.js';
 import { GuardrailCheck } from '../services/guardrails.js';
+import { HelmReleases } from '../services/helm.js';
 import { NamespaceLock } from '../services/namespace-lock.js';
 import { OwnershipJobs } from '../services/ownership-jobs.js';
 import { Planner } from '../services/planner.js';
@@ -29,6 +30,10 @@ export interface ActivityDeps {
   temporalNamespace?: string;
   /** The guardrails the worker loaded. @default the defaults, the records namespace denied */
   guardrails?: GuardrailsInForce;
+  /** The `helm` binary, for securityContext.apply = helm. @default "helm" */
+  helm?: string;
+  /** The worker's kubeconfig, which helm uses too; helm's own loading rules when absent. */
+  kubeconfig?: string;
 }
 
 /** The services behind the activities, built once per worker. */
@@ -49,6 +54,7 @@ export function createServices(deps: ActivityDeps) {
     guardrails: new GuardrailCheck({ kube, inForce }),
     planner: new Planner({ kube, policyGuard, log }),
     statefulSets: new StatefulSets({ kube, log }),
+    helm: new HelmReleases({ helm: deps.helm, kubeconfig: deps.kubeconfig, log }),
     ownershipJobs: new OwnershipJobs({ kube, log }),
     databaseChecks: new DatabaseChecks({ kube, log }),
     gatekeeperAudit: new GatekeeperAudit({ kube, log }),
@@ -73,13 +79,13 @@ export function createActivities(deps: ActivityDeps) {
     ...activitiesOf(s.statefulSets, [
       'readPodIds',
       'patchPodIds',
-      'helmUpgrade',
       'verifySecurityContext',
       'scaleDown',
       'scaleUp',
       'waitForPlatform',
       'verifyDatabases',
     ]),
+    ...activitiesOf(s.helm, ['readHelmRelease', 'helmUpgrade', 'helmRollback']),
     ...activitiesOf(s.databaseChecks, ['checkDatabases']),
     ...activitiesOf(s.gatekeeperAudit, ['auditNamespace']),
     ...activitiesOf(s.ownershipJobs, [

@@ -3,7 +3,7 @@
  */
 import { AlwaysDeniedNamespaces, type GuardrailsInForce } from '../core/guardrails.js';
 import CliTable from 'cli-table3';
-import type { MigrationReport, MigrationStatus, WindowStatus } from '../workflows/messages.js';
+import type { HelmStatus, MigrationReport, MigrationStatus, WindowStatus } from '../workflows/messages.js';
 import type { MigrationPlan } from '../core/plan.js';
 import type { NamespaceAudit } from '../services/gatekeeper-audit.js';
 import type { CheckResult } from '../core/verification.js';
@@ -116,6 +116,15 @@ export function renderPlan(plan: MigrationPlan): string {
   return lines.filter(Boolean).join('\n');
 }
 
+/** The Helm release's revisions in a run: before, upgraded to, rolled back to. */
+export function renderHelm(h: HelmStatus): string {
+  return (
+    `helm release ${h.release}: revision ${h.revisionBefore} before the run` +
+    (h.upgradedTo !== null ? `, upgraded to ${h.upgradedTo}` : '') +
+    (h.rolledBackTo !== null ? `, rolled back to ${h.revisionBefore} as revision ${h.rolledBackTo}` : '')
+  );
+}
+
 /** The live status of a run. */
 export function renderStatus(s: MigrationStatus, workflowId: string): string {
   const gates = s.gates.map((g) => `${g.gate}: ${g.state}${g.by ? ` by ${g.by}` : ''}`).join(', ') || '—';
@@ -140,6 +149,7 @@ export function renderStatus(s: MigrationStatus, workflowId: string): string {
     `run ${workflowId} — namespace ${s.namespace ?? '?'} — phase ${s.phase}${s.phaseSince && !s.endState ? ` for ${since(s.phaseSince)}` : ''}`,
     `gates: ${gates}`,
     `policies: ${s.policies.state}${s.windowMode ? ` (window mode ${s.windowMode})` : ''}`,
+    s.helm ? renderHelm(s.helm) : '',
     ...windows.map((w) => `window ${w}`),
     s.jobs.length ? jobs.toString() : '',
     s.compensations.length ? `compensations run: ${s.compensations.join(' → ')}` : '',
@@ -216,6 +226,7 @@ export function renderReport(r: MigrationReport): string {
     volumes.toString(),
     ...(r.databaseChecks?.length ? [renderDatabaseChecks(r.databaseChecks)] : []),
     ...(r.gatekeeperAudit ? [renderAudit(r.gatekeeperAudit)] : []),
+    ...(r.helm ? [renderHelm(r.helm)] : []),
     `policies relaxed for ${r.windowSeconds.toFixed(1)} s in ${r.windows.length} window(s)`,
     ...r.windows.flatMap((w, i) => (w.admission ? [`window #${i + 1}: ${relaxedFor(w.admission)}`] : [])),
     `approvals (who, as the approver named themselves): ${r.approvals.map((a) => `${a.gate}=${a.state}${a.by ? ` by ${a.by} at ${a.at}` : ''}`).join(', ')}`,

@@ -54,6 +54,8 @@ export interface WorkerOptions {
    * export metrics (`installRuntime` with a metrics address). @default false
    */
   metrics?: boolean;
+  /** The `helm` binary for securityContext.apply = helm. @default $RUNAS_MIGRATE_HELM, else "helm" on PATH */
+  helm?: string;
 }
 
 /** How often a worker counts the relaxation records for the open-windows gauge. */
@@ -145,6 +147,9 @@ export async function ensureSweeperSchedule(
   }
 }
 
+/** Environment variable naming the `helm` binary the worker runs. */
+export const HelmEnv = 'RUNAS_MIGRATE_HELM';
+
 /** A created worker and what it holds open. */
 export interface RunningWorker {
   worker: Worker;
@@ -183,6 +188,8 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
     recordsNamespace,
     temporalNamespace: target.namespace,
     guardrails,
+    helm: opts.helm ?? process.env[HelmEnv],
+    kubeconfig: opts.kubeconfig ?? process.env.KUBECONFIG,
   });
   if (windows)
     for (const name of ['relaxPolicies', 'restorePolicies'] as const) {

@@ -246,9 +246,9 @@ export const MigrationInputSchema = z
     dryRun: z.boolean().default(false),
   })
   .strict()
-  .refine((i) => i.recovery !== Recovery.RollBack || i.securityContext.apply === 'patch', {
+  .refine((i) => i.recovery !== Recovery.RollBack || ['patch', 'helm'].includes(i.securityContext.apply), {
     message:
-      'roll-back puts the old template back itself, so it needs securityContext.apply "patch": use recovery "roll-forward" or apply "patch"',
+      'roll-back puts the old template back itself (a patch, or helm rollback), so it needs securityContext.apply "patch" or "helm": use recovery "roll-forward" or one of those',
     path: ['recovery'],
   })
   .refine((i) => !(i.profile && i.databases), {

@@ -1,13 +1,10 @@
 /**
- * The databases' StatefulSets: their pod-level IDs (read, patched, or set by `helm upgrade`),
+ * The databases' StatefulSets: their pod-level IDs (read, patched, or set by helm: src/services/helm.ts),
  * scaling down and back up, the platform wait and the final verification. Every side effect
  * goes through the injected {@link Kube}; waits report progress and honour cancellation.
  */
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { PatchStrategy, type V1PodSecurityContext, type V1StatefulSet } from '@kubernetes/client-node';
 import type { Kube } from '../cluster/kube.js';
-import { FailureType, TypedFailure } from '../core/failures.js';
 import { OriginalReplicasAnnotation, type PlatformPlan, type PodIds } from '../core/plan.js';
 import type { WaitLimit } from './step.js';
 import { getPath, waitUntil } from './workloads.js';
@@ -18,8 +15,6 @@ export interface StatefulSetsDeps {
   log?: (message: string) => void;
   /** Pause between polls while waiting. @default 500 */
   pollMs?: number;
-  /** The `helm` binary. @default "helm" */
-  helm?: string;
 }
 
 /** The pod-level IDs of a template (src/core/plan.ts). */
@@ -33,22 +28,8 @@ export interface IdsCheck {
   gid: number;
 }
 
-/** Input of {@link StatefulSets.helmUpgrade}. */
-export interface HelmUpgradeInput {
-  namespace: string;
-  release: string;
-  chart: string;
-  valuesFile?: string;
-  extraArgs: string[];
-  uid: number;
-  gid: number;
-  supplementalGroups: number[];
-}
-
 /** Which StatefulSet to scale, to how many replicas, within which limit. */
 export type ScaleInput = { namespace: string; statefulSet: string; replicas: number } & WaitLimit;
-
-const run = promisify(execFile);
 
 /** The template patch that sets (or, with null, removes) the pod-level IDs. */
 export const podIdsPatch = (ids: PodIds) => ({
@@ -67,13 +48,11 @@ export class StatefulSets {
   private readonly kube: Kube;
   private readonly log: (message: string) => void;
   private readonly pollMs: number;
-  private readonly helm: string;
 
   constructor(deps: StatefulSetsDeps) {
     this.kube = deps.kube;
     this.log = deps.log ?? (() => undefined);
     this.pollMs = deps.pollMs ?? 500;
-    this.helm = deps.helm ?? 'helm';
   }
 
   /** Reads the pod-level IDs of a StatefulSet's template. */
@@ -98,41 +77,6 @@ export class StatefulSets {
       PatchStrategy.MergePatch,
     );
     this.log(`StatefulSet ${input.statefulSet}: securityContext set to ${JSON.stringify(input.ids)}`);
-  }
-
-  /**
-   * Runs `helm upgrade --reuse-values` with the new IDs (securityContext.apply = helm).
-   *
-   * @throws `HelmFailed`: non-retryable when helm is not installed, retryable when it failed.
-   */
-  async helmUpgrade(input: HelmUpgradeInput): Promise<string> {
-    const args = [
-      'upgrade',
-      input.release,
-      input.chart,
-      '--namespace',
-      input.namespace,
-      '--reuse-values',
-      ...(input.valuesFile ? ['--values', input.valuesFile] : []),
-      '--set',
-      `securityContext.pod.runAsUser=${input.uid},securityContext.pod.runAsGroup=${input.gid},securityContext.pod.fsGroup=${input.gid}`,
-      '--set',
-      `securityContext.pod.supplementalGroups={${input.supplementalGroups.join(',')}}`,
-      ...input.extraArgs,
-    ];
-    try {
-      const { stdout } = await run(this.helm, args, { timeout: 10 * 60_000 });
-      return stdout;
-    } catch (err) {
-      const e = err as { code?: string; stderr?: string; message: string };
-      throw new TypedFailure(
-        FailureType.HelmFailed,
-        e.code === 'ENOENT'
-          ? 'helm is not installed on the worker: install it or use securityContext.apply "patch" or "external"'
-          : `helm upgrade failed: ${e.stderr ?? e.message}`,
-        { retryable: e.code !== 'ENOENT' },
-      );
-    }
   }
 
   /** Checks that every StatefulSet's template carries the target IDs; returns the mismatches. */

@@ -121,6 +121,19 @@ export function approvalRefusal(
   return null;
 }
 
+/** The Helm release of a run in helm mode: its revisions before, after the upgrade, after a rollback. */
+export interface HelmStatus {
+  release: string;
+  /** The revision before the run: what a rollback returns to. */
+  revisionBefore: number;
+  /** The revision the upgrade made, once it succeeded. */
+  upgradedTo: number | null;
+  /** The values file the upgrade passed, as YAML. */
+  values: string | null;
+  /** The revision the rollback made, once it ran. */
+  rolledBackTo: number | null;
+}
+
 /** State of one ownership Job. */
 export interface JobStatus {
   name: string;
@@ -190,7 +203,8 @@ export interface MigrationStatus {
   /** The checks of every replica once the databases were back (exec and logs), as evidence. */
   databaseChecks: CheckResult[];
   /** Gatekeeper's audit of the namespace once the databases are back; null when not read. */
-  gatekeeperAudit: NamespaceAudit | null;
+  gatekeeperAudit: NamespaceAudit | null; /** The Helm release the run upgraded (securityContext.apply = helm); null in other modes. */
+  helm: HelmStatus | null;
 }
 
 /** The status of a run that has just started, at `now` (ISO 8601). */
@@ -219,6 +233,7 @@ export function initialStatus(now: string): MigrationStatus {
     guardrails: null,
     databaseChecks: [],
     gatekeeperAudit: null,
+    helm: null,
   };
 }
 
@@ -243,6 +258,8 @@ export interface MigrationReport {
   databaseChecks: CheckResult[];
   /** Gatekeeper's audit of the namespace once the databases are back; null when not read. */
   gatekeeperAudit: NamespaceAudit | null;
+  /** The Helm release's revisions (securityContext.apply = helm); null in other modes. */
+  helm: HelmStatus | null;
   endState: EndState;
   /** Tampering with the relaxation record found during the run. */
   alarms: string[];

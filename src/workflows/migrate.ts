@@ -45,6 +45,10 @@ export interface RunProgress {
   refs: JobRef[] | null;
   /** Every file under the planned volumes carries the new IDs (every forward Job succeeded). */
   filesNew: boolean;
+  /** The Helm release's revision before the upgrade (helm mode): what a roll-back returns to. */
+  helmRevisionBefore: number | null;
+  /** The release was rolled back to that revision. */
+  helmRolledBack: boolean;
 }
 
 /** Changes to the workflow's commands, for runs started before them (`wf.patched`). */
@@ -55,6 +59,8 @@ const Patch = {
   DatabaseChecks: 'database-checks',
   /** Gatekeeper's audit of the namespace after the Jobs are gone. */
   GatekeeperAudit: 'gatekeeper-audit',
+  /** The Helm release's revision read before the upgrade, for the rollback. */
+  HelmRevision: 'helm-revision',
 } as const;
 
 /** Awaits a step; a refusal of `type` fails the run as that refusal, not as "activity task failed". */
@@ -99,6 +105,8 @@ export class Migration {
     jobsStarted: false,
     refs: null,
     filesNew: false,
+    helmRevisionBefore: null,
+    helmRolledBack: false,
   };
   plan!: MigrationPlan;
   readonly verification: string[] = [];
@@ -316,11 +324,22 @@ export class Migration {
   }
 
   private async helmUpgrade(): Promise<void> {
-    const { input, namespace } = this;
+    const { input, namespace, state, progress } = this;
     const h = input.securityContext.helm!;
-    await act(this.stubs.steps.helmUpgrade, `helm upgrade ${h.release}`, {
-      namespace,
-      release: h.release,
+    const ref = { namespace, release: h.release };
+    if (progress.helmRevisionBefore === null && wf.patched(Patch.HelmRevision)) {
+      const before = await act(this.stubs.steps.readHelmRelease, `read helm release ${h.release}`, ref);
+      progress.helmRevisionBefore = before.revision;
+      state.status.helm = {
+        release: h.release,
+        revisionBefore: before.revision,
+        upgradedTo: null,
+        values: null,
+        rolledBackTo: null,
+      };
+    }
+    const after = await act(this.stubs.steps.helmUpgrade, `helm upgrade ${h.release}`, {
+      ...ref,
       chart: h.chart,
       ...(h.valuesFile ? { valuesFile: h.valuesFile } : {}),
       extraArgs: h.extraArgs,
@@ -328,6 +347,8 @@ export class Migration {
       gid: input.gid,
       supplementalGroups: input.supplementalGroups,
     });
+    if (state.status.helm)
+      Object.assign(state.status.helm, { upgradedTo: after.revision, values: after.values });
   }
 
   /** Verifies the templates; in `external` mode, first waits for the operator's signal each time. */
@@ -574,6 +595,7 @@ export class Migration {
       verification: this.verification,
       databaseChecks: status.databaseChecks,
       gatekeeperAudit: status.gatekeeperAudit,
+      helm: status.helm,
       endState,
       alarms: status.alarms,
       guardrails: status.guardrails,

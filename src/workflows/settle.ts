@@ -210,6 +210,28 @@ async function startWhatMatches(m: Migration, files: 'old' | 'new'): Promise<boo
   return startable.length === m.progress.scaledDown.length;
 }
 
+/**
+ * Rolls the Helm release back to the revision recorded before the upgrade, once for every
+ * StatefulSet it renders. Returns whether the release is back.
+ */
+async function rollBackRelease(m: Migration): Promise<boolean> {
+  const { progress, namespace, state } = m;
+  if (progress.helmRolledBack) return true;
+  const release = m.input.securityContext.helm!.release;
+  const revision = progress.helmRevisionBefore!;
+  const done = await m.settleStep(`roll back helm release ${release} to revision ${revision}`, () =>
+    act(m.stubs.settle.helmRollback, `helm rollback ${release} ${revision}`, {
+      namespace,
+      release,
+      revision,
+    }),
+  );
+  if (!done) return false;
+  progress.helmRolledBack = true;
+  if (state.status.helm) state.status.helm.rolledBackTo = done.value.revision;
+  return true;
+}
+
 /** Whether `db`'s template carries (or was put back to) the IDs of its files. */
 async function matchTemplate(m: Migration, db: DatabasePlan, files: 'old' | 'new'): Promise<boolean> {
   const { input, namespace } = m;
@@ -232,9 +254,21 @@ async function matchTemplate(m: Migration, db: DatabasePlan, files: 'old' | 'new
     );
     if (ok) return true;
   }
+  if (files === 'old' && m.progress.helmRevisionBefore !== null && (await rollBackRelease(m))) {
+    const again = await m.settleStep(`read the template of ${db.statefulSet} after the rollback`, () =>
+      act(m.stubs.settle.readPodIds, `read securityContext of ${db.statefulSet}`, {
+        namespace,
+        statefulSet: db.statefulSet,
+      }),
+    );
+    if (again && sameIds(again.value, want.uid, want.gid)) return true;
+  }
   m.state.status.leftToDo.push(
     `StatefulSet ${db.statefulSet} stays at 0 replicas: its template runs as ${current ? `${current.value.runAsUser}:${current.value.runAsGroup}` : 'unknown IDs'} but the files belong to ${want.uid}:${want.gid}. ` +
-      `Set the template to ${want.uid}:${want.gid} (helm or your own change), then kubectl scale statefulset ${db.statefulSet} -n ${namespace} --replicas=${db.replicas}`,
+      (files === 'old' && m.progress.helmRevisionBefore !== null
+        ? `Roll the release back (helm rollback ${m.input.securityContext.helm!.release} ${m.progress.helmRevisionBefore} -n ${namespace})`
+        : `Set the template to ${want.uid}:${want.gid} (helm or your own change)`) +
+      `, then kubectl scale statefulset ${db.statefulSet} -n ${namespace} --replicas=${db.replicas}`,
   );
   return false;
 }

@@ -24,7 +24,10 @@ export interface TestWorker {
  */
 export async function startTestWorker(
   taskQueue: string,
-  extra: Pick<WorkerOptions, 'interceptors' | 'kubeconfig' | 'recordsNamespace' | 'guardrailsFile'> = {},
+  extra: Pick<
+    WorkerOptions,
+    'interceptors' | 'kubeconfig' | 'recordsNamespace' | 'guardrailsFile' | 'helm'
+  > = {},
 ): Promise<TestWorker> {
   const w = await createWorker({
     address: bed().temporal.address,

@@ -87,8 +87,15 @@ describe('parseMigrationInput', () => {
     expect(
       parseMigrationInput({ ...ok, recovery: 'roll-back', securityContext: { apply: 'patch' } }).recovery,
     ).toBe('roll-back');
+    expect(
+      parseMigrationInput({
+        ...ok,
+        recovery: 'roll-back',
+        securityContext: { apply: 'helm', helm: { release: 'iax', chart: 'itrs/iax-platform' } },
+      }).recovery,
+    ).toBe('roll-back');
     expect(problem({ ...ok, recovery: 'roll-back' })).toContain(
-      'recovery: roll-back puts the old template back itself, so it needs securityContext.apply "patch"',
+      'recovery: roll-back puts the old template back itself (a patch, or helm rollback), so it needs securityContext.apply "patch" or "helm"',
     );
     expect(problem({ ...ok, recovery: 'undo' })).toContain(
       'recovery: recovery must be "roll-forward" or "roll-back"',

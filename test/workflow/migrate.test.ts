@@ -236,6 +236,25 @@ async function run(s: Scenario): Promise<Outcome> {
         void (template[a.statefulSet] = a.ids.runAsUser),
       (a: { statefulSet: string; ids: { runAsUser: number } }) => `${a.statefulSet}:${a.ids.runAsUser}`,
     ),
+    // The release renders both StatefulSets: an upgrade sets both, a rollback puts both back.
+    readHelmRelease: stub('readHelmRelease', () => ({
+      release: 'iax',
+      revision: 3,
+      status: 'deployed',
+      chart: 'c-1',
+    })),
+    helmUpgrade: stub('helmUpgrade', (a: { uid: number }) => {
+      for (const k of Object.keys(template)) template[k] = a.uid;
+      return { release: 'iax', revision: 4, status: 'deployed', chart: 'c-1', values: 'v' };
+    }),
+    helmRollback: stub(
+      'helmRollback',
+      () => {
+        for (const k of Object.keys(template)) template[k] = 1000;
+        return { release: 'iax', revision: 5, status: 'deployed', chart: 'c-1' };
+      },
+      (a: { revision: number }) => String(a.revision),
+    ),
     verifySecurityContext: stub('verifySecurityContext', () => []),
     scaleDown: stub('scaleDown', () => undefined, sts),
     relaxPolicies: stub('relaxPolicies', () => ({
@@ -640,6 +659,44 @@ describe('migrateOwnership', () => {
     }
   }
 
+  const helmMode: MigrationInputRaw['securityContext'] = {
+    apply: 'helm',
+    helm: { release: 'iax', chart: 'itrs/iax-platform' },
+  };
+
+  it('upgrades the Helm release after reading the revision a rollback returns to', async () => {
+    const { calls, result } = await run({ input: { securityContext: helmMode } });
+    const at = calls.indexOf('readHelmRelease');
+    expect(calls.slice(at, at + 3)).toEqual(['readHelmRelease', 'helmUpgrade', 'verifySecurityContext']);
+    expect(calls).not.toContain('patchPodIds(pgplatform:5000)');
+    expect(calls.some((c) => c.startsWith('helmRollback'))).toBe(false);
+    expect(result?.helm).toMatchObject({
+      release: 'iax',
+      revisionBefore: 3,
+      upgradedTo: 4,
+      rolledBackTo: null,
+    });
+  });
+
+  for (const step of ['verifySecurityContext', 'relaxPolicies']) {
+    it(`is aborted during ${step} after the Helm upgrade: the release rolled back before any scale-up`, async () => {
+      const { calls, status, violations, files, template } = await run({
+        input: { securityContext: helmMode },
+        interrupt: { during: step, by: 'abort' },
+      });
+      expect(status.endState).toBe('unchanged');
+      expect(violations).toEqual([]);
+      expect(files).toEqual(allOld);
+      expect(template).toEqual({ pgplatform: 1000, timescale: 1000 });
+      const rollback = calls.indexOf('helmRollback(3)');
+      expect(rollback).toBeGreaterThan(calls.indexOf('helmUpgrade'));
+      expect(calls.filter((c) => c.startsWith('helmRollback'))).toEqual(['helmRollback(3)']);
+      expect(calls.findIndex((c) => c.startsWith('scaleUp'))).toBeGreaterThan(rollback);
+      expect(status.helm).toMatchObject({ revisionBefore: 3, upgradedTo: 4, rolledBackTo: 5 });
+      expect(status.compensations).toContain('roll back helm release iax to revision 3');
+    });
+  }
+
   it('is aborted while planning: nothing to undo', async () => {
     const { calls, status } = await run({ interrupt: { during: 'planMigration', by: 'abort' } });
     expect(calls).toEqual([
@@ -748,6 +805,22 @@ describe('migrateOwnership', () => {
     expect(settled.lastIndexOf('patchPodIds(timescale:1000)')).toBeLessThan(
       settled.findIndex((c) => c.startsWith('scaleUp')),
     );
+  });
+
+  it('rolls back a Helm release after the reverse Jobs, before scale-up', async () => {
+    const { calls, status, violations, files, template } = await run({
+      interrupt: { during: 'waitForJobs', by: 'abort' },
+      input: { recovery: 'roll-back', securityContext: helmMode },
+    });
+    expect(status.endState).toBe('rolled-back');
+    expect(violations).toEqual([]);
+    expect(files).toEqual(allOld);
+    expect(template).toEqual({ pgplatform: 1000, timescale: 1000 });
+    const settled = calls.slice(calls.indexOf('waitForJobs') + 1);
+    const rollback = settled.indexOf('helmRollback(3)');
+    expect(rollback).toBeGreaterThan(settled.lastIndexOf('waitForJobs'));
+    expect(rollback).toBeLessThan(settled.findIndex((c) => c.startsWith('scaleUp')));
+    expect(settled.filter((c) => c.startsWith('helmRollback'))).toHaveLength(1);
   });
 
   it('runs a failed Job again under a fresh window; when it fails for good the databases stay down and the status says what is left', async () => {

@@ -1,0 +1,101 @@
+/**
+ * A Helm chart repository on 127.0.0.1 serving the bed's chart, and helm's own folders for it
+ * (never the user's): what an operator's worker host has after `helm repo add`.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { promisify } from 'node:util';
+import { DatabasesChart } from '../../testbed/fixture.js';
+
+const run = promisify(execFile);
+
+/** A served chart repository. */
+export interface ChartRepository {
+  /** The repository's name in helm's config: charts are `<name>/iax-databases`. */
+  name: string;
+  url: string;
+  /** helm's folders (HELM_CONFIG_HOME, HELM_CACHE_HOME, …): give them to every helm the test runs. */
+  env: Record<string, string>;
+  close(): Promise<void>;
+}
+
+/** Packages the bed's chart, serves it with its index, and adds the repository to a fresh helm home. */
+export async function serveChartRepository(helm: string, name = 'bed'): Promise<ChartRepository> {
+  const home = mkdtempSync(join(tmpdir(), 'runas-migrate-helm-home-'));
+  const charts = join(home, 'charts');
+  const env = {
+    HELM_CONFIG_HOME: join(home, 'config'),
+    HELM_CACHE_HOME: join(home, 'cache'),
+    HELM_DATA_HOME: join(home, 'data'),
+    HELM_REPOSITORY_CONFIG: join(home, 'config', 'repositories.yaml'),
+    HELM_REPOSITORY_CACHE: join(home, 'cache', 'repository'),
+  };
+  const helmEnv = { ...process.env, ...env };
+  await run(helm, ['package', DatabasesChart, '--destination', charts], { env: helmEnv });
+  const server = createServer((req, res) => {
+    try {
+      res.end(readFileSync(join(charts, basename(req.url ?? '/'))));
+    } catch {
+      res.statusCode = 404;
+      res.end();
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  await run(helm, ['repo', 'index', charts, '--url', url], { env: helmEnv });
+  await run(helm, ['repo', 'add', name, url], { env: helmEnv });
+  return {
+    name,
+    url,
+    env,
+    async close() {
+      await new Promise((resolve) => server.close(resolve));
+      rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
+
+/** `helm history` of a release: each revision's number and status. */
+export async function releaseHistory(
+  helm: string,
+  kubeconfig: string,
+  namespace: string,
+  release: string,
+): Promise<{ revision: number; status: string; description: string }[]> {
+  const { stdout } = await run(helm, [
+    'history',
+    release,
+    '--namespace',
+    namespace,
+    '--kubeconfig',
+    kubeconfig,
+    '--output',
+    'json',
+  ]);
+  return JSON.parse(stdout) as { revision: number; status: string; description: string }[];
+}
+
+/** `helm get values` of a release (the user-supplied values). */
+export async function releaseValues(
+  helm: string,
+  kubeconfig: string,
+  namespace: string,
+  release: string,
+): Promise<{ securityContext: { pod: Record<string, unknown> }; databases: unknown[] }> {
+  const { stdout } = await run(helm, [
+    'get',
+    'values',
+    release,
+    '--namespace',
+    namespace,
+    '--kubeconfig',
+    kubeconfig,
+    '--output',
+    'json',
+  ]);
+  return JSON.parse(stdout) as { securityContext: { pod: Record<string, unknown> }; databases: unknown[] };
+}

@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { helmFailureIsTransient, idValues } from '../../src/services/helm.js';
+import { renderHelm } from '../../src/app/status-view.js';
+
+describe('helm', () => {
+  it('writes the new IDs under the keys of the vendor procedure', () => {
+    expect(idValues({ uid: 5000, gid: 6000, supplementalGroups: [6000, 7] })).toEqual({
+      securityContext: {
+        pod: { runAsUser: 5000, runAsGroup: 6000, supplementalGroups: [6000, 7], fsGroup: 6000 },
+      },
+    });
+  });
+
+  it.each([
+    ['Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress', true],
+    [
+      'Error: Kubernetes cluster unreachable: Get "https://10.0.0.1/version": dial tcp: connection refused',
+      true,
+    ],
+    ['Error: UPGRADE FAILED: etcdserver: request timed out', true],
+    [
+      'Error: UPGRADE FAILED: cannot patch "timescale" with kind StatefulSet: statefulsets.apps "timescale" is forbidden: ValidatingAdmissionPolicy',
+      false,
+    ],
+    ['Error: UPGRADE FAILED: template: iax/templates/sts.yaml:3: function "nope" not defined', false],
+    ['Error: UPGRADE FAILED: "iax" has no deployed releases', false],
+  ])('%s: transient %s', (stderr, transient) => {
+    expect(helmFailureIsTransient(stderr)).toBe(transient);
+  });
+
+  it('tells the revisions of a run', () => {
+    const h = { release: 'iax', revisionBefore: 4, upgradedTo: 5, values: '', rolledBackTo: null };
+    expect(renderHelm(h)).toBe('helm release iax: revision 4 before the run, upgraded to 5');
+    expect(renderHelm({ ...h, rolledBackTo: 6 })).toBe(
+      'helm release iax: revision 4 before the run, upgraded to 5, rolled back to 4 as revision 6',
+    );
+  });
+});
