@@ -69,8 +69,8 @@ export async function runDemo(): Promise<void> {
     const live = liveStatus(handle.workflowId);
     const report = await followRun(
       handle,
-      async (s: MigrationStatus) => {
-        live.show(s);
+      async (s: MigrationStatus, jobs) => {
+        live.show(s, jobs);
         for (const g of s.gates) {
           if (g.state === 'waiting' && !approved.has(g.gate)) {
             approved.add(g.gate);

@@ -46,6 +46,7 @@ import {
 } from './telemetry.js';
 import { renderGuardrails, renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
 import { liveStatus } from './live-view.js';
+import { TracesEndpointEnv } from './tracing.js';
 import type { MigrationReport } from '../workflows/messages.js';
 
 const program = new Command('runas-migrate')
@@ -241,12 +242,19 @@ recordsOption(
             '--metrics-address <host:port>',
             "serve Prometheus metrics (the SDK's and runas-migrate's) on http://<host:port>/metrics",
           ).env(MetricsAddressEnv),
+        )
+        .addOption(
+          new Option(
+            '--traces-endpoint <url>',
+            'export OpenTelemetry traces over OTLP/HTTP, e.g. http://collector:4318/v1/traces (a trace per run)',
+          ).env(TracesEndpointEnv),
         ),
     ),
   ),
 ).action(
   async (opts: {
     metricsAddress?: string;
+    tracesEndpoint?: string;
     guardrails?: string;
     taskQueue: string;
     kubeconfig?: string;
@@ -263,10 +271,11 @@ recordsOption(
       recordsNamespace: opts.recordsNamespace,
       guardrailsFile: opts.guardrails,
       metrics: opts.metricsAddress !== undefined,
+      tracesEndpoint: opts.tracesEndpoint,
       log,
     });
     log(
-      `worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}${opts.metricsAddress ? `; metrics on http://${opts.metricsAddress}/metrics` : ''}`,
+      `worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}${opts.metricsAddress ? `; metrics on http://${opts.metricsAddress}/metrics` : ''}${opts.tracesEndpoint ? `; traces to ${opts.tracesEndpoint}` : ''}`,
     );
     await w.worker.run();
     await w.close();
@@ -330,7 +339,7 @@ const client = (o: TemporalFlags): Promise<Client> =>
 async function follow(handle: WorkflowHandle, workflowId: string): Promise<MigrationReport> {
   const live = liveStatus(workflowId);
   try {
-    return await followRun(handle, (s) => live.show(s));
+    return await followRun(handle, (s, jobs) => live.show(s, jobs));
   } finally {
     live.done();
   }
@@ -552,7 +561,8 @@ temporalOptions(
           queryStatus(c, flags.namespace),
         );
         process.stdout.write(
-          [renderStatus(status, id), renderProgress(progress)].filter(Boolean).join('\n') + '\n',
+          [renderStatus(status, id, progress.jobs), renderProgress(progress)].filter(Boolean).join('\n') +
+            '\n',
         );
       } catch (err) {
         if (progress.status !== 'RUNNING') throw err;

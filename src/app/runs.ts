@@ -12,9 +12,10 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { parse as parseYaml } from 'yaml';
-import { statusQuery, type MigrationReport, type MigrationStatus } from '../workflows/messages.js';
+import { Phase, statusQuery, type MigrationReport, type MigrationStatus } from '../workflows/messages.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
 import { TaskQueue, WorkflowType } from '../core/names.js';
+import type { JobProgress } from '../core/job.js';
 
 /** Workflow ID of the run of a namespace: at most one at a time (docs/architecture.md, invariant 5). */
 export function workflowIdOf(namespace: string): string {
@@ -116,6 +117,8 @@ export interface RunProgress {
   steps: { activity: string; attempt: number; lastFailure: string | null; lastHeartbeatAt: string | null }[];
   /** Plain-words reasons the run looks stuck; empty when it does not. */
   stuck: string[];
+  /** Where each running ownership Job is, from the Job wait's last heartbeat. */
+  jobs: Record<string, JobProgress>;
 }
 
 // A proto Timestamp's seconds is a Long, which Number() does not convert.
@@ -179,7 +182,28 @@ export async function runProgress(client: Client, namespace: string): Promise<Ru
   for (const s of steps)
     if (s.attempt >= 3)
       stuck.push(`step ${s.activity} is at attempt ${s.attempt}${s.lastFailure ? `: ${s.lastFailure}` : ''}`);
-  return { status: d.status.name, taskQueue: d.taskQueue, workflowTask, steps, stuck };
+  return {
+    status: d.status.name,
+    taskQueue: d.taskQueue,
+    workflowTask,
+    steps,
+    stuck,
+    jobs: jobsInProgress(client, d),
+  };
+}
+
+/** Where each running ownership Job is: the Job wait heartbeats it (the run's own status cannot). */
+function jobsInProgress(
+  client: { options: Pick<Client['options'], 'loadedDataConverter'> },
+  d: Awaited<ReturnType<WorkflowHandle['describe']>>,
+): Record<string, JobProgress> {
+  const converter = client.options.loadedDataConverter.payloadConverter;
+  const jobs: Record<string, JobProgress> = {};
+  for (const a of d.raw.pendingActivities ?? []) {
+    const payload = a.heartbeatDetails?.payloads?.[0];
+    if (payload) Object.assign(jobs, converter.fromPayload<{ jobs?: typeof jobs }>(payload)?.jobs ?? {});
+  }
+  return jobs;
 }
 
 /** How long `runas-migrate status` waits for a run to answer its status query. */
@@ -216,7 +240,7 @@ export async function runningRun(client: Client, namespace: string, what: string
  */
 export async function followRun(
   handle: WorkflowHandle,
-  onStatus: (s: MigrationStatus) => void | Promise<void>,
+  onStatus: (s: MigrationStatus, jobs: Record<string, JobProgress>) => void | Promise<void>,
   intervalMs = 1000,
 ): Promise<MigrationReport> {
   let done = false;
@@ -226,14 +250,18 @@ export async function followRun(
   result.catch(() => undefined);
   while (!done) {
     try {
-      await onStatus(await handle.query(statusQuery));
+      const s = await handle.query(statusQuery);
+      // Only while Jobs run is there a Job wait whose heartbeat says where they are.
+      const jobs =
+        s.phase === Phase.MigratingOwnership ? jobsInProgress(handle.client, await handle.describe()) : {};
+      await onStatus(s, jobs);
     } catch {
       // the run may be closing; its result says how it ended
     }
     await Promise.race([result.catch(() => undefined), new Promise((r) => setTimeout(r, intervalMs))]);
   }
   try {
-    await onStatus(await handle.query(statusQuery));
+    await onStatus(await handle.query(statusQuery), {});
   } catch {
     // closed runs answer queries only while their worker is up
   }

@@ -8,6 +8,7 @@ import type { MigrationPlan } from '../core/plan.js';
 import type { NamespaceAudit } from '../services/gatekeeper-audit.js';
 import type { CheckResult } from '../core/verification.js';
 import type { RunProgress } from './runs.js';
+import { describeJobProgress, type JobProgress } from '../core/job.js';
 
 /** The guardrails in force and what a run asks beyond them. */
 export function renderGuardrails(inForce: GuardrailsInForce, refusals: readonly string[]): string {
@@ -125,19 +126,27 @@ export function renderHelm(h: HelmStatus): string {
   );
 }
 
-/** The live status of a run. */
-export function renderStatus(s: MigrationStatus, workflowId: string): string {
+/**
+ * The live status of a run; `progress` says where each running Job is (the Job wait's
+ * heartbeat: entries of the volumes finished so far, and what it does in the current one).
+ */
+export function renderStatus(
+  s: MigrationStatus,
+  workflowId: string,
+  progress: Record<string, JobProgress> = {},
+): string {
   const gates = s.gates.map((g) => `${g.gate}: ${g.state}${g.by ? ` by ${g.by}` : ''}`).join(', ') || '—';
   const jobs = new Table({ head: ['Job', 'state', 'attempts', 'scanned', 'changed', 'seconds', 'note'] });
   for (const j of s.jobs) {
+    const p = j.summary ? undefined : progress[j.name];
     jobs.push([
       j.name,
       j.state,
       String(j.attempts),
-      j.summary ? String(j.summary.scanned) : '',
-      j.summary ? String(j.summary.changed) : '',
+      j.summary ? String(j.summary.scanned) : p ? `${p.scanned}…` : '',
+      j.summary ? String(j.summary.changed) : p ? `${p.changed}…` : '',
       j.summary ? String(j.summary.seconds) : '',
-      j.state === 'failed' ? (j.message ?? '') : (j.pod ?? ''),
+      j.state === 'failed' ? (j.message ?? '') : p ? describeJobProgress(p) : (j.pod ?? ''),
     ]);
   }
   const windows = s.windows.map(

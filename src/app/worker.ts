@@ -12,6 +12,7 @@ import { FailureType } from '../core/failures.js';
 import { TaskQueue, WorkflowType } from '../core/names.js';
 import { RecordSelector, recordsNamespaceOf } from '../core/records.js';
 import { ProductMetric } from '../core/metrics.js';
+import { startTracing } from './tracing.js';
 import { workflowBundlePath } from './workflow-bundle.js';
 
 /** Where the worker connects. */
@@ -54,6 +55,8 @@ export interface WorkerOptions {
    * export metrics (`installRuntime` with a metrics address). @default false
    */
   metrics?: boolean;
+  /** Export traces over OTLP/HTTP to this endpoint (`…/v1/traces`). @default none: no tracing */
+  tracesEndpoint?: string;
   /** The `helm` binary for securityContext.apply = helm. @default $RUNAS_MIGRATE_HELM, else "helm" on PATH */
   helm?: string;
 }
@@ -197,16 +200,22 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
       (activities as Record<string, unknown>)[name] = (...args: unknown[]) =>
         step(...args).finally(() => void windows.recount());
     }
+  const tracing = opts.tracesEndpoint ? startTracing(opts.tracesEndpoint) : undefined;
+  const interceptors: WorkerInterceptors = {
+    ...opts.interceptors,
+    activity: [...(opts.interceptors?.activity ?? []), ...(tracing?.interceptors.activity ?? [])],
+  };
   const worker = await Worker.create({
     connection,
     namespace: target.namespace,
     taskQueue,
-    workflowBundle: { codePath: opts.workflowBundlePath ?? workflowBundlePath() },
+    workflowBundle: { codePath: opts.workflowBundlePath ?? workflowBundlePath(tracing !== undefined) },
     // A step learns of an abort only from a heartbeat's answer; the SDK holds heartbeats back for
     // up to 0.8 × heartbeatTimeout (24 s by default), and every step now waits for its cancellation.
     maxHeartbeatThrottleInterval: '1 second',
     activities,
-    ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
+    interceptors,
+    ...(tracing ? { sinks: tracing.sinks } : {}),
     ...(opts.stickyQueueScheduleToStartTimeout
       ? { stickyQueueScheduleToStartTimeout: opts.stickyQueueScheduleToStartTimeout }
       : {}),
@@ -218,6 +227,7 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
     client,
     async close() {
       windows?.stop();
+      await tracing?.shutdown();
       await connection.close();
       await client.connection.close();
     },

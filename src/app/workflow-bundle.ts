@@ -18,12 +18,18 @@ export const projectRoot = (() => {
 export const builtWorkflowBundle = join(projectRoot, 'dist', 'workflow-bundle.js');
 
 /**
- * Path of the built workflow bundle.
+ * Where `npm run build` writes the same workflows with OpenTelemetry's workflow interceptors: a
+ * bundle's interceptors are fixed when it is made, and a worker without tracing keeps the plain one.
+ */
+export const builtTracedWorkflowBundle = join(projectRoot, 'dist', 'workflow-bundle-traced.js');
+
+/**
+ * Path of the built workflow bundle (the traced one with `traced`).
  *
  * @throws when it was not built, naming the command that builds it.
  */
-export function workflowBundlePath(): string {
-  if (!existsSync(builtWorkflowBundle))
-    throw new Error(`no workflow bundle at ${builtWorkflowBundle}: run "npm run build" first`);
-  return builtWorkflowBundle;
+export function workflowBundlePath(traced = false): string {
+  const path = traced ? builtTracedWorkflowBundle : builtWorkflowBundle;
+  if (!existsSync(path)) throw new Error(`no workflow bundle at ${path}: run "npm run build" first`);
+  return path;
 }

@@ -274,3 +274,48 @@ export function parseJobSummary(message: string | undefined): JobSummary | undef
     return undefined;
   }
 }
+
+/** Where a running ownership Job is, from the last progress line of its script. */
+export interface JobProgress {
+  /** Which volume (1-based) of how many. */
+  volume: number;
+  volumes: number;
+  path: string;
+  /** counting what is not yet owned, changing it (and proving it), or finished with the volume. */
+  stage: 'counting' | 'changing' | 'finished';
+  /** Entries of this volume to change, once counted. */
+  toChange: number | null;
+  /** Entries scanned and changed in the volumes finished so far (this one included when finished). */
+  scanned: number;
+  changed: number;
+}
+
+/** The prefix of the script's progress lines. */
+export const JobProgressPrefix = 'runas-migrate-progress ';
+
+/** The last progress line in a Job's log; undefined when there is none. */
+export function parseJobProgress(log: string): JobProgress | undefined {
+  const lines = log.split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i]!;
+    if (!line.startsWith(JobProgressPrefix)) continue;
+    try {
+      const p = JSON.parse(line.slice(JobProgressPrefix.length)) as JobProgress;
+      if (typeof p.volume === 'number' && typeof p.scanned === 'number') return p;
+    } catch {
+      // a line cut short by the log's tail: look further up
+    }
+  }
+  return undefined;
+}
+
+/** A progress line for people: "volume 2/4 /var/lib/postgresql/wal: changing 120 entries; 3,000 scanned so far". */
+export function describeJobProgress(p: JobProgress): string {
+  const what =
+    p.stage === 'counting'
+      ? 'counting what is not yet owned'
+      : p.stage === 'changing'
+        ? `changing ${p.toChange ?? '?'} entries`
+        : 'finished';
+  return `volume ${p.volume}/${p.volumes} ${p.path}: ${what}; ${p.scanned} scanned, ${p.changed} changed so far`;
+}

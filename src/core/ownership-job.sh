@@ -96,9 +96,17 @@ unit() {
   esac
 }
 
+# One progress line (a prefix and JSON) per stage of each volume, for the run's live view: which
+# volume, and the entries done in the volumes finished so far.
+volume=0
+progress() {
+  echo "runas-migrate-progress {\"volume\":$volume,\"volumes\":${#ordered[@]},\"path\":\"$(esc "$path")\",\"stage\":\"$1\",\"toChange\":${2:-null},\"scanned\":$total_scanned,\"changed\":$total_changed}"
+}
+
 # Deepest paths first: a volume mounted inside another is done (and counted) before its parent.
 mapfile -t ordered < <(printf '%s\n' "$@" | LC_ALL=C sort -r)
 for path in "${ordered[@]}"; do
+  volume=$((volume + 1))
   if [[ $path != /* ]]; then
     echo "runas-migrate: $path is not an absolute path" >&2; status=1; continue
   fi
@@ -130,6 +138,7 @@ for path in "${ordered[@]}"; do
     units=(root)
     for ((k = 0; k < shares; k++)); do units+=("$k"); done
   fi
+  progress counting
   # All count before any changes: a hard link in two shares then counts as changed in both.
   counted=()
   count_failed=()
@@ -144,6 +153,7 @@ for path in "${ordered[@]}"; do
   for j in "${!units[@]}"; do
     if [ -z "${counted[j]:-}" ]; then failed=1; else changed=$((changed + counted[j])); fi
   done
+  progress changing "$changed"
   {
     for j in "${!units[@]}"; do
       unit "${units[j]}"
@@ -162,6 +172,7 @@ for path in "${ordered[@]}"; do
   fi
   echo "$path: $scanned entries, $changed changed"
   total_scanned=$((total_scanned + scanned)); total_changed=$((total_changed + changed))
+  progress finished "$changed"
   result[$path]="{\"path\":\"$(esc "$path")\",\"skipped\":$skipped,\"scanned\":$scanned,\"changed\":$changed}"
 done
 paths_json=""

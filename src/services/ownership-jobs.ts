@@ -14,7 +14,9 @@ import {
   JobLabel,
   judgeJob,
   ManagedBy,
+  parseJobProgress,
   parseJobSummary,
+  type JobProgress,
   type JobSummary,
   type JobTarget,
 } from '../core/job.js';
@@ -32,6 +34,8 @@ export interface OwnershipJobsDeps {
    * policies stay relaxed until then)
    */
   pollMs?: number;
+  /** How often a Job wait reads where each running Job is (its log). @default 2000 */
+  progressEveryMs?: number;
 }
 
 /** One migration Job, by name and uid. */
@@ -90,12 +94,14 @@ export class OwnershipJobs {
   private readonly log: (message: string) => void;
   private readonly pollMs: number;
   private readonly admissionPollMs: number;
+  private readonly progressEveryMs: number;
 
   constructor(deps: OwnershipJobsDeps) {
     this.kube = deps.kube;
     this.log = deps.log ?? (() => undefined);
     this.pollMs = deps.pollMs ?? 500;
     this.admissionPollMs = deps.pollMs ?? 200;
+    this.progressEveryMs = deps.progressEveryMs ?? 2_000;
   }
 
   /**
@@ -231,16 +237,45 @@ export class OwnershipJobs {
     input: { namespace: string; jobs: JobRef[]; uid: number; gid: number } & WaitLimit,
   ): Promise<JobOutcome[]> {
     const outcomes = new Map<string, JobOutcome>();
+    const jobs: Record<string, JobProgress> = {};
+    let progressReadAt = Date.now();
     await waitUntil('ownership Jobs to finish', input, this.pollMs, async () => {
       for (const ref of input.jobs) {
         if (outcomes.has(ref.name)) continue;
         const outcome = await this.outcomeOf(input, ref);
         if (outcome) outcomes.set(ref.name, outcome);
       }
-      progress({ finished: outcomes.size, of: input.jobs.length });
+      // Where each running Job is, from its script's log: for the live view of a long run, so not
+      // at every poll.
+      if (Date.now() - progressReadAt >= this.progressEveryMs) {
+        progressReadAt = Date.now();
+        for (const ref of input.jobs.filter((j) => !outcomes.has(j.name))) {
+          const p = await this.progressOf(input.namespace, ref);
+          if (p) jobs[ref.name] = p;
+        }
+      }
+      for (const name of outcomes.keys()) delete jobs[name];
+      progress({ finished: outcomes.size, of: input.jobs.length, jobs });
       return outcomes.size === input.jobs.length ? true : undefined;
     });
     return input.jobs.map((j) => outcomes.get(j.name)!);
+  }
+
+  /** The last progress line of the running Job's pod; undefined before it has one. */
+  private async progressOf(namespace: string, ref: JobRef): Promise<JobProgress | undefined> {
+    const pod = (await this.kube.listPods(namespace, `job-name=${ref.name}`)).find(
+      (p) =>
+        p.metadata?.ownerReferences?.some((o) => o.uid === ref.uid) &&
+        p.status?.containerStatuses?.[0]?.state?.running,
+    );
+    if (!pod) return undefined;
+    try {
+      return parseJobProgress(
+        await this.kube.readPodLog(namespace, pod.metadata!.name!, pod.spec!.containers[0]!.name),
+      );
+    } catch {
+      return undefined; // a log not readable yet (or any more): the next read will tell
+    }
   }
 
   /** How the Job `ref` ended; undefined while it runs. */

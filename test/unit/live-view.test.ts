@@ -1,7 +1,8 @@
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { liveStatus } from '../../src/app/live-view.js';
-import { statusEvents } from '../../src/app/status-view.js';
+import { renderStatus, statusEvents } from '../../src/app/status-view.js';
+import type { JobProgress } from '../../src/core/job.js';
 import { initialStatus, type JobStatus, type MigrationStatus } from '../../src/workflows/messages.js';
 
 const start: MigrationStatus = initialStatus('2026-12-01T10:00:00.000Z');
@@ -140,6 +141,34 @@ describe('liveStatus', () => {
     expect(lines).toHaveLength(14);
     for (const l of lines) expect(l).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z \S/);
     expect(c.text()).not.toContain('┌');
+  });
+
+  it('shows where each running Job is: a line per volume stage piped, in the Job table on a terminal', () => {
+    const running = polls[5]!;
+    const at = (stage: JobProgress['stage'], volume: number): Record<string, JobProgress> => ({
+      'runas-migrate-timescale-0': {
+        volume,
+        volumes: 4,
+        path: '/var/lib/postgresql/wal',
+        stage,
+        toChange: stage === 'counting' ? null : 120,
+        scanned: 3000,
+        changed: 2990,
+      },
+    });
+    const piped = capture(false);
+    const live = liveStatus('runas-migrate-itrs', piped.out);
+    live.show(running, at('counting', 2));
+    live.show(running, at('counting', 2));
+    live.show(running, at('changing', 2));
+    const lines = piped.text().trimEnd().split('\n');
+    expect(lines.filter((l) => l.includes('volume 2/4'))).toHaveLength(2);
+    expect(lines.at(-1)).toMatch(
+      /job runas-migrate-timescale-0: volume 2\/4 \/var\/lib\/postgresql\/wal: changing 120 entries; 3000 scanned, 2990 changed so far$/,
+    );
+    const view = renderStatus(running, 'runas-migrate-itrs', at('changing', 2));
+    expect(view).toContain('3000…');
+    expect(view).toContain('volume 2/4');
   });
 
   it('on a terminal: redraws one view in place instead of clearing the screen', () => {

@@ -23,7 +23,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseJobSummary, type JobSummary } from '../../src/core/job.js';
+import { JobProgressPrefix, parseJobProgress, parseJobSummary, type JobSummary } from '../../src/core/job.js';
 import { OwnershipScript } from '../../src/services/ownership-script.js';
 
 const uid = 5000;
@@ -358,6 +358,22 @@ describe.concurrent.each(cpus)('the ownership script with %i CPUs', (cpuCount) =
       })),
     });
     expect(r.terminationLog.trim()).toBe(r.stdout.trimEnd().split('\n').at(-1));
+    // The progress lines: each volume counted, changed and finished in turn; the last one
+    // carries the summary's totals.
+    const stages = r.stdout
+      .split('\n')
+      .filter((l) => l.startsWith(JobProgressPrefix))
+      .map((l) => parseJobProgress(l)!);
+    expect(stages.map((p) => `${p.volume}/${p.volumes} ${p.stage}`)).toEqual(
+      v.paths.flatMap((_, i) =>
+        ['counting', 'changing', 'finished'].map((st) => `${i + 1}/${v.paths.length} ${st}`),
+      ),
+    );
+    expect(parseJobProgress(r.stdout)).toMatchObject({
+      stage: 'finished',
+      scanned: r.summary!.scanned,
+      changed: r.summary!.changed,
+    });
     expect(entries.flat().filter((e) => owner(e) !== `${uid}:${gid}`)).toEqual([]);
     expect(new Map(around.map((p) => [p, owner(p)]))).toEqual(before);
     const volumes = v.paths.map((p) => [p, `${p}/`] as const);
