@@ -4,7 +4,9 @@
  * signals and queries — exported in batches. Through `@temporalio/interceptors-opentelemetry`,
  * which needs the OpenTelemetry JS SDK 1.x line (its `Resource` class and span processors).
  */
-import { trace } from '@opentelemetry/api';
+import { context, propagation, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { Resource } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
@@ -35,8 +37,11 @@ export function startTracing(endpoint: string, serviceName = 'runas-migrate-work
     scheduledDelayMillis: 1_000,
   });
   const provider = new BasicTracerProvider({ resource, spanProcessors: [spanProcessor] });
-  // The activity interceptors take their tracer from the global provider.
+  // The activity interceptors take their tracer, the propagator that reads the trace from a
+  // step's headers, and the context its span runs in from the globals.
   trace.setGlobalTracerProvider(provider);
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   return {
     interceptors: {
       activity: [

@@ -1,9 +1,11 @@
 /**
  * The worker's Prometheus endpoint, scraped during a real run on the bed: the SDK's metrics and
- * runas-migrate's own (open windows, window seconds, phases entered, compensations); and its
- * JSON logs.
+ * runas-migrate's own (open windows, window seconds, phases entered, compensations); its JSON
+ * logs; and its OpenTelemetry traces, received by an OTLP/HTTP endpoint the test serves.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -28,6 +30,35 @@ let worker: ChildProcess;
 let address: string;
 let client: Awaited<ReturnType<typeof connectClient>>;
 let stderr = '';
+let collector: Server;
+/** The spans the worker exported (OTLP/HTTP JSON). */
+const spans: { traceId: string; spanId: string; parentSpanId?: string; name: string; service: string }[] = [];
+
+interface OtlpTraces {
+  resourceSpans: {
+    resource: { attributes: { key: string; value: { stringValue?: string } }[] };
+    scopeSpans: { spans: { traceId: string; spanId: string; parentSpanId?: string; name: string }[] }[];
+  }[];
+}
+
+/** An OTLP/HTTP traces endpoint: keeps every span it is sent. */
+async function startCollector(): Promise<string> {
+  collector = createServer((req, res) => {
+    let body = '';
+    req.on('data', (d: Buffer) => (body += d.toString()));
+    req.on('end', () => {
+      const traces = JSON.parse(body) as OtlpTraces;
+      for (const r of traces.resourceSpans) {
+        const service = r.resource.attributes.find((a) => a.key === 'service.name')?.value.stringValue ?? '';
+        for (const scope of r.scopeSpans) for (const sp of scope.spans) spans.push({ ...sp, service });
+      }
+      res.setHeader('Content-Type', 'application/json');
+      res.end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => collector.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(collector.address() as AddressInfo).port}/v1/traces`;
+}
 
 const recordsNow = async () =>
   (
@@ -40,6 +71,7 @@ beforeAll(async () => {
   client = await connectClient({ address: bed().temporal.address });
   await readyFixture(kc, namespace, bed().pvRoot);
   address = `127.0.0.1:${await freePort()}`;
+  const tracesEndpoint = await startCollector();
   worker = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
     env: {
       ...process.env,
@@ -48,6 +80,7 @@ beforeAll(async () => {
       RUNAS_MIGRATE_METRICS_ADDRESS: address,
       RUNAS_MIGRATE_LOG_FORMAT: 'json',
       RUNAS_MIGRATE_LOG_LEVEL: 'INFO',
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: tracesEndpoint,
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -69,11 +102,12 @@ afterAll(async () => {
   await cleanUpAfterProcessWorker(client, { taskQueue, namespace, test: 'metrics' });
   await client.connection.close();
   await removeFixtures(kc, [namespace]);
+  collector?.close();
 });
 
-describe('worker metrics and logs', () => {
+describe('worker metrics, logs and traces', () => {
   it(
-    'a run held in its window and aborted shows up in the open-windows gauge, the window histogram, the phase and compensation counters, and the SDK metrics',
+    'a run held in its window and aborted shows up in the open-windows gauge, the window histogram, the phase and compensation counters, the SDK metrics, and one trace',
     { timeout: 180_000 },
     async () => {
       const mine = { task_queue: taskQueue };
@@ -159,6 +193,27 @@ describe('worker metrics and logs', () => {
           targetNamespace: namespace,
           taskQueue,
         });
+
+      // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: the run is one trace, from the workflow's span through
+      // the steps it scheduled to the steps the worker ran.
+      const run = await waitFor(
+        "the run's workflow span",
+        () => spans.find((sp) => sp.name === 'RunWorkflow:migrateOwnership'),
+        20_000,
+        200,
+      );
+      expect(run.service).toBe('runas-migrate-worker');
+      const ofRun = (name: string) => spans.filter((sp) => sp.traceId === run.traceId && sp.name === name);
+      await waitFor('the steps run', () => ofRun('RunActivity:restorePolicies').length > 0, 20_000, 200);
+      for (const step of ['relaxPolicies', 'restorePolicies']) {
+        const started = ofRun(`StartActivity:${step}`);
+        expect(started.length).toBeGreaterThan(0);
+        const ran = ofRun(`RunActivity:${step}`);
+        expect(ran.length).toBeGreaterThan(0);
+        for (const r of ran) expect(started.map((sp) => sp.spanId)).toContain(r.parentSpanId);
+      }
+      // A signal's span continues its sender's trace (this test's client has none: a trace of its own).
+      expect(spans.filter((sp) => sp.name === 'HandleSignal:abort')).toHaveLength(1);
     },
   );
 });
