@@ -255,7 +255,8 @@ export class OwnershipJobs {
         }
       }
       for (const name of outcomes.keys()) delete jobs[name];
-      progress({ finished: outcomes.size, of: input.jobs.length, jobs });
+      // A copy: a heartbeat is sent later (throttled) and repeated, and must say what was true now.
+      progress({ finished: outcomes.size, of: input.jobs.length, jobs: { ...jobs } });
       return outcomes.size === input.jobs.length ? true : undefined;
     });
     return input.jobs.map((j) => outcomes.get(j.name)!);

@@ -11,7 +11,14 @@ import { join } from 'node:path';
 import { AppsV1Api, BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMigrationInput, type MigrationInputRaw } from '../../src/core/input.js';
-import { buildOwnershipJob, ownershipJobName, parseJobSummary, type JobTarget } from '../../src/core/job.js';
+import {
+  buildOwnershipJob,
+  ownershipJobName,
+  parseJobSummary,
+  type JobProgress,
+  type JobTarget,
+} from '../../src/core/job.js';
+import { runInStep } from '../../src/services/step.js';
 import { Kube } from '../../src/cluster/kube.js';
 import { OwnershipJobs } from '../../src/services/ownership-jobs.js';
 import { Planner } from '../../src/services/planner.js';
@@ -77,7 +84,33 @@ describe('the ownership Job on the host runner', () => {
       let entries = 0;
       const dir = await volume('data-pg-0', (d) => (entries = makeTree(d, 100, 1001)));
       const job = buildOwnershipJob(runTo(5000), target('pg', 0, 'data-pg-0'), earlier, OwnershipScript);
-      await batch.createNamespacedJob({ namespace, body: job });
+      const created = await batch.createNamespacedJob({ namespace, body: job });
+      // The Job wait, as a step: what it heartbeats while the Job walks its 100k files.
+      const beats: { jobs?: Record<string, JobProgress> }[] = [];
+      const step = {
+        progress: (d: unknown) => beats.push(d as never),
+        cancelled: new AbortController().signal,
+      };
+      const [outcome] = await runInStep(step, () =>
+        new OwnershipJobs({ kube, pollMs: 100, progressEveryMs: 100 }).waitForJobs({
+          namespace,
+          jobs: [{ name: created.metadata!.name!, uid: created.metadata!.uid! }],
+          uid: 5000,
+          gid: 5000,
+          timeoutSeconds: 150,
+        }),
+      );
+      expect(outcome).toMatchObject({ succeeded: true });
+      const seen = beats.flatMap((b) => Object.values(b.jobs ?? {}));
+      expect(seen.map((p) => p.stage)).toContain('changing');
+      expect(seen.find((p) => p.stage === 'changing')).toMatchObject({
+        volume: 1,
+        volumes: 1,
+        path: '/var/lib/postgresql',
+        toChange: entries - 1002,
+      });
+      // Finished Jobs leave the heartbeat: only running ones are shown with progress.
+      expect(beats.at(-1)?.jobs).toEqual({});
 
       const pod = await waitFor(
         'Job pod finished',
