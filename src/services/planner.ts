@@ -23,10 +23,10 @@ import {
   type RunRef,
 } from '../core/policy.js';
 import { profileOf, type PlatformResource, type ProfileDatabase } from '../core/profiles.js';
-import { OwnershipScript } from './ownership-script.js';
+import { OwnershipScript, ownershipJobPods } from './ownership-script.js';
 import type { PodsAdmissionPlan, PolicyGuard } from './policy-guard.js';
 import { podIdsPatch } from './statefulsets.js';
-import { podOfJob, podOfStatefulSet } from '../core/admission.js';
+import { podOfStatefulSet } from '../core/admission.js';
 import { getPath } from './workloads.js';
 
 /** Dependencies of {@link Planner}. */
@@ -127,8 +127,10 @@ export class Planner {
     const platform = profile?.platform ? await this.readPlatform(profile.platform, inp.namespace) : null;
     const refused = await this.dryRunWrites(inp, owner, databases);
     const admission = await this.dryRunDatabasePods(inp, statefulSets);
-    const jobPods = databases.flatMap((db) =>
-      db.jobs.map((t) => podOfJob(buildOwnershipJob(inp, t, owner, OwnershipScript))),
+    const jobPods = ownershipJobPods(
+      inp,
+      databases.flatMap((db) => db.jobs),
+      owner,
     );
     const asked = jobPods.length ? await this.policyGuard.planForPods(policies, jobPods) : null;
     return {

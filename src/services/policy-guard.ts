@@ -56,10 +56,10 @@ import {
 } from '../core/records.js';
 import { currentStep, progress } from './step.js';
 import { enforcementOf, type EnforcementView } from '../core/enforcement.js';
-import { podOfJob, refusalOf, type AdmissionRefusal } from '../core/admission.js';
+import { refusalOf, type AdmissionRefusal } from '../core/admission.js';
 import type { MigrationInput } from '../core/input.js';
-import { buildOwnershipJob, type JobTarget } from '../core/job.js';
-import { OwnershipScript } from './ownership-script.js';
+import type { JobTarget } from '../core/job.js';
+import { ownershipJobPods } from './ownership-script.js';
 
 /** Dependencies of the {@link PolicyGuard}. */
 export interface PolicyGuardDeps {
@@ -345,9 +345,7 @@ export class PolicyGuard {
    */
   async relaxPolicies(input: RelaxInput): Promise<RelaxResult> {
     const before = this.apiCalls();
-    const pods = input.jobs?.targets.map((t) =>
-      podOfJob(buildOwnershipJob(input.jobs!.run, t, input.owner, OwnershipScript)),
-    );
+    const pods = input.jobs && ownershipJobPods(input.jobs.run, input.jobs.targets, input.owner);
     let record: RelaxationRecord | undefined;
     let resumed = false;
     // What the admission chain said before anything changed.

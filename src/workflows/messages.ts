@@ -203,7 +203,8 @@ export interface MigrationStatus {
   /** The checks of every replica once the databases were back (exec and logs), as evidence. */
   databaseChecks: CheckResult[];
   /** Gatekeeper's audit of the namespace once the databases are back; null when not read. */
-  gatekeeperAudit: NamespaceAudit | null; /** The Helm release the run upgraded (securityContext.apply = helm); null in other modes. */
+  gatekeeperAudit: NamespaceAudit | null;
+  /** The Helm release the run upgraded (securityContext.apply = helm); null in other modes. */
   helm: HelmStatus | null;
 }
 

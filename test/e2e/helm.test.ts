@@ -23,7 +23,7 @@ import {
   serveChartRepository,
   type ChartRepository,
 } from '../support/helm.js';
-import { namespaceSnapshot, removeFixtures } from '../support/snapshot.js';
+import { namespaceSnapshot, removeFixtures, type NamespaceSnapshot } from '../support/snapshot.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
@@ -94,6 +94,27 @@ const causes = (e: Error | undefined): string =>
 const history = (namespace: string) => releaseHistory(helm, bed().kubeconfig, namespace, release);
 const unchanged = { pgplatform: '1000:1000:1000', timescale: '1000:1000:1000' };
 
+/**
+ * The release rolled back as revision 3 after `upgrade` (revision 2's status), both templates
+ * and every file as before, the policies exact, and the databases up again.
+ */
+async function expectPutBack(
+  namespace: string,
+  before: NamespaceSnapshot,
+  upgrade: 'failed' | 'superseded',
+): Promise<void> {
+  expect((await history(namespace)).map((r) => [r.revision, r.status])).toEqual([
+    [1, 'superseded'],
+    [2, upgrade],
+    [3, 'deployed'],
+  ]);
+  expect(await templateIds(namespace)).toEqual(unchanged);
+  await waitForFixtureReady(kc, namespace);
+  const after = await namespaceSnapshot(kc, namespace, bed().pvRoot);
+  expect(after.owners).toEqual(before.owners);
+  expect(after.policies).toEqual(before.policies);
+}
+
 describe('securityContext.apply helm', () => {
   it('upgrades the release with a values file of the new IDs, keeping the rest of its values', async () => {
     const namespace = await releasedFixture('helm-ok');
@@ -152,16 +173,7 @@ describe('securityContext.apply helm', () => {
       expect(status.endState).toBe('unchanged');
       expect(status.helm).toMatchObject({ revisionBefore: 1, upgradedTo: null, rolledBackTo: 3 });
       expect(status.compensations).toContain(`roll back helm release ${release} to revision 1`);
-      expect((await history(namespace)).map((r) => [r.revision, r.status])).toEqual([
-        [1, 'superseded'],
-        [2, 'failed'],
-        [3, 'deployed'],
-      ]);
-      expect(await templateIds(namespace)).toEqual(unchanged);
-      await waitForFixtureReady(kc, namespace);
-      const after = await namespaceSnapshot(kc, namespace, bed().pvRoot);
-      expect(after.owners).toEqual(before.owners);
-      expect(after.policies).toEqual(before.policies);
+      await expectPutBack(namespace, before, 'failed');
     } finally {
       await removePolicy();
     }
@@ -188,15 +200,6 @@ describe('securityContext.apply helm', () => {
     expect(status.phase).toBe('aborted');
     expect(status.endState).toBe('unchanged');
     expect(status.helm).toMatchObject({ revisionBefore: 1, upgradedTo: 2, rolledBackTo: 3 });
-    expect((await history(namespace)).map((r) => [r.revision, r.status])).toEqual([
-      [1, 'superseded'],
-      [2, 'superseded'],
-      [3, 'deployed'],
-    ]);
-    expect(await templateIds(namespace)).toEqual(unchanged);
-    await waitForFixtureReady(kc, namespace);
-    const after = await namespaceSnapshot(kc, namespace, bed().pvRoot);
-    expect(after.owners).toEqual(before.owners);
-    expect(after.policies).toEqual(before.policies);
+    await expectPutBack(namespace, before, 'superseded');
   });
 });

@@ -59,16 +59,10 @@ export async function serveChartRepository(helm: string, name = 'bed'): Promise<
   };
 }
 
-/** `helm history` of a release: each revision's number and status. */
-export async function releaseHistory(
-  helm: string,
-  kubeconfig: string,
-  namespace: string,
-  release: string,
-): Promise<{ revision: number; status: string; description: string }[]> {
+/** A helm command about `release` whose JSON output is returned, parsed. */
+async function helmJson<T>(helm: string, kubeconfig: string, namespace: string, args: string[]): Promise<T> {
   const { stdout } = await run(helm, [
-    'history',
-    release,
+    ...args,
     '--namespace',
     namespace,
     '--kubeconfig',
@@ -76,26 +70,21 @@ export async function releaseHistory(
     '--output',
     'json',
   ]);
-  return JSON.parse(stdout) as { revision: number; status: string; description: string }[];
+  return JSON.parse(stdout) as T;
 }
 
-/** `helm get values` of a release (the user-supplied values). */
-export async function releaseValues(
-  helm: string,
-  kubeconfig: string,
-  namespace: string,
-  release: string,
-): Promise<{ securityContext: { pod: Record<string, unknown> }; databases: unknown[] }> {
-  const { stdout } = await run(helm, [
-    'get',
-    'values',
+/** `helm history` of a release: each revision's number and status. */
+export const releaseHistory = (helm: string, kubeconfig: string, namespace: string, release: string) =>
+  helmJson<{ revision: number; status: string; description: string }[]>(helm, kubeconfig, namespace, [
+    'history',
     release,
-    '--namespace',
-    namespace,
-    '--kubeconfig',
-    kubeconfig,
-    '--output',
-    'json',
   ]);
-  return JSON.parse(stdout) as { securityContext: { pod: Record<string, unknown> }; databases: unknown[] };
-}
+
+/** `helm get values` of a release (the user-supplied values). */
+export const releaseValues = (helm: string, kubeconfig: string, namespace: string, release: string) =>
+  helmJson<{ securityContext: { pod: Record<string, unknown> }; databases: unknown[] }>(
+    helm,
+    kubeconfig,
+    namespace,
+    ['get', 'values', release],
+  );
