@@ -280,7 +280,11 @@ export class HostPods {
       script,
       terminationFile,
       startedAt,
-      onExit: (exitCode) => this.onContainerExit(pod, container, exitCode),
+      // Never an unhandled rejection: one (the API server away at the exit) would end the runner.
+      onExit: (exitCode) =>
+        this.onContainerExit(pod, container, exitCode).catch((e: unknown) =>
+          this.opts.log(`exit of ${this.key(pod)}/${container.name}: ${String(e)}`),
+        ),
     });
     running.execPrefix = execArgv(running.pgid, container, identity, env);
     if (ReadinessProbe.supported(container.readinessProbe)) {
@@ -319,7 +323,17 @@ export class HostPods {
     if (exits.size < total) return;
     const failed = [...exits.values()].some((c) => c !== 0);
     this.opts.log(`pod ${key} finished: ${[...exits].map(([n, c]) => `${n}=${c}`).join(' ')}`);
-    await this.patchStatus(pod, { phase: failed ? 'Failed' : 'Succeeded' });
+    // A pod's end must reach the API server (its Job waits for it), whenever the server is back.
+    for (let delayMs = 500; ; delayMs = Math.min(delayMs * 2, 5_000)) {
+      try {
+        await this.patchStatus(pod, { phase: failed ? 'Failed' : 'Succeeded' });
+        return;
+      } catch (e) {
+        if (this.stopped) return;
+        this.opts.log(`status of ${key}: ${String(e)}; again in ${delayMs} ms`);
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+      }
+    }
   }
 
   /**
