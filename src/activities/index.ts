@@ -11,6 +11,7 @@ import { DatabaseChecks } from '../services/database-checks.js';
 import { GatekeeperAudit } from '../services/gatekeeper-audit.js';
 import { GuardrailCheck } from '../services/guardrails.js';
 import { HelmReleases } from '../services/helm.js';
+import type { WaitMode } from '../services/workloads.js';
 import { NamespaceLock } from '../services/namespace-lock.js';
 import { OwnershipJobs } from '../services/ownership-jobs.js';
 import { Planner } from '../services/planner.js';
@@ -34,11 +35,13 @@ export interface ActivityDeps {
   helm?: string;
   /** The worker's kubeconfig, which helm uses too; helm's own loading rules when absent. */
   kubeconfig?: string;
+  /** Whether the waits watch or only poll. @default "watch" */
+  waits?: WaitMode;
 }
 
 /** The services behind the activities, built once per worker. */
 export function createServices(deps: ActivityDeps) {
-  const { kube, log } = deps;
+  const { kube, log, waits } = deps;
   const policyGuard = new PolicyGuard({
     kube,
     log,
@@ -53,9 +56,9 @@ export function createServices(deps: ActivityDeps) {
     lock: new NamespaceLock({ kube, runs, log }),
     guardrails: new GuardrailCheck({ kube, inForce }),
     planner: new Planner({ kube, policyGuard, log }),
-    statefulSets: new StatefulSets({ kube, log }),
+    statefulSets: new StatefulSets({ kube, log, waits }),
     helm: new HelmReleases({ helm: deps.helm, kubeconfig: deps.kubeconfig, log }),
-    ownershipJobs: new OwnershipJobs({ kube, log }),
+    ownershipJobs: new OwnershipJobs({ kube, log, waits }),
     databaseChecks: new DatabaseChecks({ kube, log }),
     gatekeeperAudit: new GatekeeperAudit({ kube, log }),
   };

@@ -6,7 +6,8 @@ import { stringify as toYaml } from 'yaml';
 import { PolicyGuard, type RestoreReport } from '../services/policy-guard.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
 import { RecordsNamespaceEnv, recordsNamespaceOf } from '../core/records.js';
-import { connectClient, createWorker, temporalTarget } from './worker.js';
+import { connectClient, createWorker, temporalTarget, WaitsEnv } from './worker.js';
+import type { WaitMode } from '../services/workloads.js';
 import { ApplicationFailure } from '@temporalio/common';
 import type { LogLevel } from '@temporalio/worker';
 import {
@@ -248,6 +249,15 @@ recordsOption(
             '--traces-endpoint <url>',
             'export OpenTelemetry traces over OTLP/HTTP, e.g. http://collector:4318/v1/traces (a trace per run)',
           ).env(TracesEndpointEnv),
+        )
+        .addOption(
+          new Option(
+            '--waits <mode>',
+            'how waits look: watch (watches wake them, a look every 5 s anyway) or poll (no watch RBAC needed)',
+          )
+            .choices(['watch', 'poll'])
+            .default('watch')
+            .env(WaitsEnv),
         ),
     ),
   ),
@@ -261,6 +271,7 @@ recordsOption(
     address?: string;
     temporalNamespace?: string;
     recordsNamespace?: string;
+    waits: WaitMode;
   }) => {
     const log = workerLog(program.opts<{ logFormat: LogFormat }>().logFormat);
     const w = await createWorker({
@@ -272,6 +283,7 @@ recordsOption(
       guardrailsFile: opts.guardrails,
       metrics: opts.metricsAddress !== undefined,
       tracesEndpoint: opts.tracesEndpoint,
+      waits: opts.waits,
       log,
     });
     log(

@@ -8,6 +8,7 @@ import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } fro
 import { NativeConnection, Runtime, Worker, type WorkerInterceptors } from '@temporalio/worker';
 import { createActivities } from '../activities/index.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
+import type { WaitMode } from '../services/workloads.js';
 import { FailureType } from '../core/failures.js';
 import { TaskQueue, WorkflowType } from '../core/names.js';
 import { RecordSelector, recordsNamespaceOf } from '../core/records.js';
@@ -59,6 +60,21 @@ export interface WorkerOptions {
   tracesEndpoint?: string;
   /** The `helm` binary for securityContext.apply = helm. @default $RUNAS_MIGRATE_HELM, else "helm" on PATH */
   helm?: string;
+  /**
+   * Whether the waits watch what they wait for (and look at least every few seconds anyway), or
+   * only poll; poll where the worker may not watch. @default $RUNAS_MIGRATE_WAITS, else "watch"
+   */
+  waits?: WaitMode;
+}
+
+/** Environment variable choosing how the worker's waits look: `watch` or `poll`. */
+export const WaitsEnv = 'RUNAS_MIGRATE_WAITS';
+
+/** The wait mode of `value` (a flag or {@link WaitsEnv}); `watch` when unset. */
+export function waitModeOf(value: string | undefined): WaitMode {
+  if (value === undefined || value === '' || value === 'watch') return 'watch';
+  if (value === 'poll') return 'poll';
+  throw new Error(`waits: "${value}" is not a wait mode; use watch or poll (${WaitsEnv})`);
 }
 
 /** How often a worker counts the relaxation records for the open-windows gauge. */
@@ -193,6 +209,7 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
     guardrails,
     helm: opts.helm ?? process.env[HelmEnv],
     kubeconfig: opts.kubeconfig ?? process.env.KUBECONFIG,
+    waits: opts.waits ?? waitModeOf(process.env[WaitsEnv]),
   });
   if (windows)
     for (const name of ['relaxPolicies', 'restorePolicies'] as const) {

@@ -26,6 +26,7 @@ import {
 } from '@kubernetes/client-node';
 import { Writable } from 'node:stream';
 import { FailureType, TypedFailure, type KubeFailureType } from '../core/failures.js';
+import { watchChanges, type ChangeFeed, type WatchedCollection } from './changes.js';
 
 /** One field the API server refused (`details.causes` of its Status). */
 export interface KubeCause {
@@ -145,6 +146,8 @@ export interface CustomResourceKind {
 export interface KubeCallCounts {
   reads: number;
   writes: number;
+  /** Collections watched by the waits (each watch resumed as needed). */
+  watches?: number;
 }
 
 const header = (strategy: PatchStrategy) => setHeaderOptions('Content-Type', strategy);
@@ -243,6 +246,12 @@ export class Kube {
     } catch (err) {
       throw toKubeError(err, verb, object);
     }
+  }
+
+  /** Watches `collections` and wakes a wait when one changes (src/cluster/changes.ts). */
+  watchChanges(collections: WatchedCollection[]): ChangeFeed {
+    this.counts.watches = (this.counts.watches ?? 0) + collections.length;
+    return watchChanges(this.kubeConfig, collections);
   }
 
   /** Reads a namespace. */

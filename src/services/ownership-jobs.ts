@@ -22,8 +22,9 @@ import {
 } from '../core/job.js';
 import type { RunRef } from '../core/policy.js';
 import { OwnershipScript } from './ownership-script.js';
-import { deadlineOf, pause, progress, throwIfCancelled, unlessCancelled, type WaitLimit } from './step.js';
-import { waitUntil } from './workloads.js';
+import { deadlineOf, progress, throwIfCancelled, unlessCancelled, type WaitLimit } from './step.js';
+import { byName, Collections, type WatchedCollection } from '../cluster/changes.js';
+import { cadenceOf, waitUntil, withCadence, type WaitMode } from './workloads.js';
 
 /** Dependencies of {@link OwnershipJobs}. */
 export interface OwnershipJobsDeps {
@@ -36,6 +37,8 @@ export interface OwnershipJobsDeps {
   pollMs?: number;
   /** How often a Job wait reads where each running Job is (its log). @default 2000 */
   progressEveryMs?: number;
+  /** Whether waits watch what they wait for, or only poll. @default "watch" */
+  waits?: WaitMode;
 }
 
 /** One migration Job, by name and uid. */
@@ -95,13 +98,27 @@ export class OwnershipJobs {
   private readonly pollMs: number;
   private readonly admissionPollMs: number;
   private readonly progressEveryMs: number;
+  private readonly waits: WaitMode;
 
   constructor(deps: OwnershipJobsDeps) {
+    this.waits = deps.waits ?? 'watch';
     this.kube = deps.kube;
     this.log = deps.log ?? (() => undefined);
     this.pollMs = deps.pollMs ?? 500;
     this.admissionPollMs = deps.pollMs ?? 200;
     this.progressEveryMs = deps.progressEveryMs ?? 2_000;
+  }
+
+  /** The namespace's runas-migrate Jobs and their pods (and, for admission, the Jobs' events). */
+  private jobCollections(namespace: string, withEvents = false): WatchedCollection[] {
+    const managed = `${JobLabel.ManagedBy}=${ManagedBy}`;
+    return [
+      { path: Collections.jobs(namespace), labelSelector: managed },
+      { path: Collections.pods(namespace), labelSelector: managed },
+      ...(withEvents
+        ? [{ path: Collections.events(namespace), fieldSelector: 'involvedObject.kind=Job' }]
+        : []),
+    ];
   }
 
   /**
@@ -168,7 +185,10 @@ export class OwnershipJobs {
     await waitUntil(
       `Job ${name} of ${describeOwner(existing)} and its pods gone`,
       input,
-      this.pollMs,
+      cadenceOf(this.kube, this.waits, this.pollMs, [
+        { path: Collections.jobs(namespace), fieldSelector: byName(name) },
+        { path: Collections.pods(namespace), labelSelector: podSelectorOf(existing) },
+      ]),
       async () => ((await this.jobAndPodsGone(namespace, existing)) ? true : undefined),
       DefaultJobDeletionSeconds,
     );
@@ -187,15 +207,23 @@ export class OwnershipJobs {
     input: { namespace: string; jobs: JobRef[] } & WaitLimit,
   ): Promise<AdmissionEvidence> {
     const until = deadlineOf(input);
-    for (;;) {
-      throwIfCancelled();
-      const { admitted, refused } = await unlessCancelled(this.admission(input));
-      progress({ admitted: admitted.length, refused: refused.length, of: input.jobs.length });
-      if (admitted.length + refused.length === input.jobs.length)
-        return { admitted, refused, timedOut: false };
-      if (Date.now() >= until) return { admitted, refused, timedOut: true };
-      await pause(Math.max(1, Math.min(this.admissionPollMs, until - Date.now())));
-    }
+    const cadence = cadenceOf(
+      this.kube,
+      this.waits,
+      this.admissionPollMs,
+      this.jobCollections(input.namespace, true),
+    );
+    return withCadence(cadence, async (sleep, everyMs) => {
+      for (;;) {
+        throwIfCancelled();
+        const { admitted, refused } = await unlessCancelled(this.admission(input));
+        progress({ admitted: admitted.length, refused: refused.length, of: input.jobs.length });
+        if (admitted.length + refused.length === input.jobs.length)
+          return { admitted, refused, timedOut: false };
+        if (Date.now() >= until) return { admitted, refused, timedOut: true };
+        await sleep(Math.max(1, Math.min(everyMs, until - Date.now())));
+      }
+    });
   }
 
   /** Which of the Jobs have a pod, and which were refused one (a FailedCreate Event), so far. */
@@ -239,7 +267,15 @@ export class OwnershipJobs {
     const outcomes = new Map<string, JobOutcome>();
     const jobs: Record<string, JobProgress> = {};
     let progressReadAt = Date.now();
-    await waitUntil('ownership Jobs to finish', input, this.pollMs, async () => {
+    // Watched, it still looks every progressEveryMs: where each running Job is comes from logs.
+    const cadence = cadenceOf(
+      this.kube,
+      this.waits,
+      this.pollMs,
+      this.jobCollections(input.namespace),
+      this.progressEveryMs,
+    );
+    await waitUntil('ownership Jobs to finish', input, cadence, async () => {
       for (const ref of input.jobs) {
         if (outcomes.has(ref.name)) continue;
         const outcome = await this.outcomeOf(input, ref);
@@ -346,7 +382,7 @@ export class OwnershipJobs {
       await waitUntil(
         `${left.size} ownership Jobs and their pods gone`,
         input,
-        this.pollMs,
+        cadenceOf(this.kube, this.waits, this.pollMs, this.jobCollections(input.namespace)),
         async () => {
           for (const job of [...left]) if (await this.jobAndPodsGone(input.namespace, job)) left.delete(job);
           progress({ deleting: [...left].map((j) => j.metadata!.name!) });

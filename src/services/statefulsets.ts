@@ -6,8 +6,9 @@
 import { PatchStrategy, type V1PodSecurityContext, type V1StatefulSet } from '@kubernetes/client-node';
 import type { Kube } from '../cluster/kube.js';
 import { OriginalReplicasAnnotation, type PlatformPlan, type PodIds } from '../core/plan.js';
+import { byName, Collections } from '../cluster/changes.js';
 import type { WaitLimit } from './step.js';
-import { getPath, waitUntil } from './workloads.js';
+import { cadenceOf, getPath, waitUntil, type WaitMode } from './workloads.js';
 
 /** Dependencies of {@link StatefulSets}. */
 export interface StatefulSetsDeps {
@@ -15,6 +16,8 @@ export interface StatefulSetsDeps {
   log?: (message: string) => void;
   /** Pause between polls while waiting. @default 500 */
   pollMs?: number;
+  /** Whether waits watch what they wait for, or only poll. @default "watch" */
+  waits?: WaitMode;
 }
 
 /** The pod-level IDs of a template (src/core/plan.ts). */
@@ -48,11 +51,17 @@ export class StatefulSets {
   private readonly kube: Kube;
   private readonly log: (message: string) => void;
   private readonly pollMs: number;
+  private readonly waits: WaitMode;
 
   constructor(deps: StatefulSetsDeps) {
     this.kube = deps.kube;
     this.log = deps.log ?? (() => undefined);
     this.pollMs = deps.pollMs ?? 500;
+    this.waits = deps.waits ?? 'watch';
+  }
+
+  private cadence(...collections: { path: string; labelSelector?: string; fieldSelector?: string }[]) {
+    return cadenceOf(this.kube, this.waits, this.pollMs, collections);
   }
 
   /** Reads the pod-level IDs of a StatefulSet's template. */
@@ -110,7 +119,8 @@ export class StatefulSets {
       PatchStrategy.MergePatch,
     );
     const selector = selectorOf(sts);
-    await waitUntil(`pods of ${input.statefulSet} gone`, input, this.pollMs, async () =>
+    const pods = { path: Collections.pods(input.namespace), labelSelector: selector };
+    await waitUntil(`pods of ${input.statefulSet} gone`, input, this.cadence(pods), async () =>
       (await this.kube.listPods(input.namespace, selector)).length === 0 ? true : undefined,
     );
     this.log(`StatefulSet ${input.statefulSet} scaled to 0; its pods are gone`);
@@ -134,7 +144,10 @@ export class StatefulSets {
     await waitUntil(
       `${input.replicas} ready replicas of ${input.statefulSet}`,
       input,
-      this.pollMs,
+      this.cadence({
+        path: Collections.statefulSets(input.namespace),
+        fieldSelector: byName(input.statefulSet),
+      }),
       async () => {
         const s = await this.kube.readStatefulSet(input.namespace, input.statefulSet);
         const ready = s.status?.readyReplicas ?? 0;
@@ -155,7 +168,10 @@ export class StatefulSets {
     return waitUntil(
       `${platform.plural}/${platform.name} ${platform.statusPath}=${platform.ready}`,
       input,
-      this.pollMs,
+      this.cadence({
+        path: Collections.custom(platform, input.namespace),
+        fieldSelector: byName(platform.name),
+      }),
       async () => {
         const obj = await this.kube.readNamespacedObject<unknown>(platform, input.namespace, platform.name);
         const v = getPath(obj, platform.statusPath);

@@ -57,17 +57,20 @@ export function pause(ms: number): Promise<void> {
   });
 }
 
-/** Awaits `p`, or rejects with the step's cancellation as soon as it arrives. */
+/**
+ * Awaits `p`, or rejects with the step's cancellation as soon as it arrives. Its listener goes
+ * once `p` settles: a wait calls this at every poll, and the step's signal lives as long as the step.
+ */
 export function unlessCancelled<T>(p: Promise<T>): Promise<T> {
   const signal = current.getStore()?.cancelled;
   if (!signal) return p;
   throwIfCancelled();
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) =>
-      signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true }),
-    ),
-  ]);
+  let onAbort!: () => void;
+  const cancelled = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  return Promise.race([p, cancelled]).finally(() => signal.removeEventListener('abort', onAbort));
 }
 
 /**

@@ -29,3 +29,26 @@ export function rootPod(
     },
   };
 }
+
+/** A pod spec any Pod Security level admits. */
+export function restrictedPodSpec(): NonNullable<V1Pod['spec']> {
+  return {
+    securityContext: { runAsNonRoot: true, runAsUser: 1000, seccompProfile: { type: 'RuntimeDefault' } },
+    containers: [
+      {
+        name: 'c',
+        image: 'busybox',
+        command: ['sleep', '3600'],
+        securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+      },
+    ],
+  };
+}
+
+/** A pod that is never scheduled (no node has its label): it only has to exist, and go. */
+export function unscheduledPod(name: string): V1Pod {
+  return {
+    metadata: { name },
+    spec: { ...restrictedPodSpec(), nodeSelector: { 'runas-migrate.dev/no-such-node': 'true' } },
+  };
+}

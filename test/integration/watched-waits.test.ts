@@ -1,0 +1,92 @@
+/**
+ * Waits woken by watches, against the test bed's API server: a change wakes the wait long before
+ * its fallback look, and the services' waits end as they did when polling. (A watch resumed past
+ * an API server restart: test/fault/watch-resume.test.ts.)
+ */
+import { AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Collections, type ChangeFeed } from '../../src/cluster/changes.js';
+import { Kube } from '../../src/cluster/kube.js';
+import { StatefulSets } from '../../src/services/statefulsets.js';
+import { waitUntil } from '../../src/services/workloads.js';
+import { waitFor } from '../../testbed/process.js';
+import { createNamespace, kubeConfig, OutsideGatekeeper, uniqueName } from '../support/bed.js';
+import { restrictedPodSpec, unscheduledPod } from '../support/pods.js';
+
+const kc = kubeConfig();
+const core = kc.makeApiClient(CoreV1Api);
+const apps = kc.makeApiClient(AppsV1Api);
+const kube = new Kube(kc);
+const namespace = uniqueName('watched');
+let cleanup: () => Promise<void>;
+
+beforeAll(async () => {
+  cleanup = await createNamespace(kc, namespace, OutsideGatekeeper);
+});
+
+afterAll(async () => {
+  await cleanup();
+});
+
+describe('a watched wait', () => {
+  it('looks again as soon as what it waits for changes, not at its fallback look', async () => {
+    await core.createNamespacedPod({ namespace, body: unscheduledPod('goes') });
+    let feed: ChangeFeed | undefined;
+    let looks = 0;
+    const started = Date.now();
+    const waiting = waitUntil(
+      'pod goes gone',
+      { timeoutSeconds: 90 },
+      // Without the watch this wait would look once, then not before 90 s (its deadline).
+      {
+        pollMs: 500,
+        fallbackMs: 120_000,
+        changes: () => (feed = kube.watchChanges([{ path: Collections.pods(namespace) }])),
+      },
+      async () => {
+        looks++;
+        const pods = await core.listNamespacedPod({ namespace });
+        return pods.items.some((p) => p.metadata?.name === 'goes') ? undefined : true;
+      },
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+    await core.deleteNamespacedPod({ namespace, name: 'goes', gracePeriodSeconds: 0 });
+    await expect(waiting).resolves.toBe(true);
+    expect(Date.now() - started).toBeLessThan(45_000);
+    expect(feed!.counts.events).toBeGreaterThanOrEqual(1);
+    expect(looks).toBeLessThanOrEqual(6);
+  });
+
+  it("scaling down a StatefulSet watches its pods go, with the poll's answer", async () => {
+    const statefulSets = new StatefulSets({ kube, pollMs: 60_000, waits: 'watch' });
+    const name = 'db';
+    await apps.createNamespacedStatefulSet({
+      namespace,
+      body: {
+        metadata: { name },
+        spec: {
+          replicas: 1,
+          serviceName: name,
+          selector: { matchLabels: { app: name } },
+          template: {
+            metadata: { labels: { app: name } },
+            spec: restrictedPodSpec(),
+          },
+        },
+      },
+    });
+    await waitFor(
+      'the pod of db',
+      async () =>
+        (await core.listNamespacedPod({ namespace, labelSelector: `app=${name}` })).items.length === 1,
+      60_000,
+      200,
+    );
+    const before = { ...kube.counts };
+    await statefulSets.scaleDown({ namespace, statefulSet: name, replicas: 1, timeoutSeconds: 90 });
+    expect((await core.listNamespacedPod({ namespace, labelSelector: `app=${name}` })).items).toHaveLength(0);
+    // One watch on the pods, and a handful of looks where a 500 ms poll would have made one per poll.
+    expect(kube.counts.watches! - (before.watches ?? 0)).toBe(1);
+    expect(kube.counts.reads - before.reads).toBeLessThanOrEqual(8);
+  });
+});
