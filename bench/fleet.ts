@@ -5,8 +5,11 @@
  * a host process). Reports the total time of each, per-run times and windows, and the worker's
  * memory: VmHWM from /proc/<pid>/status at the end, and VmRSS sampled throughout.
  *
+ * Once per wait mode (WAITS=poll,watch by default: a worker process each, fresh namespaces each),
+ * side by side in one run: the worker's CPU time per run, watching against polling.
+ *
  * Bars: NAMESPACES at once in ≤ 3× the time of one; worker peak RSS ≤ 300 MB.
- * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median).
+ * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median; WAITS=…).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -21,6 +24,7 @@ import { kubeConfigOf, up } from '../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import { waitFor } from '../testbed/process.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
+import type { WaitMode } from '../src/services/workloads.js';
 
 const fleetSize = Number(process.env.NAMESPACES ?? 20);
 const files = Number(process.env.FILES ?? 200);
@@ -155,65 +159,91 @@ function phases(r: MigrationReport): { before: number; window: number; after: nu
 }
 
 const loadBefore = loadavg()[0]!;
-const singles = await seed('bench-fleet-one', rounds);
-const fleet = await seed('bench-fleet-many', fleetSize);
-const namespacePolicy = (p: PolicyState) => ({ labels: p.labels, annotations: p.annotations });
-const policiesBefore = new Map<string, PolicyState>();
-for (const n of [...singles, ...fleet]) policiesBefore.set(n, await policyState(kc, n));
+const waitModes = (process.env.WAITS ?? 'poll,watch').split(',') as WaitMode[];
+
+/** What one worker process (waits in `mode`) did: single runs, then the fleet at once. */
+interface Measured {
+  mode: WaitMode;
+  singles: string[];
+  fleet: string[];
+  single: Outcome[];
+  many: { total: number; outcomes: Outcome[] };
+  rss: { startup: number; single: number; fleet: number; hwm: number; end: number };
+  cpu: { startup: number; single: number; fleet: number };
+  startupSeconds: number;
+}
 
 // The worker keeps an existing Schedule; a minute-by-minute sweep would only add load here.
 await ensureSweeperSchedule(client, taskQueue, '1 hour');
-let worker: ChildProcess | undefined;
-let stderrTail = '';
-let sampler: ReturnType<typeof rssSampler> | undefined;
-const single: Outcome[] = [];
-let many: { total: number; outcomes: Outcome[] } | undefined;
-const rss = { startup: 0, single: 0, fleet: 0, hwm: 0, end: 0 };
-const cpu = { startup: 0, single: 0, fleet: 0 };
-let startupSeconds = 0;
-try {
-  const spawnedAt = performance.now();
-  worker = spawn(process.execPath, [...nodeFlagsOf(cli), cli, 'worker', '--task-queue', taskQueue], {
-    env: { ...process.env, KUBECONFIG: bed.kubeconfig, TEMPORAL_ADDRESS: bed.temporal.address },
-    stdio: ['ignore', 'ignore', 'pipe'],
-    detached: true,
-  });
-  worker.stderr!.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
-  const pid = worker.pid!;
-  sampler = rssSampler(pid);
-  await waitFor(
-    'worker polling',
-    () => {
-      if (worker!.exitCode !== null) throw new Error(`worker exited: ${stderrTail}`);
-      return stderrTail.includes('worker polling');
-    },
-    120_000,
-    100,
-  );
-  startupSeconds = (performance.now() - spawnedAt) / 1000;
-  await sleep(1000);
-  rss.startup = sampler.lap();
-  cpu.startup = cpuSeconds(pid);
-  for (const n of singles) single.push(...(await migrate([n])).outcomes);
-  rss.single = sampler.lap();
-  cpu.single = cpuSeconds(pid) - cpu.startup;
-  many = await migrate(fleet);
-  rss.fleet = sampler.lap();
-  cpu.fleet = cpuSeconds(pid) - cpu.startup - cpu.single;
-  rss.hwm = procStatusKb(pid, 'VmHWM') ?? 0;
-  rss.end = procStatusKb(pid, 'VmRSS') ?? 0;
-} finally {
-  sampler?.stop();
-  if (worker?.pid && worker.exitCode === null) {
-    const exited = new Promise((r) => worker!.once('exit', r));
-    process.kill(-worker.pid, 'SIGTERM');
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000).unref())]);
-    try {
-      process.kill(-worker.pid, 'SIGKILL');
-    } catch {
-      // exited
+const policiesBefore = new Map<string, PolicyState>();
+const namespacePolicy = (p: PolicyState) => ({ labels: p.labels, annotations: p.annotations });
+
+/** Seeds fresh namespaces, starts a worker whose waits `mode`, and measures single runs and the fleet. */
+async function measure(mode: WaitMode): Promise<Measured> {
+  const singles = await seed(`bench-fleet-one-${mode}`, rounds);
+  const fleet = await seed(`bench-fleet-many-${mode}`, fleetSize);
+  for (const n of [...singles, ...fleet]) policiesBefore.set(n, await policyState(kc, n));
+  let worker: ChildProcess | undefined;
+  let stderrTail = '';
+  let sampler: ReturnType<typeof rssSampler> | undefined;
+  const single: Outcome[] = [];
+  const rss = { startup: 0, single: 0, fleet: 0, hwm: 0, end: 0 };
+  const cpu = { startup: 0, single: 0, fleet: 0 };
+  try {
+    const spawnedAt = performance.now();
+    worker = spawn(
+      process.execPath,
+      [...nodeFlagsOf(cli), cli, 'worker', '--task-queue', taskQueue, '--waits', mode],
+      {
+        env: { ...process.env, KUBECONFIG: bed.kubeconfig, TEMPORAL_ADDRESS: bed.temporal.address },
+        stdio: ['ignore', 'ignore', 'pipe'],
+        detached: true,
+      },
+    );
+    worker.stderr!.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
+    const pid = worker.pid!;
+    sampler = rssSampler(pid);
+    await waitFor(
+      'worker polling',
+      () => {
+        if (worker!.exitCode !== null) throw new Error(`worker exited: ${stderrTail}`);
+        return stderrTail.includes('worker polling');
+      },
+      120_000,
+      100,
+    );
+    const startupSeconds = (performance.now() - spawnedAt) / 1000;
+    await sleep(1000);
+    rss.startup = sampler.lap();
+    cpu.startup = cpuSeconds(pid);
+    for (const n of singles) single.push(...(await migrate([n])).outcomes);
+    rss.single = sampler.lap();
+    cpu.single = cpuSeconds(pid) - cpu.startup;
+    const many = await migrate(fleet);
+    rss.fleet = sampler.lap();
+    cpu.fleet = cpuSeconds(pid) - cpu.startup - cpu.single;
+    rss.hwm = procStatusKb(pid, 'VmHWM') ?? 0;
+    rss.end = procStatusKb(pid, 'VmRSS') ?? 0;
+    return { mode, singles, fleet, single, many, rss, cpu, startupSeconds };
+  } finally {
+    sampler?.stop();
+    if (worker?.pid && worker.exitCode === null) {
+      const exited = new Promise((r) => worker!.once('exit', r));
+      process.kill(-worker.pid, 'SIGTERM');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000).unref())]);
+      try {
+        process.kill(-worker.pid, 'SIGKILL');
+      } catch {
+        // exited
+      }
     }
   }
+}
+
+const measured: Measured[] = [];
+try {
+  for (const mode of waitModes) measured.push(await measure(mode));
+} finally {
   await client.schedule
     .getHandle(sweeperScheduleId(taskQueue))
     .delete()
@@ -240,11 +270,6 @@ for (const name of namespaces) {
   await removeFixture(kc, name, bed.pvRoot);
 }
 
-const failed = [...single, ...many.outcomes].filter((o) => o.error);
-const one = median(single.map((o) => o.seconds));
-const all = many.total;
-const ratio = all / one;
-const peakMb = mb(Math.max(rss.hwm, rss.fleet, rss.single, rss.startup));
 const stats = (xs: number[]) =>
   xs.length
     ? `min ${Math.min(...xs).toFixed(2)}, median ${median(xs).toFixed(2)}, max ${Math.max(...xs).toFixed(2)} s`
@@ -256,21 +281,40 @@ const phaseLine = (os: Outcome[]) => {
     ? `before the window ${median(ps.map((p) => p.before)).toFixed(2)} s, window ${median(ps.map((p) => p.window)).toFixed(2)} s, after it ${median(ps.map((p) => p.after)).toFixed(2)} s (medians)`
     : 'no completed run';
 };
-const jobSeconds = reportsOf(many.outcomes).flatMap((r) => r.jobs.map((j) => j.seconds ?? 0));
 const verdict = (value: number, bar: number, unit: string) =>
   value <= bar ? 'PASS' : `MISS (by ${(value - bar).toFixed(unit === 'MB' ? 0 : 2)} ${unit})`;
-process.stdout.write(
-  [
-    `fleet load on one worker process (${fleetSize} ITRS-like namespaces at once vs 1; 3 Jobs and 9 volumes each, ~${files} files per data volume; admission mode; Jobs on the host runner)`,
+const lines: string[] = [
+  `fleet load on one worker process per wait mode (${fleetSize} ITRS-like namespaces at once vs 1; 3 Jobs and 9 volumes each, ~${files} files per data volume; admission mode; Jobs on the host runner); machine load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`,
+];
+const cpuPerRun: Partial<Record<WaitMode, { single: number; fleet: number; ratio: number }>> = {};
+for (const m of measured) {
+  const { single, many, rss, cpu } = m;
+  const failed = [...single, ...many.outcomes].filter((o) => o.error);
+  const one = median(single.map((o) => o.seconds));
+  const all = many.total;
+  const ratio = all / one;
+  const peakMb = mb(Math.max(rss.hwm, rss.fleet, rss.single, rss.startup));
+  const jobSeconds = reportsOf(many.outcomes).flatMap((r) => r.jobs.map((j) => j.seconds ?? 0));
+  cpuPerRun[m.mode] = { single: cpu.single / single.length, fleet: cpu.fleet / fleetSize, ratio };
+  lines.push(
+    `waits: ${m.mode}`,
     `  1 namespace (median of ${rounds}): ${one.toFixed(2)} s (${single.map((o) => o.seconds.toFixed(2)).join(', ')}); ${phaseLine(single)}`,
     `  ${fleetSize} namespaces at once: ${all.toFixed(2)} s in total; ratio ${ratio.toFixed(2)}× (bar ≤ ${timeRatioBar}×): ${verdict(ratio, timeRatioBar, '×')}`,
     `    per run, from the common start: ${stats(many.outcomes.map((o) => o.seconds))}; ${phaseLine(many.outcomes)}`,
     `    window per run: ${stats(reportsOf(many.outcomes).map((r) => r.windowSeconds))}`,
     `    ownership Job time (${jobSeconds.length} Jobs on the host runner): ${stats(jobSeconds)}`,
-    `    worker CPU: ${cpu.fleet.toFixed(1)} s over the ${all.toFixed(1)} s of the fleet (${cpu.single.toFixed(1)} s over the single runs, ${cpu.startup.toFixed(1)} s to start in ${startupSeconds.toFixed(1)} s); machine load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`,
+    `    worker CPU: ${(cpu.single / single.length).toFixed(2)} s per single run, ${(cpu.fleet / fleetSize).toFixed(2)} s per run of the fleet (${cpu.fleet.toFixed(1)} s over its ${all.toFixed(1)} s); ${cpu.startup.toFixed(1)} s to start in ${m.startupSeconds.toFixed(1)} s`,
     `  worker peak RSS ${peakMb.toFixed(0)} MB (bar ≤ ${rssBarMb} MB): ${verdict(peakMb, rssBarMb, 'MB')}`,
     `    VmHWM ${mb(rss.hwm).toFixed(0)} MB; sampled VmRSS peaks: started and idle ${mb(rss.startup).toFixed(0)} MB, single runs ${mb(rss.single).toFixed(0)} MB, fleet ${mb(rss.fleet).toFixed(0)} MB; at the end ${mb(rss.end).toFixed(0)} MB`,
-    `  namespace labels and annotations exactly as before: ${namespacesExact}/${policiesBefore.size}; Gatekeeper constraints exactly as before: ${constraintDiffs.length ? `no — ${constraintDiffs.join('; ')}` : 'yes'}`,
     `  runs failed: ${failed.length}/${single.length + many.outcomes.length}${failed.map((f) => `\n    ${f.namespace}: ${f.error}`).join('')}`,
-  ].join('\n') + '\n',
+  );
+}
+const { poll, watch } = cpuPerRun;
+if (poll && watch)
+  lines.push(
+    `worker CPU per run, watch / poll: ${(watch.single / poll.single).toFixed(2)}× single, ${(watch.fleet / poll.fleet).toFixed(2)}× in the fleet; fleet time ratio ${poll.ratio.toFixed(2)}× polling, ${watch.ratio.toFixed(2)}× watching`,
+  );
+lines.push(
+  `namespace labels and annotations exactly as before: ${namespacesExact}/${policiesBefore.size}; Gatekeeper constraints exactly as before: ${constraintDiffs.length ? `no — ${constraintDiffs.join('; ')}` : 'yes'}`,
 );
+process.stdout.write(lines.join('\n') + '\n');

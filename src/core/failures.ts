@@ -23,6 +23,11 @@ export const FailureType = {
   ApprovalTimedOut: 'ApprovalTimedOut',
   Aborted: 'Aborted',
 
+  /** A fleet stopped starting runs: failure budget spent, or a fleet gate timed out. */
+  FleetStopped: 'FleetStopped',
+  /** A fleet ran every wave, but some of its runs failed (within its failure budget). */
+  FleetRunsFailed: 'FleetRunsFailed',
+
   // The policy guard
   MalformedConstraint: 'MalformedConstraint',
   RelaxedByAnotherRun: 'RelaxedByAnotherRun',

@@ -45,7 +45,8 @@ export function parseDuration(s: string): number | undefined {
   return m ? Number(m[1]) * durationUnits[m[2]!]! : undefined;
 }
 
-const duration = (what: string) =>
+/** A duration field: positive, such as "90s", "15m", "24h" or "2d"; the error names `what`. */
+export const duration = (what: string) =>
   z.string().refine((s) => (parseDuration(s) ?? 0) > 0, {
     error: (iss) =>
       `${what} must be a positive duration such as "90s", "15m", "24h" or "2d", not ${JSON.stringify(iss.input)}`,

@@ -6,9 +6,31 @@
 /** Task queue the worker polls. */
 export const TaskQueue = 'runas-migrate';
 
+/**
+ * Task queue of the workers of one cluster (`runas-migrate-<cluster>`): a fleet run routes each
+ * target's run there, so only that cluster's worker, holding only its credentials, runs its steps.
+ */
+export function clusterTaskQueue(cluster: string | undefined, base: string = TaskQueue): string {
+  return cluster ? `${base}-${cluster}` : base;
+}
+
+/**
+ * Workflow ID of the run of a namespace (of a cluster, when named): at most one run at a time
+ * per namespace, whether started alone or by a fleet (invariant 5).
+ */
+export function runWorkflowId(namespace: string, cluster?: string): string {
+  return cluster ? `runas-migrate-${cluster}.${namespace}` : `runas-migrate-${namespace}`;
+}
+
+/** Workflow ID of a fleet run. */
+export function fleetWorkflowId(name: string): string {
+  return `runas-migrate-fleet-${name}`;
+}
+
 /** Workflow types. */
 export const WorkflowType = {
   MigrateOwnership: 'migrateOwnership',
+  MigrateFleet: 'migrateFleet',
   SweepRelaxations: 'sweepRelaxations',
 } as const;
 export type WorkflowType = (typeof WorkflowType)[keyof typeof WorkflowType];

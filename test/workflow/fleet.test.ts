@@ -1,0 +1,252 @@
+/**
+ * Workflow logic of `migrateFleet` on the time-skipping server, each namespace's run a stand-in
+ * (test/support/fleet-workflows.ts): the canary before the waves, the failure budget, the fleet
+ * gates, an abort passed on to the running runs, routing by cluster, one run per namespace across
+ * fleets, continue-as-new, and a bad input refused before any run.
+ */
+import { fileURLToPath } from 'node:url';
+import {
+  WorkflowFailedError,
+  type WorkflowHandle,
+  type WorkflowHandleWithFirstExecutionRunId,
+} from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
+import type { FleetInputRaw } from '../../src/core/fleet.js';
+import { fleetStatusQuery, type FleetReport, type FleetStatus } from '../../src/workflows/fleet-messages.js';
+import { abortSignal, approveSignal } from '../../src/workflows/messages.js';
+
+let env: TestWorkflowEnvironment;
+const workflowsPath = fileURLToPath(new URL('../support/fleet-workflows.ts', import.meta.url));
+
+beforeAll(async () => {
+  env = await TestWorkflowEnvironment.createTimeSkipping({
+    server: { executable: { type: 'existing-path', path: inject('timeSkippingServer') } },
+  });
+});
+afterAll(async () => {
+  await env?.teardown();
+});
+
+const uniq = () => Math.random().toString(36).slice(2, 8);
+
+interface FleetOutcome {
+  report?: FleetReport;
+  error?: WorkflowFailedError;
+  /** Undefined when the fleet failed before it could answer (a bad input). */
+  status: FleetStatus;
+  handle: WorkflowHandleWithFirstExecutionRunId;
+  taskQueue: string;
+}
+
+/**
+ * Runs a fleet of `namespaces` (each suffixed to be unique) with workers on its task queue and on
+ * `clusters`' queues; `during` runs while the fleet runs.
+ */
+async function fleet(
+  namespaces: string[],
+  opts: Partial<FleetInputRaw> & {
+    clusters?: string[];
+    /** Runs once the workers poll, before the fleet starts; gets the fleet's task queue. */
+    before?: (taskQueue: string) => Promise<void>;
+    during?: (h: WorkflowHandle, ns: string[]) => Promise<void>;
+  } = {},
+): Promise<FleetOutcome> {
+  const taskQueue = `fleet-${uniq()}`;
+  const suffix = uniq();
+  const names = namespaces.map((n) => `${n}-${suffix}`);
+  const { clusters = [], before, during, ...input } = opts;
+  const workers = await Promise.all(
+    [taskQueue, ...clusters.map((c) => `${taskQueue}-${c}`)].map((q) =>
+      Worker.create({ connection: env.nativeConnection, taskQueue: q, workflowsPath }),
+    ),
+  );
+  const raw: FleetInputRaw = {
+    name: `f-${suffix}`,
+    defaults: { uid: 5000, gid: 5000 },
+    approvals: 'none',
+    targets: names.map((namespace) => ({ namespace })),
+    ...input,
+  };
+  const runAll = async (): Promise<FleetOutcome> => {
+    await before?.(taskQueue);
+    const handle = await env.client.workflow.start('migrateFleet', {
+      taskQueue,
+      workflowId: `runas-migrate-fleet-${raw.name}`,
+      args: [raw],
+    });
+    try {
+      await during?.(handle, names);
+    } catch (err) {
+      // A fleet left running would hold the test server's clock for every later test.
+      await handle.terminate('the test failed');
+      throw err;
+    }
+    const status = () => handle.query(fleetStatusQuery).catch(() => undefined as unknown as FleetStatus);
+    try {
+      const report = (await handle.result()) as FleetReport;
+      return { report, status: await status(), handle, taskQueue };
+    } catch (err) {
+      if (!(err instanceof WorkflowFailedError)) throw err;
+      return { error: err, status: await status(), handle, taskQueue };
+    }
+  };
+  // Every worker runs until the fleet is done (the last one wraps the others).
+  const [first, ...rest] = workers;
+  const run = rest.reduce<() => Promise<FleetOutcome>>((inner, w) => () => w.runUntil(inner()), runAll);
+  return first!.runUntil(run());
+}
+
+const states = (s: FleetStatus) =>
+  Object.fromEntries(s.targets.map((t) => [t.namespace.replace(/-[a-z0-9]+$/, ''), t.state]));
+const failureType = (e?: WorkflowFailedError) =>
+  e?.cause instanceof ApplicationFailure ? e.cause.type : undefined;
+
+const waitForStatus = async (h: WorkflowHandle, ok: (s: FleetStatus) => boolean, what: string) => {
+  for (let i = 0; i < 400; i++) {
+    const s = await h.query(fleetStatusQuery);
+    if (ok(s)) return s;
+    // The server's clock moves only while the client waits for a result or sleeps.
+    await env.sleep('2 seconds');
+  }
+  throw new Error(`the fleet never showed ${what}`);
+};
+
+describe('migrateFleet', () => {
+  it('runs the canary alone, then waves of waveSize, each run without its own gates', async () => {
+    const { report, status } = await fleet(['a', 'b', 'c', 'd', 'e'], { waveSize: 2 });
+    expect(report?.phase).toBe('completed');
+    expect(status.targets.map((t) => t.wave)).toEqual([0, 1, 1, 2, 2]);
+    expect(Object.values(states(status))).toEqual(Array(5).fill('succeeded'));
+    const at = (i: number, k: 'startedAt' | 'finishedAt') => Date.parse(status.targets[i]![k]!);
+    // Each wave starts only after the one before it has finished.
+    expect(at(1, 'startedAt')).toBeGreaterThanOrEqual(at(0, 'finishedAt'));
+    expect(at(3, 'startedAt')).toBeGreaterThanOrEqual(Math.max(at(1, 'finishedAt'), at(2, 'finishedAt')));
+    const child: unknown = await env.client.workflow.getHandle(status.targets[0]!.workflowId).result();
+    expect(child).toMatchObject({ approvals: [] });
+    expect(status.targets[0]!.workflowId).toBe(`runas-migrate-${status.targets[0]!.namespace}`);
+  });
+
+  it('stops at the first failure: the rest of its wave finishes, later waves are skipped', async () => {
+    const { error, status } = await fleet(['a', 'fail-b', 'c', 'd'], { waveSize: 2 });
+    expect(failureType(error)).toBe('FleetStopped');
+    expect(states(status)).toEqual({ a: 'succeeded', 'fail-b': 'failed', c: 'succeeded', d: 'skipped' });
+    expect(status.targets[1]!.message).toContain('verification failed on purpose');
+    expect(status.targets[3]!.message).toContain('more than the failure budget of 0');
+    expect(status.phase).toBe('stopped');
+  });
+
+  it('runs every wave within its failure budget, and still fails, naming the runs that failed', async () => {
+    const { error, status } = await fleet(['a', 'fail-b', 'c', 'd'], { waveSize: 2, failureBudget: 1 });
+    expect(failureType(error)).toBe('FleetRunsFailed');
+    expect(error!.cause!.message).toContain('fail-b');
+    expect(states(status)).toEqual({ a: 'succeeded', 'fail-b': 'failed', c: 'succeeded', d: 'succeeded' });
+  });
+
+  it('a failed canary stops the fleet before any wave', async () => {
+    const { error, status } = await fleet(['fail-a', 'b', 'c'], { failureBudget: 0 });
+    expect(failureType(error)).toBe('FleetStopped');
+    expect(states(status)).toEqual({ 'fail-a': 'failed', b: 'skipped', c: 'skipped' });
+  });
+
+  it('waits after the canary for the approval, refusing one sent before the gate is reached', async () => {
+    const { report, status } = await fleet(['a', 'b', 'c'], {
+      approvals: 'after-canary',
+      during: async (h) => {
+        await h.signal(approveSignal, { gate: 'after-canary', by: 'too-early' });
+        const waiting = await waitForStatus(h, (s) => s.phase === 'waiting-for-approval', 'the gate waiting');
+        expect(waiting.targets.map((t) => t.state)).toEqual(['succeeded', 'pending', 'pending']);
+        await h.signal(approveSignal, { gate: 'after-canary', by: 'alice' });
+      },
+    });
+    expect(report?.phase).toBe('completed');
+    expect(status.gates).toEqual([
+      expect.objectContaining({ gate: 'after-canary', state: 'approved', by: 'alice' }),
+    ]);
+  });
+
+  it('an abort is passed on to the running runs, which end as aborted runs do; the rest are skipped', async () => {
+    const { error, status } = await fleet(['a', 'slow-b', 'slow-c', 'd'], {
+      waveSize: 2,
+      during: async (h) => {
+        await waitForStatus(
+          h,
+          (s) => s.targets[1]!.state === 'running' && s.targets[2]!.state === 'running',
+          'wave 1 running',
+        );
+        await h.signal(abortSignal, { reason: 'change freeze', by: 'bob' });
+      },
+    });
+    expect(failureType(error)).toBe('Aborted');
+    expect(states(status)).toEqual({ a: 'succeeded', 'slow-b': 'failed', 'slow-c': 'failed', d: 'skipped' });
+    expect(status.targets[1]).toMatchObject({ endState: 'unchanged' });
+    expect(status.targets[1]!.message).toContain('change freeze');
+    expect(status.phase).toBe('aborted');
+  });
+
+  it("routes each cluster's runs to that cluster's task queue, with a workflow ID per cluster and namespace", async () => {
+    const outcome = await fleet([], {
+      canary: false,
+      clusters: ['east', 'west'],
+      targets: [
+        { namespace: 'itrs', cluster: 'east' },
+        { namespace: 'itrs', cluster: 'west', input: { uid: 6000, gid: 6000 } },
+      ],
+    });
+    expect(outcome.report?.phase).toBe('completed');
+    for (const [i, cluster] of ['east', 'west'].entries()) {
+      const t = outcome.status.targets[i]!;
+      expect(t.workflowId).toBe(`runas-migrate-${cluster}.itrs`);
+      const described = await env.client.workflow.getHandle(t.workflowId).describe();
+      expect(described.taskQueue).toBe(`${outcome.taskQueue}-${cluster}`);
+    }
+  });
+
+  it('does not start a second run of a namespace whose run is in progress', async () => {
+    const taken = `slow-taken-${uniq()}`;
+    let other: WorkflowHandle | undefined;
+    const { error, status } = await fleet(['a'], {
+      canary: false,
+      targets: [{ namespace: taken }, { namespace: `free-${uniq()}` }],
+      before: async (taskQueue) => {
+        other = await env.client.workflow.start('migrateOwnership', {
+          taskQueue,
+          workflowId: `runas-migrate-${taken}`,
+          args: [{ namespace: taken }],
+        });
+      },
+    });
+    expect(failureType(error)).toBe('FleetStopped');
+    expect(status.targets[0]).toMatchObject({ state: 'failed' });
+    expect(status.targets[0]!.message).toContain('already in progress');
+    // It may have finished meanwhile: the server's clock ran on.
+    await other!.terminate('test over').catch(() => undefined);
+  });
+
+  it('continues as new between waves, keeping what it did', async () => {
+    const { report, handle } = await fleet(['a', 'b', 'c'], {
+      canary: false,
+      waveSize: 1,
+      continueAfterRuns: 1,
+    });
+    expect(report?.phase).toBe('completed');
+    expect(report?.continuedAsNew).toBe(2);
+    expect(report?.targets.map((t) => t.state)).toEqual(['succeeded', 'succeeded', 'succeeded']);
+    expect((await handle.describe()).runId).not.toBe(handle.firstExecutionRunId);
+  });
+
+  it('refuses a bad target before any run, naming the target and the field', async () => {
+    const { error, status } = await fleet(['a'], {
+      targets: [{ namespace: 'ok' }, { namespace: 'bad', input: { uid: 0 } }, { namespace: 'ok' }],
+    }).catch((e: unknown) => ({
+      error: e as WorkflowFailedError,
+      status: undefined as unknown as FleetStatus,
+    }));
+    expect(failureType(error)).toBe('InvalidInput');
+    expect(error!.cause!.message).toMatch(/targets\[1\] \(bad\): uid: must be at least 1/);
+    expect(error!.cause!.message).toMatch(/targets\[2\]: ok is listed twice/);
+    void status;
+  });
+});
