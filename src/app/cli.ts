@@ -20,12 +20,14 @@ import { Planner } from '../services/planner.js';
 import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
 import { reasonOf } from '../core/failure-reason.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
-import { TaskQueue } from '../core/names.js';
+import { clusterTaskQueue, fleetWorkflowId, TaskQueue } from '../core/names.js';
+import { fleetRunning, queryFleet, renderFleet, startFleet } from './fleets.js';
 import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import { GuardrailCheck, loadGuardrails } from '../services/guardrails.js';
 import {
   followRun,
+  NoRunError,
   queryStatus,
   readInputFile,
   runningRun,
@@ -232,6 +234,10 @@ recordsOption(
           'run a worker on the runas-migrate task queue (and create the sweeper Schedule if missing)',
         )
         .option('--task-queue <name>', 'task queue', TaskQueue)
+        .option(
+          '--cluster <name>',
+          "serve one cluster of a fleet: poll <task queue>-<name> (runas-migrate-<name>), with this cluster's kubeconfig",
+        )
         .addOption(
           new Option(
             '--guardrails <file>',
@@ -272,12 +278,14 @@ recordsOption(
     temporalNamespace?: string;
     recordsNamespace?: string;
     waits: WaitMode;
+    cluster?: string;
   }) => {
     const log = workerLog(program.opts<{ logFormat: LogFormat }>().logFormat);
+    const taskQueue = clusterTaskQueue(opts.cluster, opts.taskQueue);
     const w = await createWorker({
       address: opts.address,
       namespace: opts.temporalNamespace,
-      taskQueue: opts.taskQueue,
+      taskQueue,
       kubeconfig: opts.kubeconfig,
       recordsNamespace: opts.recordsNamespace,
       guardrailsFile: opts.guardrails,
@@ -287,7 +295,7 @@ recordsOption(
       log,
     });
     log(
-      `worker polling ${opts.taskQueue} on ${temporalTarget({ address: opts.address }).address}${opts.metricsAddress ? `; metrics on http://${opts.metricsAddress}/metrics` : ''}${opts.tracesEndpoint ? `; traces to ${opts.tracesEndpoint}` : ''}`,
+      `worker polling ${taskQueue} on ${temporalTarget({ address: opts.address }).address}${opts.metricsAddress ? `; metrics on http://${opts.metricsAddress}/metrics` : ''}${opts.tracesEndpoint ? `; traces to ${opts.tracesEndpoint}` : ''}`,
     );
     await w.worker.run();
     await w.close();
@@ -344,6 +352,101 @@ function rawInput(flags: InputFlags): unknown {
 }
 
 type TemporalFlags = { address?: string; temporalNamespace?: string };
+
+/** The flags of a fleet command. */
+type FleetFlags = TemporalFlags & { fleet: string };
+type FleetStartFlags = InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean; fleet: string };
+
+/**
+ * Whether the command is about a fleet (`--fleet`) rather than a namespace (`-n`): exactly one of
+ * them must be given.
+ */
+function oneTarget(flags: { namespace?: string; fleet?: string }): boolean {
+  if (flags.namespace && flags.fleet)
+    throw new InvalidInputError('give either -n <namespace> or --fleet <name>, not both');
+  if (!flags.namespace && !flags.fleet)
+    throw new InvalidInputError('say which run: -n <namespace>, or --fleet <name> for a fleet');
+  return flags.fleet !== undefined;
+}
+
+async function startFleetCommand(flags: FleetStartFlags): Promise<void> {
+  const extra = (['input', 'inputFile', 'namespace', 'uid', 'gid', 'dryRun'] as const).filter(
+    (k) => flags[k],
+  );
+  if (extra.length)
+    throw new InvalidInputError(
+      `--fleet takes the whole fleet from its file: leave out ${extra.map((k) => `--${k.replace(/[A-Z]/g, (m) => `-${m.toLowerCase()}`)}`).join(', ')} (put them in its defaults or targets)`,
+    );
+  const c = await client(flags);
+  const { fleet, handle } = await startFleet(c, readInputFile(flags.fleet), { taskQueue: flags.taskQueue });
+  process.stdout.write(
+    `started fleet ${fleet.name} (${handle.workflowId}): ${fleet.targets.length} namespaces, ${fleet.canary ? 'a canary, then ' : ''}waves of ${fleet.waveSize}, failure budget ${fleet.failureBudget}\n`,
+  );
+  if (flags.follow) await watchFleet(c, fleet.name);
+  await c.connection.close();
+}
+
+/** Shows the fleet view each time it changes, until the fleet ends; exit code 1 unless it completed. */
+async function watchFleet(c: Client, name: string): Promise<void> {
+  let last = '';
+  for (;;) {
+    const status = await queryFleet(c, name);
+    const view = renderFleet(status);
+    if (view !== last) process.stdout.write(view + '\n');
+    last = view;
+    if (!(await fleetRunning(c, name))) {
+      if (status.phase !== 'completed') process.exitCode = 1;
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+async function fleetStatusCommand(
+  flags: FleetFlags & { watch?: boolean },
+  output: OutputFormat,
+): Promise<void> {
+  if (output !== 'text' && flags.watch)
+    throw new InvalidInputError(
+      `--watch redraws tables: leave out --output ${output}, or poll without --watch`,
+    );
+  const c = await client(flags);
+  if (flags.watch) await watchFleet(c, flags.fleet);
+  else {
+    const status = await queryFleet(c, flags.fleet);
+    process.stdout.write(output === 'text' ? renderFleet(status) + '\n' : formatted(status, output));
+  }
+  await c.connection.close();
+}
+
+async function approveFleet(
+  flags: FleetFlags & { gate: string; by: string; comment?: string },
+): Promise<void> {
+  const c = await client(flags);
+  const status = await queryFleet(c, flags.fleet);
+  const refusal = approvalRefusal(status.gates, flags.gate, status.phase);
+  if (refusal) throw new Error(`gate "${flags.gate}" of fleet ${flags.fleet}: ${refusal.message}`);
+  await c.workflow.getHandle(fleetWorkflowId(flags.fleet)).signal(approveSignal, {
+    gate: flags.gate,
+    by: flags.by,
+    ...(flags.comment ? { comment: flags.comment } : {}),
+  });
+  process.stdout.write(`approved gate ${flags.gate} of fleet ${flags.fleet} as ${flags.by}\n`);
+  await c.connection.close();
+}
+
+async function abortFleet(flags: FleetFlags & { reason: string; by: string }): Promise<void> {
+  const c = await client(flags);
+  if (!(await fleetRunning(c, flags.fleet).catch(() => false)))
+    throw new NoRunError(`fleet ${flags.fleet} is not running: nothing to abort`);
+  await c.workflow
+    .getHandle(fleetWorkflowId(flags.fleet))
+    .signal(abortSignal, { reason: flags.reason, by: flags.by });
+  process.stdout.write(
+    `asked fleet ${flags.fleet} to abort: no new run starts, the running ones abort and compensate; follow it with runas-migrate status --fleet ${flags.fleet} --watch\n`,
+  );
+  await c.connection.close();
+}
 const client = (o: TemporalFlags): Promise<Client> =>
   connectClient({ address: o.address, namespace: o.temporalNamespace });
 
@@ -454,69 +557,83 @@ temporalOptions(
   inputOptions(
     program
       .command('start')
-      .description('start a migration run (workflow ID runas-migrate-<namespace>)')
+      .description('start a migration run (workflow ID runas-migrate-<namespace>), or a fleet of them')
       .option('--task-queue <name>', 'task queue', TaskQueue)
-      .option('--follow', 'show live progress until the run ends'),
+      .option('--follow', 'show live progress until the run ends')
+      .option(
+        '--fleet <file>',
+        'start a fleet (JSON or YAML: name, defaults, targets, canary, waveSize, failureBudget, approvals); no other input flag with it',
+      ),
   ),
-).action(async (flags: InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean }) => {
-  const c = await client(flags);
-  const { input, handle } = await startRun(c, rawInput(flags), { taskQueue: flags.taskQueue });
-  process.stdout.write(`started ${handle.workflowId} for namespace ${input.namespace}\n`);
-  if (process.env.TEMPORAL_UI) {
-    const { runId } = await handle.describe();
-    process.stdout.write(
-      `Web UI: ${webUiLink(process.env.TEMPORAL_UI, flags.temporalNamespace ?? 'default', handle.workflowId, runId)}\n`,
-    );
-  }
-  if (input.approvals.length) {
-    process.stdout.write(
-      `it waits for: ${input.approvals.map((g) => `runas-migrate approve -n ${input.namespace} --gate ${g}`).join(', then ')}\n`,
-    );
-  }
-  if (flags.follow) process.stdout.write(renderReport(await follow(handle, handle.workflowId)) + '\n');
-  await c.connection.close();
-});
+).action(
+  async (flags: InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean; fleet?: string }) => {
+    if (flags.fleet) return startFleetCommand(flags as FleetStartFlags);
+    const c = await client(flags);
+    const { input, handle } = await startRun(c, rawInput(flags), { taskQueue: flags.taskQueue });
+    process.stdout.write(`started ${handle.workflowId} for namespace ${input.namespace}\n`);
+    if (process.env.TEMPORAL_UI) {
+      const { runId } = await handle.describe();
+      process.stdout.write(
+        `Web UI: ${webUiLink(process.env.TEMPORAL_UI, flags.temporalNamespace ?? 'default', handle.workflowId, runId)}\n`,
+      );
+    }
+    if (input.approvals.length) {
+      process.stdout.write(
+        `it waits for: ${input.approvals.map((g) => `runas-migrate approve -n ${input.namespace} --gate ${g}`).join(', then ')}\n`,
+      );
+    }
+    if (flags.follow) process.stdout.write(renderReport(await follow(handle, handle.workflowId)) + '\n');
+    await c.connection.close();
+  },
+);
 
 temporalOptions(
   program
     .command('approve')
-    .description("approve a gate of the namespace's run (plan or relax)")
-    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
-    .requiredOption('--gate <gate>', 'plan | relax')
+    .description("approve a gate of the namespace's run (plan or relax), or of a fleet")
+    .option('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .option('--fleet <name>', 'the fleet instead (gates after-canary, wave-N)')
+    .requiredOption('--gate <gate>', 'plan | relax; for a fleet after-canary | wave-N')
     .option('--by <name>', 'who approves', process.env.USER ?? 'operator')
     .option('--comment <text>', 'why'),
-).action(async (flags: TemporalFlags & { namespace: string; gate: string; by: string; comment?: string }) => {
-  const c = await client(flags);
-  const handle = await runningRun(c, flags.namespace, 'approve');
-  const before = await queryStatus(c, flags.namespace);
-  const refusal = approvalRefusal(before.gates, flags.gate, before.phase);
-  const gate = before.gates.find((g) => g.gate === flags.gate);
-  if (refusal?.kind === 'not-a-gate')
-    throw new Error(
-      `the run of ${flags.namespace} has no gate "${flags.gate}": its gates are ${
-        before.gates
-          .filter((g) => g.required)
-          .map((g) => g.gate)
-          .join(', ') || 'none'
-      }: approve one of those (plan comes before relax)`,
-    );
-  if (refusal?.kind === 'approved')
-    throw new Error(
-      `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate?.by} at ${gate?.at}`,
-    );
-  if (refusal?.kind === 'not-reached')
-    throw new Error(
-      `gate "${flags.gate}" of ${flags.namespace} is not reached yet (the run is ${before.phase}): approve it when \`runas-migrate status\` shows it waiting`,
-    );
-  if (refusal) throw new Error(`gate "${flags.gate}" of ${flags.namespace}: ${refusal.message}`);
-  await handle.signal(approveSignal, {
-    gate: flags.gate,
-    by: flags.by,
-    ...(flags.comment ? { comment: flags.comment } : {}),
-  });
-  process.stdout.write(`approved gate ${flags.gate} of ${flags.namespace} as ${flags.by}\n`);
-  await c.connection.close();
-});
+).action(
+  async (
+    flags: TemporalFlags & { namespace: string; gate: string; by: string; comment?: string; fleet?: string },
+  ) => {
+    if (oneTarget(flags))
+      return approveFleet(flags as FleetFlags & { gate: string; by: string; comment?: string });
+    const c = await client(flags);
+    const handle = await runningRun(c, flags.namespace, 'approve');
+    const before = await queryStatus(c, flags.namespace);
+    const refusal = approvalRefusal(before.gates, flags.gate, before.phase);
+    const gate = before.gates.find((g) => g.gate === flags.gate);
+    if (refusal?.kind === 'not-a-gate')
+      throw new Error(
+        `the run of ${flags.namespace} has no gate "${flags.gate}": its gates are ${
+          before.gates
+            .filter((g) => g.required)
+            .map((g) => g.gate)
+            .join(', ') || 'none'
+        }: approve one of those (plan comes before relax)`,
+      );
+    if (refusal?.kind === 'approved')
+      throw new Error(
+        `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate?.by} at ${gate?.at}`,
+      );
+    if (refusal?.kind === 'not-reached')
+      throw new Error(
+        `gate "${flags.gate}" of ${flags.namespace} is not reached yet (the run is ${before.phase}): approve it when \`runas-migrate status\` shows it waiting`,
+      );
+    if (refusal) throw new Error(`gate "${flags.gate}" of ${flags.namespace}: ${refusal.message}`);
+    await handle.signal(approveSignal, {
+      gate: flags.gate,
+      by: flags.by,
+      ...(flags.comment ? { comment: flags.comment } : {}),
+    });
+    process.stdout.write(`approved gate ${flags.gate} of ${flags.namespace} as ${flags.by}\n`);
+    await c.connection.close();
+  },
+);
 
 temporalOptions(
   program
@@ -524,10 +641,12 @@ temporalOptions(
     .description(
       "abort the namespace's run: it compensates (policies re-enforced, replicas and template restored)",
     )
-    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .option('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .option('--fleet <name>', 'abort a fleet: no new run starts, the running ones are aborted and compensate')
     .requiredOption('--reason <text>', 'why')
     .option('--by <name>', 'who aborts', process.env.USER ?? 'operator'),
-).action(async (flags: TemporalFlags & { namespace: string; reason: string; by: string }) => {
+).action(async (flags: TemporalFlags & { namespace: string; reason: string; by: string; fleet?: string }) => {
+  if (oneTarget(flags)) return abortFleet(flags as FleetFlags & { reason: string; by: string });
   const c = await client(flags);
   await (
     await runningRun(c, flags.namespace, 'abort')
@@ -541,16 +660,24 @@ temporalOptions(
 temporalOptions(
   program
     .command('status')
-    .description("show the status of the namespace's run")
-    .requiredOption('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .description("show the status of the namespace's run, or of a fleet")
+    .option('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .option('--fleet <name>', "the fleet's view instead: a row per namespace")
     .option('--watch', 'refresh until the run ends')
     .addOption(outputOption())
     .option('--json', 'the same as --output json'),
 ).action(
   async (
-    flags: TemporalFlags & { namespace: string; watch?: boolean; json?: boolean; output: OutputFormat },
+    flags: TemporalFlags & {
+      namespace: string;
+      watch?: boolean;
+      json?: boolean;
+      output: OutputFormat;
+      fleet?: string;
+    },
   ) => {
     const output: OutputFormat = flags.json ? 'json' : flags.output;
+    if (oneTarget(flags)) return fleetStatusCommand(flags as FleetFlags & { watch?: boolean }, output);
     if (output !== 'text' && flags.watch)
       throw new InvalidInputError(
         `--watch redraws tables: leave out --output ${output}, or poll without --watch`,

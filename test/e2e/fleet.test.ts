@@ -1,0 +1,154 @@
+/**
+ * A fleet on the test bed, driven with the `runas-migrate` CLI as an operator would: two
+ * namespaces, the first a canary, the fleet gate after it approved from the CLI. The fleet's own
+ * worker holds no credentials of the cluster (its kubeconfig points nowhere), so every step of
+ * every namespace's run must reach the cluster's worker on `<queue>-bed`: the routing is proven by
+ * the migration happening at all. The databases are kwok's here (the data path has its own
+ * tests); templates, replicas and every policy are checked on the real API server.
+ */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AppsV1Api } from '@kubernetes/client-node';
+import { stringify as toYaml } from 'yaml';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { fleetWorkflowId } from '../../src/core/names.js';
+import type { FleetStatus } from '../../src/workflows/fleet-messages.js';
+import { hostRunnerRun, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { waitFor } from '../../testbed/process.js';
+import { bed, kubeConfig, uniqueName } from '../support/bed.js';
+import { runasMigrate } from '../support/cli.js';
+import { policyState, type PolicyState } from '../support/policy-state.js';
+import { removeFixtures } from '../support/snapshot.js';
+import { startTestWorker, type TestWorker } from '../support/worker.js';
+
+const kc = kubeConfig();
+const apps = kc.makeApiClient(AppsV1Api);
+const taskQueue = uniqueName('fleet');
+const cluster = 'bed';
+const namespaces = [uniqueName('fleet-canary'), uniqueName('fleet-wave')];
+const fleetName = uniqueName('f');
+const scratch = mkdtempSync(join(tmpdir(), 'fleet-'));
+const workers: TestWorker[] = [];
+const before = new Map<string, PolicyState>();
+
+beforeAll(async () => {
+  await Promise.all(
+    namespaces.map(async (namespace) => {
+      await seedItrsFixture(kc, {
+        namespace,
+        pvRoot: bed().pvRoot,
+        filesPerVolume: 20,
+        databases: 'simulated',
+      });
+      await waitForFixtureReady(kc, namespace, 120_000);
+      before.set(namespace, await policyState(kc, namespace));
+    }),
+  );
+  // The fleet's worker: no cluster credentials at all, and guardrails from a file (it cannot read
+  // the ConfigMap).
+  const nowhere = join(scratch, 'nowhere.kubeconfig');
+  writeFileSync(
+    nowhere,
+    toYaml({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'nowhere', cluster: { server: 'https://127.0.0.1:9' } }],
+      users: [{ name: 'nobody', user: { token: 'none' } }],
+      contexts: [{ name: 'nowhere', context: { cluster: 'nowhere', user: 'nobody' } }],
+      'current-context': 'nowhere',
+    }),
+  );
+  const guardrails = join(scratch, 'guardrails.yaml');
+  writeFileSync(guardrails, toYaml({ maxWindow: '1h' }));
+  workers.push(await startTestWorker(taskQueue, { kubeconfig: nowhere, guardrailsFile: guardrails }));
+  workers.push(await startTestWorker(`${taskQueue}-${cluster}`));
+}, 300_000);
+
+afterAll(async () => {
+  for (const w of workers) await w.stop();
+  await removeFixtures(kc, namespaces);
+});
+
+const fleetStatus = async (): Promise<FleetStatus> => {
+  const out = await runasMigrate(['status', '--fleet', fleetName, '-o', 'json']);
+  if (out.code !== 0) throw new Error(`status --fleet failed: ${out.stderr}`);
+  return JSON.parse(out.stdout) as FleetStatus;
+};
+
+it(
+  "migrates a canary, waits for the approval after it, then the wave, each run on its cluster's worker; every policy exact",
+  { timeout: 300_000 },
+  async () => {
+    const { namespace: _omitted, ...defaults } = hostRunnerRun('unused');
+    const file = join(scratch, 'fleet.yaml');
+    writeFileSync(
+      file,
+      toYaml({
+        name: fleetName,
+        defaults: { ...defaults, verify: { checks: [] } },
+        targets: namespaces.map((namespace) => ({ namespace, cluster })),
+        approvals: 'after-canary',
+        waveSize: 5,
+      }),
+    );
+    const started = await runasMigrate(['start', '--fleet', file, '--task-queue', taskQueue]);
+    expect(started.stderr).toBe('');
+    expect(started.stdout).toContain(`started fleet ${fleetName}`);
+
+    const waiting = await waitFor(
+      'the fleet to wait after its canary',
+      async () => {
+        const s = await fleetStatus();
+        return s.phase === 'waiting-for-approval' ? s : undefined;
+      },
+      240_000,
+      1000,
+    );
+    expect(waiting.targets.map((t) => t.state)).toEqual(['succeeded', 'pending']);
+    const view = await runasMigrate(['status', '--fleet', fleetName]);
+    expect(view.stdout).toContain(`runas-migrate approve --fleet ${fleetName} --gate after-canary`);
+
+    const approved = await runasMigrate([
+      'approve',
+      '--fleet',
+      fleetName,
+      '--gate',
+      'after-canary',
+      '--by',
+      'alice',
+    ]);
+    expect(approved.stdout).toContain('approved gate after-canary');
+    const done = await waitFor(
+      'the fleet to end',
+      async () => {
+        const s = await fleetStatus();
+        return ['completed', 'completed-with-failures', 'stopped', 'aborted'].includes(s.phase)
+          ? s
+          : undefined;
+      },
+      240_000,
+      1000,
+    );
+    expect(done.targets.map((t) => [t.state, t.message])).toEqual([
+      ['succeeded', null],
+      ['succeeded', null],
+    ]);
+    expect(done.phase).toBe('completed');
+    for (const t of done.targets) {
+      expect(t.workflowId).toBe(`runas-migrate-${cluster}.${t.namespace}`);
+      expect(t.taskQueue).toBe(`${taskQueue}-${cluster}`);
+      expect(t.windowSeconds).toBeGreaterThan(0);
+    }
+    for (const namespace of namespaces) {
+      for (const name of ['pgplatform', 'timescale']) {
+        const sts = await apps.readNamespacedStatefulSet({ namespace, name });
+        expect(sts.spec?.template.spec?.securityContext?.runAsUser).toBe(5000);
+        expect(sts.status?.readyReplicas).toBe(sts.spec?.replicas);
+      }
+      expect(await policyState(kc, namespace)).toEqual(before.get(namespace));
+    }
+    const fleet = workers[0]!.w.client.workflow.getHandle(fleetWorkflowId(fleetName));
+    expect((await fleet.describe()).status.name).toBe('COMPLETED');
+  },
+);
