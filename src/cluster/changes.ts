@@ -8,7 +8,6 @@
  * again from the current state when the server answers 410 Gone (that version is compacted).
  */
 import { Watch, type KubeConfig } from '@kubernetes/client-node';
-import { currentStep } from '../services/step.js';
 
 /** One collection to watch: its API path and optional selectors. */
 export interface WatchedCollection {
@@ -38,9 +37,9 @@ export interface ChangeCounts {
 export interface ChangeFeed {
   /**
    * Resolves at the first change since the last call returned (at once if one came in between),
-   * or after `ms`. In a step, rejects with its cancellation as soon as it arrives.
+   * or after `ms`; rejects with `cancelled`'s reason as soon as it is aborted.
    */
-  changeOrTimeout(ms: number): Promise<void>;
+  changeOrTimeout(ms: number, cancelled?: AbortSignal): Promise<void>;
   /** Stops every watch. */
   close(): void;
   readonly counts: ChangeCounts;
@@ -149,8 +148,7 @@ export function watchChanges(kubeConfig: KubeConfig, collections: WatchedCollect
 
   return {
     counts,
-    changeOrTimeout(ms: number): Promise<void> {
-      const signal = currentStep()?.cancelled;
+    changeOrTimeout(ms: number, signal?: AbortSignal): Promise<void> {
       if (signal?.aborted) return Promise.reject(signal.reason as Error);
       if (changed) {
         changed = false;

@@ -6,7 +6,15 @@
 import type { ChangeFeed, WatchedCollection } from '../cluster/changes.js';
 import type { Kube } from '../cluster/kube.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
-import { deadlineOf, pause, progress, throwIfCancelled, unlessCancelled, type WaitLimit } from './step.js';
+import {
+  currentStep,
+  deadlineOf,
+  pause,
+  progress,
+  throwIfCancelled,
+  unlessCancelled,
+  type WaitLimit,
+} from './step.js';
 
 /** The value at a dotted `path` of `obj` (undefined where the path ends early). */
 export function getPath(obj: unknown, path: string): unknown {
@@ -53,7 +61,9 @@ export async function withCadence<T>(
   const feed = cadence.changes();
   // A collection the API server will not let us watch is polled as without watches.
   const sleep = (ms: number) =>
-    feed.counts.refused > 0 ? pause(Math.min(ms, cadence.pollMs)) : feed.changeOrTimeout(ms);
+    feed.counts.refused > 0
+      ? pause(Math.min(ms, cadence.pollMs))
+      : feed.changeOrTimeout(ms, currentStep()?.cancelled);
   try {
     return await body(sleep, cadence.fallbackMs);
   } finally {
