@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { SearchAttribute, SearchAttributeTypes } from '../src/core/names.js';
-import { createFakeNodes, seedItrsFixture, waitForFixtureReady } from './fixture.js';
+import { createFakeNodes, installClusterFixture, seedItrsFixture, waitForFixtureReady } from './fixture.js';
 import {
   gatekeeperCrdDir,
   gatekeeperReady,
@@ -61,7 +61,22 @@ export interface BedState {
   gatekeeper?: GatekeeperState;
   /** Tool name → path, for PATH and for tests that drive the CLIs. */
   tools: Partial<Record<ToolName, string>>;
+  /** Further simulated clusters, started on demand ({@link ensureCluster}), by name. */
+  clusters?: Record<string, ExtraCluster>;
   startedAt: string;
+}
+
+/**
+ * A further simulated cluster of a bed, for fleets over several clusters: its own control plane
+ * (kwokctl, admission on), host runner and fake nodes; no Temporal and no Gatekeeper of its own.
+ */
+export interface ExtraCluster {
+  name: string;
+  /** kwokctl's name of it. */
+  clusterName: string;
+  kubeconfig: string;
+  pvRoot: string;
+  runner: { port: number; process?: RecordedProcess };
 }
 
 /** Folder of a named test bed. */
@@ -304,17 +319,24 @@ function kwokEnv(state: BedState): NodeJS.ProcessEnv {
   return { ...process.env, KWOK_WORKDIR: state.cluster.workdir };
 }
 
-async function createCluster(state: BedState, log: Log): Promise<void> {
+async function createCluster(
+  state: BedState,
+  log: Log,
+  cluster: { clusterName: string; kubeconfig: string } = {
+    clusterName: state.cluster.name,
+    kubeconfig: state.kubeconfig,
+  },
+): Promise<void> {
   const t = state.tools;
   const args = [
     'create',
     'cluster',
     '--name',
-    state.cluster.name,
+    cluster.clusterName,
     '--runtime',
     'binary',
     '--kubeconfig',
-    state.kubeconfig,
+    cluster.kubeconfig,
     '--kube-apiserver-binary',
     t[ToolName.KubeApiserver]!,
     '--kube-controller-manager-binary',
@@ -345,22 +367,24 @@ async function createCluster(state: BedState, log: Log): Promise<void> {
     const e = err as { stderr?: string; message: string };
     throw new Error(`kwokctl create cluster failed: ${e.message}\n${(e.stderr ?? '').slice(-3000)}`);
   }
-  log(`cluster ${state.cluster.name} created`);
+  log(`cluster ${cluster.clusterName} created`);
 }
 
-function startRunner(state: BedState): RecordedProcess {
-  const pki = join(state.cluster.workdir, 'clusters', state.cluster.name, 'pki');
+function startRunner(state: BedState, extra?: ExtraCluster): RecordedProcess {
+  const clusterName = extra?.clusterName ?? state.cluster.name;
+  const pki = join(state.cluster.workdir, 'clusters', clusterName, 'pki');
   const main = join(testbedDir, 'host-runner', 'main.ts');
-  return startDetached(process.execPath, ['--import', 'tsx', main, `--bed=${state.dir}`], {
-    logFile: join(state.dir, 'host-runner.log'),
-    marker: `--bed=${state.dir}`,
+  const dir = extra ? join(state.dir, 'clusters', extra.name) : state.dir;
+  return startDetached(process.execPath, ['--import', 'tsx', main, `--bed=${dir}`], {
+    logFile: join(dir, 'host-runner.log'),
+    marker: `--bed=${dir}`,
     cwd: join(testbedDir, '..'),
     env: {
       ...process.env,
-      KUBECONFIG: state.kubeconfig,
+      KUBECONFIG: extra?.kubeconfig ?? state.kubeconfig,
       HOST_RUNNER_NODE: HostRunnerNodeName,
-      HOST_RUNNER_STATE_DIR: join(state.dir, 'host-runner'),
-      HOST_RUNNER_PORT: String(state.runner.port),
+      HOST_RUNNER_STATE_DIR: join(dir, 'host-runner'),
+      HOST_RUNNER_PORT: String((extra?.runner ?? state.runner).port),
       HOST_RUNNER_TLS_CERT: join(pki, 'admin.crt'),
       HOST_RUNNER_TLS_KEY: join(pki, 'admin.key'),
       // Absent from the state of a bed started before exec was served: the runner then refuses it.
@@ -447,23 +471,14 @@ export async function down(opts: { name?: string; log?: Log } = {}): Promise<voi
   };
   await stopProcess(state.runner.process);
   lap('host runner');
+  for (const extra of Object.values(state.clusters ?? {})) {
+    await stopProcess(extra.runner.process);
+    await deleteCluster(state, extra.clusterName, extra.kubeconfig, log);
+  }
+  lap('further clusters');
   await stopProcess(state.gatekeeper?.process);
   lap('Gatekeeper');
-  const kwokctl = state.tools[ToolName.Kwokctl];
-  if (existsSync(join(state.cluster.workdir, 'clusters', state.cluster.name)) && kwokctl) {
-    try {
-      await run(
-        kwokctl,
-        ['delete', 'cluster', '--name', state.cluster.name, '--kubeconfig', state.kubeconfig],
-        {
-          env: kwokEnv(state),
-          timeout: 120_000,
-        },
-      );
-    } catch (err) {
-      log(`kwokctl delete cluster: ${(err as Error).message}`);
-    }
-  }
+  await deleteCluster(state, state.cluster.name, state.kubeconfig, log);
   lap('cluster');
   await stopProcess(state.temporal.process);
   lap('Temporal');
@@ -479,6 +494,85 @@ export async function down(opts: { name?: string; log?: Log } = {}): Promise<voi
   }
   lap('files');
   log(`test bed "${name}" stopped (${took.join(', ')})`);
+}
+
+async function deleteCluster(
+  state: BedState,
+  clusterName: string,
+  kubeconfig: string,
+  log: Log,
+): Promise<void> {
+  const kwokctl = state.tools[ToolName.Kwokctl];
+  if (!existsSync(join(state.cluster.workdir, 'clusters', clusterName)) || !kwokctl) return;
+  try {
+    await run(kwokctl, ['delete', 'cluster', '--name', clusterName, '--kubeconfig', kubeconfig], {
+      env: kwokEnv(state),
+      timeout: 120_000,
+    });
+  } catch (err) {
+    log(`kwokctl delete cluster ${clusterName}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Starts the further cluster `name` of a running bed (or reuses it when its API server answers
+ * and its host runner's node is Ready): a kwokctl cluster, its host runner, two fake nodes, and
+ * the fixture's cluster-wide objects without Gatekeeper's constraints.
+ */
+export async function ensureCluster(
+  state: BedState,
+  name: string,
+  log: Log = () => undefined,
+): Promise<ExtraCluster> {
+  const known = state.clusters?.[name];
+  if (known && isAlive(known.runner.process)) {
+    try {
+      const node = await clusterConfig(known).makeApiClient(CoreV1Api).readNode({ name: HostRunnerNodeName });
+      if (node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True')) return known;
+    } catch {
+      // not serving: start it again below
+    }
+  }
+  if (known) {
+    await stopProcess(known.runner.process);
+    await deleteCluster(state, known.clusterName, known.kubeconfig, log);
+  }
+  const dir = join(state.dir, 'clusters', name);
+  mkdirSync(dir, { recursive: true });
+  const extra: ExtraCluster = {
+    name,
+    clusterName: `${state.cluster.name}-${name}`,
+    kubeconfig: join(dir, 'kubeconfig.yaml'),
+    pvRoot: join(dir, 'pv'),
+    runner: { port: await freePort() },
+  };
+  log(`creating cluster ${extra.clusterName}`);
+  await createCluster(state, log, extra);
+  extra.runner.process = startRunner(state, extra);
+  state.clusters = { ...state.clusters, [name]: extra };
+  writeState(state);
+  const kc = clusterConfig(extra);
+  await createFakeNodes(kc, 2);
+  await installClusterFixture(kc, { constraints: false, gatekeeper: false });
+  await waitFor(
+    `host runner node of cluster ${name} Ready`,
+    async () => {
+      if (!isAlive(extra.runner.process))
+        throw new GiveUp(`host runner exited: see ${extra.runner.process?.logFile}`);
+      const node = await kc.makeApiClient(CoreV1Api).readNode({ name: HostRunnerNodeName });
+      return node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+    },
+    60_000,
+    500,
+  );
+  return extra;
+}
+
+/** The KubeConfig of a further cluster. */
+export function clusterConfig(extra: ExtraCluster): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromFile(extra.kubeconfig);
+  return kc;
 }
 
 /** Lines for `eval "$(npm run -s testbed -- env)"`. */

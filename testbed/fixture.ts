@@ -319,7 +319,7 @@ export async function ensureRecordsNamespace(kc: KubeConfig, name = DefaultRecor
 /** Installs what the fixture needs once per cluster: records namespace, storage class, CRDs, constraints. */
 export async function installClusterFixture(
   kc: KubeConfig,
-  opts: { constraints?: boolean } = {},
+  opts: { constraints?: boolean; gatekeeper?: boolean } = {},
 ): Promise<void> {
   const ext = kc.makeApiClient(ApiextensionsV1Api);
   const storage = kc.makeApiClient(StorageV1Api);
@@ -337,7 +337,11 @@ export async function installClusterFixture(
   );
   const crd = iaxPlatformCrd();
   await createIfMissing(() => ext.createCustomResourceDefinition({ body: crd }));
-  const names = [crd.metadata!.name!, ...Gatekeeper.kinds.map((k) => `${k.plural}.${Gatekeeper.group}`)];
+  // A cluster without Gatekeeper has none of its constraint kinds to wait for.
+  const names = [
+    crd.metadata!.name!,
+    ...(opts.gatekeeper === false ? [] : Gatekeeper.kinds.map((k) => `${k.plural}.${Gatekeeper.group}`)),
+  ];
   for (const name of names) {
     await waitFor(
       `CRD ${name} established (constraint kinds come from Gatekeeper's templates: is it running?)`,
@@ -480,7 +484,7 @@ export async function seedItrsFixture(
   const custom = kc.makeApiClient(CustomObjectsApi);
   const uid = opts.oldUid ?? 1000;
   const databases = opts.databases ?? 'postgres';
-  await installClusterFixture(kc, { constraints: opts.constraints });
+  await installClusterFixture(kc, { constraints: opts.constraints, gatekeeper: opts.constraints !== false });
   await createIfMissing(() =>
     core.createNamespace({
       body: {

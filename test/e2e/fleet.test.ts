@@ -3,8 +3,10 @@
  * namespaces, the first a canary, the fleet gate after it approved from the CLI. The fleet's own
  * worker holds no credentials of the cluster (its kubeconfig points nowhere), so every step of
  * every namespace's run must reach the cluster's worker on `<queue>-bed`: the routing is proven by
- * the migration happening at all. The databases are kwok's here (the data path has its own
- * tests); templates, replicas and every policy are checked on the real API server.
+ * the migration happening at all. Then a fleet over two real clusters: the bed's and a second
+ * simulated cluster (its own API server, etcd and host runner, no Gatekeeper), each with a worker
+ * holding only its own kubeconfig. The databases are kwok's here (the data path has its own
+ * tests); templates, replicas and every policy are checked on each real API server.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,7 +16,8 @@ import { stringify as toYaml } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { fleetWorkflowId } from '../../src/core/names.js';
 import type { FleetStatus } from '../../src/workflows/fleet-messages.js';
-import { hostRunnerRun, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { clusterConfig, ensureCluster } from '../../testbed/bed.js';
+import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
@@ -65,13 +68,17 @@ beforeAll(async () => {
   workers.push(await startTestWorker(`${taskQueue}-${cluster}`));
 }, 300_000);
 
+const eastNamespaces: string[] = [];
+let eastCleanup: (() => Promise<void>) | undefined;
+
 afterAll(async () => {
   for (const w of workers) await w.stop();
   await removeFixtures(kc, namespaces);
+  await eastCleanup?.();
 });
 
-const fleetStatus = async (): Promise<FleetStatus> => {
-  const out = await runasMigrate(['status', '--fleet', fleetName, '-o', 'json']);
+const fleetStatus = async (name = fleetName): Promise<FleetStatus> => {
+  const out = await runasMigrate(['status', '--fleet', name, '-o', 'json']);
   if (out.code !== 0) throw new Error(`status --fleet failed: ${out.stderr}`);
   return JSON.parse(out.stdout) as FleetStatus;
 };
@@ -150,5 +157,89 @@ it(
     }
     const fleet = workers[0]!.w.client.workflow.getHandle(fleetWorkflowId(fleetName));
     expect((await fleet.describe()).status.name).toBe('COMPLETED');
+  },
+);
+
+it(
+  'migrates namespaces on two real clusters, each run by the worker of its cluster',
+  { timeout: 420_000 },
+  async () => {
+    const east = await ensureCluster(bed(), 'east');
+    const kcEast = clusterConfig(east);
+    const appsEast = kcEast.makeApiClient(AppsV1Api);
+    const onBed = uniqueName('fleet-two-bed');
+    const onEast = uniqueName('fleet-two-east');
+    namespaces.push(onBed);
+    eastNamespaces.push(onEast);
+    eastCleanup = async () => {
+      for (const n of eastNamespaces) await removeFixture(kcEast, n, east.pvRoot);
+    };
+    await Promise.all([
+      seedItrsFixture(kc, {
+        namespace: onBed,
+        pvRoot: bed().pvRoot,
+        filesPerVolume: 20,
+        databases: 'simulated',
+      }).then(() => waitForFixtureReady(kc, onBed, 120_000)),
+      seedItrsFixture(kcEast, {
+        namespace: onEast,
+        pvRoot: east.pvRoot,
+        filesPerVolume: 20,
+        databases: 'simulated',
+        constraints: false,
+      }).then(() => waitForFixtureReady(kcEast, onEast, 120_000)),
+    ]);
+    const policiesBefore = { bed: await policyState(kc, onBed), east: await policyState(kcEast, onEast) };
+    workers.push(await startTestWorker(`${taskQueue}-east`, { kubeconfig: east.kubeconfig }));
+
+    const name = uniqueName('f2');
+    const { namespace: _omitted, ...defaults } = hostRunnerRun('unused');
+    const file = join(scratch, `${name}.yaml`);
+    writeFileSync(
+      file,
+      toYaml({
+        name,
+        defaults: { ...defaults, verify: { checks: [] } },
+        targets: [
+          { namespace: onBed, cluster },
+          // No Gatekeeper on that cluster: PSA alone is relaxed and restored, and no audit is read.
+          { namespace: onEast, cluster: 'east', input: { policies: { gatekeeper: false } } },
+        ],
+        canary: false,
+        approvals: 'none',
+      }),
+    );
+    const started = await runasMigrate(['start', '--fleet', file, '--task-queue', taskQueue]);
+    expect(started.stderr).toBe('');
+    const done = await waitFor(
+      'the two-cluster fleet to end',
+      async () => {
+        const s = await fleetStatus(name);
+        return ['completed', 'completed-with-failures', 'stopped', 'aborted'].includes(s.phase)
+          ? s
+          : undefined;
+      },
+      300_000,
+      1000,
+    );
+    expect(done.targets.map((t) => [t.id, t.state, t.message])).toEqual([
+      [`${cluster}/${onBed}`, 'succeeded', null],
+      [`east/${onEast}`, 'succeeded', null],
+    ]);
+    // Each run changed its own cluster: the namespace exists on one cluster only.
+    for (const [client, namespace] of [
+      [apps, onBed],
+      [appsEast, onEast],
+    ] as const) {
+      for (const sts of ['pgplatform', 'timescale']) {
+        const s = await client.readNamespacedStatefulSet({ namespace, name: sts });
+        expect(s.spec?.template.spec?.securityContext?.runAsUser).toBe(5000);
+        expect(s.status?.readyReplicas).toBe(s.spec?.replicas);
+      }
+    }
+    expect(await policyState(kc, onBed)).toEqual(policiesBefore.bed);
+    expect(await policyState(kcEast, onEast)).toEqual(policiesBefore.east);
+    const child = workers[0]!.w.client.workflow.getHandle(`runas-migrate-east.${onEast}`);
+    expect((await child.describe()).taskQueue).toBe(`${taskQueue}-east`);
   },
 );
