@@ -11,10 +11,7 @@
  * Bars: NAMESPACES at once in ≤ 3× the time of one; worker peak RSS ≤ 300 MB.
  * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median; WAITS=…).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import type { MigrationInputRaw } from '../src/core/input.js';
 import { startRun } from '../src/app/runs.js';
@@ -22,7 +19,14 @@ import { connectClient, ensureSweeperSchedule, sweeperScheduleId } from '../src/
 import { policyState, type PolicyState } from '../test/support/policy-state.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
-import { waitFor } from '../testbed/process.js';
+import {
+  cpuSeconds,
+  median,
+  procStatusKb,
+  rssSampler,
+  startWorkerProcess,
+  type WorkerProcess,
+} from './support/worker-process.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
 import type { WaitMode } from '../src/services/workloads.js';
 
@@ -32,31 +36,15 @@ const rounds = Number(process.env.ROUNDS ?? 3);
 const timeRatioBar = 3;
 const rssBarMb = 300;
 const seedConcurrency = 4;
-/** The node flags of the command's `#!/usr/bin/env -S node …` line: the worker runs as installed. */
-function nodeFlagsOf(script: string): string[] {
-  return (readFileSync(script, 'utf8').split('\n')[0] ?? '').split(/\s+/).slice(3);
-}
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const mb = (kb: number) => kb / 1024;
 
 const bed = await up({ name: process.env.RUNAS_MIGRATE_TESTBED ?? 'default', log: () => undefined });
 const kc = kubeConfigOf(bed);
-const cli = fileURLToPath(new URL('../bin/runas-migrate.js', import.meta.url));
 const client = await connectClient({ address: bed.temporal.address });
 const stamp = Date.now().toString(36);
 const taskQueue = `bench-fleet-${stamp}`;
 const namespaces: string[] = [];
-
-/** Reads one `Vm…:` line of /proc/<pid>/status, in kB. */
-function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
-  try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Seeds fresh fixtures, a few at a time, and waits until each is Ready. */
 async function seed(prefix: string, count: number): Promise<string[]> {
@@ -111,33 +99,6 @@ async function migrate(names: string[]): Promise<{ total: number; outcomes: Outc
   return { total: (performance.now() - t0) / 1000, outcomes };
 }
 
-/** The worker's CPU time (user + system), in seconds. */
-function cpuSeconds(pid: number): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    // utime and stime are fields 14 and 15 of stat(5), in clock ticks of 1/100 s on Linux.
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
-
-/** Samples the worker's VmRSS; `lap` returns the highest sample since the previous lap. */
-function rssSampler(pid: number) {
-  let peak = 0;
-  const sample = () => (peak = Math.max(peak, procStatusKb(pid, 'VmRSS') ?? 0));
-  const timer = setInterval(sample, 200);
-  return {
-    lap: () => {
-      sample();
-      const p = peak;
-      peak = 0;
-      return p;
-    },
-    stop: () => clearInterval(timer),
-  };
-}
-
 /** The innermost message of a failure (a run's failure wraps its activity's, which wraps the cause). */
 function rootMessage(err: unknown): string {
   let e = err as { message?: string; cause?: unknown } | undefined;
@@ -183,36 +144,19 @@ async function measure(mode: WaitMode): Promise<Measured> {
   const singles = await seed(`bench-fleet-one-${mode}`, rounds);
   const fleet = await seed(`bench-fleet-many-${mode}`, fleetSize);
   for (const n of [...singles, ...fleet]) policiesBefore.set(n, await policyState(kc, n));
-  let worker: ChildProcess | undefined;
-  let stderrTail = '';
+  let worker: WorkerProcess | undefined;
   let sampler: ReturnType<typeof rssSampler> | undefined;
   const single: Outcome[] = [];
   const rss = { startup: 0, single: 0, fleet: 0, hwm: 0, end: 0 };
   const cpu = { startup: 0, single: 0, fleet: 0 };
   try {
-    const spawnedAt = performance.now();
-    worker = spawn(
-      process.execPath,
-      [...nodeFlagsOf(cli), cli, 'worker', '--task-queue', taskQueue, '--waits', mode],
-      {
-        env: { ...process.env, KUBECONFIG: bed.kubeconfig, TEMPORAL_ADDRESS: bed.temporal.address },
-        stdio: ['ignore', 'ignore', 'pipe'],
-        detached: true,
-      },
-    );
-    worker.stderr!.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
-    const pid = worker.pid!;
+    worker = await startWorkerProcess(['--task-queue', taskQueue, '--waits', mode], {
+      KUBECONFIG: bed.kubeconfig,
+      TEMPORAL_ADDRESS: bed.temporal.address,
+    });
+    const pid = worker.pid;
     sampler = rssSampler(pid);
-    await waitFor(
-      'worker polling',
-      () => {
-        if (worker!.exitCode !== null) throw new Error(`worker exited: ${stderrTail}`);
-        return stderrTail.includes('worker polling');
-      },
-      120_000,
-      100,
-    );
-    const startupSeconds = (performance.now() - spawnedAt) / 1000;
+    const startupSeconds = worker.startupSeconds;
     await sleep(1000);
     rss.startup = sampler.lap();
     cpu.startup = cpuSeconds(pid);
@@ -227,16 +171,7 @@ async function measure(mode: WaitMode): Promise<Measured> {
     return { mode, singles, fleet, single, many, rss, cpu, startupSeconds };
   } finally {
     sampler?.stop();
-    if (worker?.pid && worker.exitCode === null) {
-      const exited = new Promise((r) => worker!.once('exit', r));
-      process.kill(-worker.pid, 'SIGTERM');
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000).unref())]);
-      try {
-        process.kill(-worker.pid, 'SIGKILL');
-      } catch {
-        // exited
-      }
-    }
+    await worker?.stop();
   }
 }
 

@@ -281,9 +281,12 @@ export interface JobProgress {
   volume: number;
   volumes: number;
   path: string;
-  /** counting what is not yet owned, changing it (and proving it), or finished with the volume. */
+  /**
+   * Changing what is not yet owned (and proving it), or finished with the volume. `counting` comes
+   * only from Jobs of versions that counted before changing.
+   */
   stage: 'counting' | 'changing' | 'finished';
-  /** Entries of this volume to change, once counted. */
+  /** Entries of this volume to change, when known before the change (older Jobs); else null. */
   toChange: number | null;
   /** Entries scanned and changed in the volumes finished so far (this one included when finished). */
   scanned: number;
@@ -315,7 +318,9 @@ export function describeJobProgress(p: JobProgress): string {
     p.stage === 'counting'
       ? 'counting what is not yet owned'
       : p.stage === 'changing'
-        ? `changing ${p.toChange ?? '?'} entries`
+        ? p.toChange === null
+          ? 'changing what is not yet owned'
+          : `changing ${p.toChange} entries`
         : 'finished';
   return `volume ${p.volume}/${p.volumes} ${p.path}: ${what}; ${p.scanned} scanned, ${p.changed} changed so far`;
 }

@@ -1,0 +1,101 @@
+/**
+ * A `runas-migrate worker` as its own process, for the benches that measure the worker itself:
+ * started as installed (the command's node flags), its CPU time and memory read from /proc.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { waitFor } from '../../testbed/process.js';
+
+const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+
+/** The median of `xs`. */
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** The node flags of the command's `#!/usr/bin/env -S node …` line: the worker runs as installed. */
+function nodeFlagsOf(script: string): string[] {
+  return (readFileSync(script, 'utf8').split('\n')[0] ?? '').split(/\s+/).slice(3);
+}
+
+/** Reads one `Vm…:` line of /proc/<pid>/status, in kB. */
+export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A process's CPU time (user + system), in seconds. */
+export function cpuSeconds(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    // utime and stime are fields 14 and 15 of stat(5), in clock ticks of 1/100 s on Linux.
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Samples a process's VmRSS; `lap` returns the highest sample since the previous lap. */
+export function rssSampler(pid: number) {
+  let peak = 0;
+  const sample = () => (peak = Math.max(peak, procStatusKb(pid, 'VmRSS') ?? 0));
+  const timer = setInterval(sample, 200);
+  return {
+    lap: () => {
+      sample();
+      const p = peak;
+      peak = 0;
+      return p;
+    },
+    stop: () => clearInterval(timer),
+  };
+}
+
+/** A worker process, polling once `start` returned. */
+export interface WorkerProcess {
+  pid: number;
+  /** Seconds from spawn until it said it polls. */
+  startupSeconds: number;
+  stop(): Promise<void>;
+}
+
+/** Starts `runas-migrate worker …args` and waits until it polls. */
+export async function startWorkerProcess(args: string[], env: NodeJS.ProcessEnv): Promise<WorkerProcess> {
+  const spawnedAt = performance.now();
+  let stderrTail = '';
+  const worker: ChildProcess = spawn(process.execPath, [...nodeFlagsOf(cli), cli, 'worker', ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+    detached: true,
+  });
+  worker.stderr!.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
+  const stop = async () => {
+    if (!worker.pid || worker.exitCode !== null) return;
+    const exited = new Promise((r) => worker.once('exit', r));
+    process.kill(-worker.pid, 'SIGTERM');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000).unref())]);
+    try {
+      process.kill(-worker.pid, 'SIGKILL');
+    } catch {
+      // exited
+    }
+  };
+  try {
+    await waitFor(
+      'worker polling',
+      () => {
+        if (worker.exitCode !== null) throw new Error(`worker exited: ${stderrTail}`);
+        return stderrTail.includes('worker polling');
+      },
+      120_000,
+      100,
+    );
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { pid: worker.pid!, startupSeconds: (performance.now() - spawnedAt) / 1000, stop };
+}
