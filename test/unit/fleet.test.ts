@@ -1,0 +1,72 @@
+import { describe, expect, it } from 'vitest';
+import { mergeInput, parseFleetInput, wavesOf } from '../../src/core/fleet.js';
+import { InvalidInputError } from '../../src/core/input.js';
+
+describe('a fleet input', () => {
+  it('gives each target the defaults with its own fields over them, on its cluster', () => {
+    const f = parseFleetInput(
+      {
+        name: 'q4',
+        defaults: {
+          uid: 5000,
+          gid: 5000,
+          window: { mode: 'job-duration' },
+          job: { nodeSelector: { a: 'b' } },
+        },
+        targets: [
+          { namespace: 'itrs' },
+          { namespace: 'itrs', cluster: 'east', input: { uid: 6000, job: { tolerations: [] } } },
+        ],
+      },
+      'runas-migrate',
+    );
+    expect(f.targets.map((t) => [t.id, t.workflowId, t.taskQueue, t.input.uid, t.input.gid])).toEqual([
+      ['itrs', 'runas-migrate-itrs', 'runas-migrate', 5000, 5000],
+      ['east/itrs', 'runas-migrate-east.itrs', 'runas-migrate-east', 6000, 5000],
+    ]);
+    // Objects merge: the target's job fields keep the shared nodeSelector.
+    expect(f.targets[1]!.input.job.nodeSelector).toEqual({ a: 'b' });
+    expect(f.targets[1]!.input.window.mode).toBe('job-duration');
+    expect(f).toMatchObject({ canary: true, waveSize: 5, failureBudget: 0, approvals: 'after-canary' });
+  });
+
+  it.each([
+    [{ name: 'x', targets: [] }, 'targets: must list at least one target'],
+    [{ name: 'Bad_Name', targets: [{ namespace: 'a' }] }, 'name: must be lowercase'],
+    [{ name: 'x', targets: [{ namespace: 'a' }], extra: 1 }, '(fleet): unknown field(s) extra'],
+    [
+      { name: 'x', defaults: { namespace: 'a' }, targets: [{ namespace: 'a' }] },
+      'defaults.namespace: each target names its namespace',
+    ],
+    [
+      { name: 'x', targets: [{ namespace: 'a', input: { namespace: 'b' } }] },
+      'targets[0].input.namespace: give the namespace as targets[0].namespace',
+    ],
+    [{ name: 'x', targets: [{ namespace: 'a' }] }, 'targets[0] (a): uid: must be a number (it is missing)'],
+    [{ name: 'x', waveSize: 0, targets: [{ namespace: 'a' }] }, 'waveSize: must be at least 1'],
+    [
+      { name: 'x', approvals: 'sometimes', targets: [{ namespace: 'a' }] },
+      'approvals must be one of none, after-canary, each-wave, each-run',
+    ],
+  ])('refuses %j, naming the field: %s', (raw, message) => {
+    expect(() => parseFleetInput(raw)).toThrow(InvalidInputError);
+    expect(() => parseFleetInput(raw)).toThrow(message);
+  });
+});
+
+describe('the waves of a fleet', () => {
+  it('puts the canary alone first, then waves of waveSize in the listed order', () => {
+    expect(wavesOf(6, true, 2)).toEqual([[0], [1, 2], [3, 4], [5]]);
+    expect(wavesOf(3, false, 5)).toEqual([[0, 1, 2]]);
+    expect(wavesOf(1, true, 5)).toEqual([[0]]);
+  });
+});
+
+describe('mergeInput', () => {
+  it('merges objects key by key and replaces everything else', () => {
+    expect(mergeInput({ a: { b: 1, c: [1, 2] }, d: 1 }, { a: { c: [3] }, d: 2 })).toEqual({
+      a: { b: 1, c: [3] },
+      d: 2,
+    });
+  });
+});
