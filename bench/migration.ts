@@ -10,6 +10,7 @@ import { createWorker } from '../src/app/worker.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
+import { renderStepTimes, stepTimes } from './support/steps.js';
 
 const files = Number(process.env.FILES ?? 1000);
 const rounds = Number(process.env.ROUNDS ?? 3);
@@ -32,6 +33,8 @@ const results: Record<string, { total: number[]; window: number[] }> = {
   admission: { total: [], window: [] },
   'job-duration': { total: [], window: [] },
 };
+/** Where the last admission-mode run's time went. */
+let breakdown: ReturnType<typeof stepTimes> | undefined;
 const namespaces: string[] = [];
 try {
   for (let r = 0; r < rounds; r++) {
@@ -46,6 +49,7 @@ try {
       const report = (await handle.result()) as MigrationReport;
       results[mode]!.total.push((performance.now() - t) / 1000);
       results[mode]!.window.push(report.windowSeconds);
+      if (mode === 'admission') breakdown = stepTimes(await handle.fetchHistory());
     }
   }
 } finally {
@@ -64,5 +68,7 @@ process.stdout.write(
     `  admission mode:    end-to-end ${median(adm.total).toFixed(2)} s, window ${median(adm.window).toFixed(2)} s`,
     `  job-duration mode: end-to-end ${median(job.total).toFixed(2)} s, window ${median(job.window).toFixed(2)} s`,
     `  window ratio admission / job-duration: ${(median(adm.window) / median(job.window)).toFixed(2)}`,
+    `  where the last admission-mode run's time went (each step from scheduled to closed, summed by type):`,
+    ...(breakdown ? renderStepTimes(breakdown) : []),
   ].join('\n') + '\n',
 );

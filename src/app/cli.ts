@@ -21,7 +21,7 @@ import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messag
 import { reasonOf } from '../core/failure-reason.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
 import { clusterTaskQueue, fleetWorkflowId, TaskQueue } from '../core/names.js';
-import { fleetRunning, queryFleet, renderFleet, startFleet } from './fleets.js';
+import { fleetRunning, queryFleet, startFleet } from './fleets.js';
 import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import { GuardrailCheck, loadGuardrails } from '../services/guardrails.js';
@@ -47,7 +47,14 @@ import {
   workerLog,
   type LogFormat,
 } from './telemetry.js';
-import { renderGuardrails, renderPlan, renderProgress, renderReport, renderStatus } from './status-view.js';
+import {
+  renderFleet,
+  renderGuardrails,
+  renderPlan,
+  renderProgress,
+  renderReport,
+  renderStatus,
+} from './status-view.js';
 import { liveStatus } from './live-view.js';
 import { TracesEndpointEnv } from './tracing.js';
 import type { MigrationReport } from '../workflows/messages.js';

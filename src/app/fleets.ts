@@ -1,6 +1,6 @@
 /**
  * Fleets from a client: starting a fleet from its file (validated before the start, so a bad
- * target changes nothing anywhere), asking its status, and the fleet view.
+ * target changes nothing anywhere) and asking its status (its view: `renderFleet` in status-view.ts).
  */
 import {
   WorkflowExecutionAlreadyStartedError,
@@ -10,7 +10,6 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
-import CliTable from 'cli-table3';
 import { parseFleetInput, type FleetInput } from '../core/fleet.js';
 import { fleetWorkflowId, TaskQueue, WorkflowType } from '../core/names.js';
 import { fleetStatusQuery, type FleetStatus } from '../workflows/fleet-messages.js';
@@ -55,32 +54,6 @@ export async function queryFleet(client: Client, name: string): Promise<FleetSta
       );
     throw err;
   }
-}
-
-/** The fleet view: where the fleet is, its gates, and one row per target. */
-export function renderFleet(s: FleetStatus): string {
-  const counts = new Map<string, number>();
-  for (const t of s.targets) counts.set(t.state, (counts.get(t.state) ?? 0) + 1);
-  const lines = [
-    `fleet ${s.name} — ${s.phase}; wave ${s.wave + 1} of ${s.waves}${s.canary ? ' (wave 1 is the canary)' : ''}; ` +
-      `${[...counts].map(([k, v]) => `${v} ${k}`).join(', ')}; failures ${s.failures} (budget ${s.failureBudget})` +
-      (s.continuedAsNew ? `; continued as new ${s.continuedAsNew}×` : ''),
-  ];
-  if (s.reason) lines.push(`reason: ${s.reason}`);
-  for (const g of s.gates.filter((x) => x.state === 'waiting'))
-    lines.push(`waiting for: runas-migrate approve --fleet ${s.name} --gate ${g.gate}`);
-  const table = new CliTable({ head: ['wave', 'target', 'state', 'ended', 'window', 'message'] });
-  for (const t of s.targets)
-    table.push([
-      String(t.wave + 1),
-      t.id,
-      t.state,
-      t.endState ?? '-',
-      t.windowSeconds === null ? '-' : `${t.windowSeconds.toFixed(1)} s`,
-      (t.message ?? '').slice(0, 80),
-    ]);
-  lines.push(table.toString());
-  return lines.join('\n');
 }
 
 /** Whether the fleet's workflow is still running. */

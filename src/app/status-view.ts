@@ -4,6 +4,7 @@
 import { AlwaysDeniedNamespaces, type GuardrailsInForce } from '../core/guardrails.js';
 import CliTable from 'cli-table3';
 import type { HelmStatus, MigrationReport, MigrationStatus, WindowStatus } from '../workflows/messages.js';
+import type { FleetStatus } from '../workflows/fleet-messages.js';
 import type { MigrationPlan } from '../core/plan.js';
 import type { NamespaceAudit } from '../services/gatekeeper-audit.js';
 import type { CheckResult } from '../core/verification.js';
@@ -307,4 +308,30 @@ export function statusEvents(prev: MigrationStatus | undefined, next: MigrationS
     events.push(`ended: ${next.endState}${next.recovery ? ` (recovery ${next.recovery})` : ''}`);
   for (const t of added(prev?.leftToDo, next.leftToDo)) events.push(`LEFT TO DO: ${t}`);
   return events;
+}
+
+/** The fleet view: where the fleet is, its gates, and one row per target. */
+export function renderFleet(s: FleetStatus): string {
+  const counts = new Map<string, number>();
+  for (const t of s.targets) counts.set(t.state, (counts.get(t.state) ?? 0) + 1);
+  const lines = [
+    `fleet ${s.name} — ${s.phase}; wave ${s.wave + 1} of ${s.waves}${s.canary ? ' (wave 1 is the canary)' : ''}; ` +
+      `${[...counts].map(([k, v]) => `${v} ${k}`).join(', ')}; failures ${s.failures} (budget ${s.failureBudget})` +
+      (s.continuedAsNew ? `; continued as new ${s.continuedAsNew}×` : ''),
+  ];
+  if (s.reason) lines.push(`reason: ${s.reason}`);
+  for (const g of s.gates.filter((x) => x.state === 'waiting'))
+    lines.push(`waiting for: runas-migrate approve --fleet ${s.name} --gate ${g.gate}`);
+  const table = new Table({ head: ['wave', 'target', 'state', 'ended', 'window', 'message'] });
+  for (const t of s.targets)
+    table.push([
+      String(t.wave + 1),
+      t.id,
+      t.state,
+      t.endState ?? '-',
+      t.windowSeconds === null ? '-' : `${t.windowSeconds.toFixed(1)} s`,
+      (t.message ?? '').slice(0, 80),
+    ]);
+  lines.push(table.toString());
+  return lines.join('\n');
 }
