@@ -281,12 +281,9 @@ export interface JobProgress {
   volume: number;
   volumes: number;
   path: string;
-  /**
-   * Changing what is not yet owned (and proving it), or finished with the volume. `counting` comes
-   * only from Jobs of versions that counted before changing.
-   */
+  /** counting what is not yet owned, changing it (and proving it), or finished with the volume. */
   stage: 'counting' | 'changing' | 'finished';
-  /** Entries of this volume to change, when known before the change (older Jobs); else null. */
+  /** Entries of this volume to change, once counted. */
   toChange: number | null;
   /** Entries scanned and changed in the volumes finished so far (this one included when finished). */
   scanned: number;
@@ -318,9 +315,7 @@ export function describeJobProgress(p: JobProgress): string {
     p.stage === 'counting'
       ? 'counting what is not yet owned'
       : p.stage === 'changing'
-        ? p.toChange === null
-          ? 'changing what is not yet owned'
-          : `changing ${p.toChange} entries`
+        ? `changing ${p.toChange ?? '?'} entries`
         : 'finished';
   return `volume ${p.volume}/${p.volumes} ${p.path}: ${what}; ${p.scanned} scanned, ${p.changed} changed so far`;
 }

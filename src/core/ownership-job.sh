@@ -9,9 +9,9 @@
 # database image has. Environment: TARGET_UID, TARGET_GID; TERMINATION_LOG [/dev/termination-log].
 #
 # Idempotent: only what is not yet uid:gid is changed, so a re-run after an interruption finishes
-# the work. Each volume is walked twice: once to change what is wrong (counting it as it goes),
-# once after to prove nothing is left. With several CPUs its top-level entries are shared among up
-# to `nproc` (max 8) workers, never more workers than entries; each changes and proves its share.
+# the work. Each volume is counted, changed and then proven by a walk after the change. With
+# several CPUs its top-level entries are shared among up to `nproc` (max 8) workers, never more
+# workers than entries; all count first, then each changes and proves its own share.
 set -uo pipefail
 shopt -s lastpipe
 uid="$TARGET_UID"
@@ -54,21 +54,32 @@ have_paths() {
   fi
 }
 
-# Changes what is not uid:gid under the start points (only themselves with "self", whole subtrees
-# with "tree"), counting it in the same walk, then proves in a second walk that also counts: one
-# line per entry, an x on the wrong ones. Prints "changed scanned left failed" in a single write,
-# so parallel workers do not interleave. A file with several hard links counts once per path
-# found still wrong: a link met after its inode was changed is right already.
-change() {
-  local how=$1 depth=() changed=0 scanned=0 chars=0 failed=0
+# Counts what is not uid:gid under the start points: only themselves with "self", whole subtrees
+# with "tree". Prints "changed failed".
+count() {
+  local how=$1 depth=() changed=0 failed=0
   shift
-  have_paths "$@" || { echo "0 0 0 1"; return; }
+  have_paths "$@" || { echo "0 1"; return; }
   if [ "$how" = self ]; then depth=(-maxdepth 0); fi
-  # -P, chown -h: never follow a symlink, change the link itself. Counted with wc, not in bash:
-  # bash string work is quadratic on big strings.
-  changed=$(find -P "$@" "${depth[@]}" "${prune[@]}" "${wrong[@]}" -printf c -exec chown -h "$uid:$gid" -- {} + | wc -c) || failed=1
+  # Counted with wc, not in bash: bash string work is quadratic on big strings.
+  changed=$(find -P "$@" "${depth[@]}" "${prune[@]}" "${wrong[@]}" -printf c | wc -c) || failed=1
+  echo "$changed $failed"
+}
+
+# Changes the start points ("self") or their subtrees ("tree") when the count found something
+# wrong (or failed), then proves in one walk that also counts: one line per entry, an x on the
+# wrong ones. Prints "scanned left failed" in a single write, so parallel workers do not interleave.
+change() {
+  local how=$1 changed=$2 count_failed=$3 depth=() recurse=(-R -P) scanned=0 chars=0 failed=0
+  shift 3
+  have_paths "$@" || { echo "0 0 1"; return; }
+  if [ "$how" = self ]; then depth=(-maxdepth 0); recurse=(); fi
+  if [ "$changed" -ne 0 ] || [ "$count_failed" -ne 0 ]; then
+    # -P -h: never follow a symlink, change the link itself.
+    chown "${recurse[@]}" -h "$uid:$gid" -- "$@" || failed=1
+  fi
   find -P "$@" "${depth[@]}" "${prune[@]}" \( "${wrong[@]}" -printf 'x\n' -o -printf '\n' \) | wc -lc | read -r scanned chars || failed=1
-  echo "$changed $scanned $((chars - scanned)) $failed"
+  echo "$scanned $((chars - scanned)) $failed"
 }
 
 # The start points of work unit k of the current volume: its root alone, the whole volume, or
@@ -127,16 +138,30 @@ for path in "${ordered[@]}"; do
     units=(root)
     for ((k = 0; k < shares; k++)); do units+=("$k"); done
   fi
-  progress changing
-  changed=0; scanned=0; left=0; failed=0; reports=0
+  progress counting
+  # All count before any changes: a hard link in two shares then counts as changed in both.
+  counted=()
+  count_failed=()
   {
     for j in "${!units[@]}"; do
       unit "${units[j]}"
-      change "$how" "${paths[@]}" &
+      { printf '%s %s\n' "$j" "$(count "$how" "${paths[@]}")"; } &
     done
     wait
-  } | while read -r c s l f; do
-    changed=$((changed + c)); scanned=$((scanned + s)); left=$((left + l)); failed=$((failed + f)); reports=$((reports + 1))
+  } | while read -r j c f; do counted[j]=$c; count_failed[j]=$f; done
+  changed=0; scanned=0; left=0; failed=0; reports=0
+  for j in "${!units[@]}"; do
+    if [ -z "${counted[j]:-}" ]; then failed=1; else changed=$((changed + counted[j])); fi
+  done
+  progress changing "$changed"
+  {
+    for j in "${!units[@]}"; do
+      unit "${units[j]}"
+      change "$how" "${counted[j]:-0}" "${count_failed[j]:-1}" "${paths[@]}" &
+    done
+    wait
+  } | while read -r s l f; do
+    scanned=$((scanned + s)); left=$((left + l)); failed=$((failed + f)); reports=$((reports + 1))
   done
   if [ "$reports" -ne "${#units[@]}" ]; then failed=1; fi
   if [ "$failed" -ne 0 ]; then

@@ -103,12 +103,11 @@ describe('the ownership Job on the host runner', () => {
       expect(outcome).toMatchObject({ succeeded: true });
       const seen = beats.flatMap((b) => Object.values(b.jobs ?? {}));
       expect(seen.map((p) => p.stage)).toContain('changing');
-      // Counted as it changes: how many is known once the volume is finished.
       expect(seen.find((p) => p.stage === 'changing')).toMatchObject({
         volume: 1,
         volumes: 1,
         path: '/var/lib/postgresql',
-        toChange: null,
+        toChange: entries - 1002,
       });
       // Finished Jobs leave the heartbeat: only running ones are shown with progress.
       expect(beats.at(-1)?.jobs).toEqual({});
