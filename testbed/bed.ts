@@ -524,7 +524,7 @@ export async function ensureCluster(
   name: string,
   log: Log = () => undefined,
 ): Promise<ExtraCluster> {
-  const known = state.clusters?.[name];
+  const known = (readState(state.name) ?? state).clusters?.[name];
   if (known && isAlive(known.runner.process)) {
     try {
       const node = await clusterConfig(known).makeApiClient(CoreV1Api).readNode({ name: HostRunnerNodeName });
@@ -549,8 +549,13 @@ export async function ensureCluster(
   log(`creating cluster ${extra.clusterName}`);
   await createCluster(state, log, extra);
   extra.runner.process = startRunner(state, extra);
-  state.clusters = { ...state.clusters, [name]: extra };
-  writeState(state);
+  // Recorded on the state as the file has it now: the caller's copy may be older (a test's copy
+  // from the start of the run misses a Temporal server a fault test restarted since, and writing
+  // it back would leave that server running after `down`).
+  const current = readState(state.name) ?? state;
+  current.clusters = { ...current.clusters, [name]: extra };
+  state.clusters = current.clusters;
+  writeState(current);
   const kc = clusterConfig(extra);
   await createFakeNodes(kc, 2);
   await installClusterFixture(kc, { constraints: false, gatekeeper: false });
