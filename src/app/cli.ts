@@ -21,6 +21,7 @@ import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messag
 import { reasonOf } from '../core/failure-reason.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
 import { clusterTaskQueue, fleetWorkflowId, TaskQueue } from '../core/names.js';
+import { checkClusterName } from '../core/fleet.js';
 import { fleetRunning, queryFleet, startFleet } from './fleets.js';
 import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
@@ -288,7 +289,10 @@ recordsOption(
     cluster?: string;
   }) => {
     const log = workerLog(program.opts<{ logFormat: LogFormat }>().logFormat);
-    const taskQueue = clusterTaskQueue(opts.cluster, opts.taskQueue);
+    const taskQueue = clusterTaskQueue(
+      opts.cluster === undefined ? undefined : checkClusterName(opts.cluster),
+      opts.taskQueue,
+    );
     const w = await createWorker({
       address: opts.address,
       namespace: opts.temporalNamespace,
@@ -393,20 +397,40 @@ async function startFleetCommand(flags: FleetStartFlags): Promise<void> {
   await c.connection.close();
 }
 
-/** Shows the fleet view each time it changes, until the fleet ends; exit code 1 unless it completed. */
+/**
+ * Shows the fleet view each time it changes, until the fleet ends; exit code 1 unless it completed.
+ * The end comes from the fleet's result (a long poll that follows continue-as-new), not from
+ * asking the server each time whether it still runs.
+ */
 async function watchFleet(c: Client, name: string): Promise<void> {
   let last = '';
-  for (;;) {
-    const status = await queryFleet(c, name);
+  let ended = false;
+  const result = c.workflow
+    .getHandle(fleetWorkflowId(name))
+    .result()
+    .then(
+      () => true,
+      () => false,
+    )
+    .finally(() => {
+      ended = true;
+    });
+  const show = async (): Promise<void> => {
+    const status = await queryFleet(c, name).catch((err: unknown) => {
+      if (err instanceof NoRunError) throw err;
+      return undefined; // between two runs of a continue-as-new, or closing
+    });
+    if (!status) return;
     const view = renderFleet(status);
     if (view !== last) process.stdout.write(view + '\n');
     last = view;
-    if (!(await fleetRunning(c, name))) {
-      if (status.phase !== 'completed') process.exitCode = 1;
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 2000));
+  };
+  while (!ended) {
+    await show();
+    await Promise.race([result, new Promise((r) => setTimeout(r, 2000))]);
   }
+  await show();
+  if (!(await result)) process.exitCode = 1;
 }
 
 async function fleetStatusCommand(

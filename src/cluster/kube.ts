@@ -147,7 +147,7 @@ export interface KubeCallCounts {
   reads: number;
   writes: number;
   /** Collections watched by the waits (each watch resumed as needed). */
-  watches?: number;
+  watches: number;
 }
 
 const header = (strategy: PatchStrategy) => setHeaderOptions('Content-Type', strategy);
@@ -209,7 +209,7 @@ const dryRunName = (o: DryRunOption | undefined) => (o?.dryRun ? ' (dry run)' : 
 
 /** The Kubernetes calls runas-migrate makes, each named, counted and typed on failure. */
 export class Kube {
-  readonly counts: KubeCallCounts = { reads: 0, writes: 0 };
+  readonly counts: KubeCallCounts = { reads: 0, writes: 0, watches: 0 };
   protected readonly core: CoreV1Api;
   protected readonly custom: CustomObjectsApi;
   protected readonly apis: ApisApi;
@@ -250,7 +250,7 @@ export class Kube {
 
   /** Watches `collections` and wakes a wait when one changes (src/cluster/changes.ts). */
   watchChanges(collections: WatchedCollection[]): ChangeFeed {
-    this.counts.watches = (this.counts.watches ?? 0) + collections.length;
+    this.counts.watches += collections.length;
     return watchChanges(this.kubeConfig, collections);
   }
 

@@ -17,6 +17,21 @@ const name = (what: string) =>
     )
     .max(40, 'must be at most 40 characters');
 
+const clusterName = name('a cluster name such as "prod-eu"');
+
+/**
+ * Checks a worker's `--cluster` name the way a fleet file's `cluster` is checked: a name the fleet
+ * could not route to would leave the worker polling a queue nothing reaches.
+ */
+export function checkClusterName(cluster: string): string {
+  const parsed = clusterName.safeParse(cluster);
+  if (!parsed.success)
+    throw new InvalidInputError(
+      `invalid input: --cluster "${cluster}": ${parsed.error.issues[0]?.message ?? 'not a cluster name'} (the fleet file's "cluster" of the targets this worker serves)`,
+    );
+  return parsed.data;
+}
+
 /** How a fleet asks for approvals. */
 export const FleetApprovals = {
   /** No fleet gate, and each run without its own gates. */
@@ -34,7 +49,7 @@ const target = z
   .object({
     namespace: z.string({ error: 'must name the namespace to migrate' }),
     /** The cluster (its workers poll `runas-migrate-<cluster>`); the fleet's own queue when absent. */
-    cluster: name('a cluster name such as "prod-eu"').optional(),
+    cluster: clusterName.optional(),
     /** Fields of this target's run over `defaults` (objects merged, everything else replaced). */
     input: z.record(z.string(), z.unknown()).optional(),
   })

@@ -126,17 +126,14 @@ it(
       'alice',
     ]);
     expect(approved.stdout).toContain('approved gate after-canary');
-    const done = await waitFor(
-      'the fleet to end',
-      async () => {
-        const s = await fleetStatus();
-        return ['completed', 'completed-with-failures', 'stopped', 'aborted'].includes(s.phase)
-          ? s
-          : undefined;
-      },
-      240_000,
-      1000,
-    );
+    // `status --watch` follows the fleet to its end and exits 0 only if it completed.
+    const followed = await runasMigrate(['status', '--fleet', fleetName, '--watch']);
+    expect(followed.stderr).toBe('');
+    expect(followed.code).toBe(0);
+    expect(
+      followed.stdout.split('\n').filter((l) => l.startsWith(`fleet ${fleetName} — completed;`)),
+    ).toHaveLength(1);
+    const done = await fleetStatus();
     expect(done.targets.map((t) => [t.state, t.message])).toEqual([
       ['succeeded', null],
       ['succeeded', null],
