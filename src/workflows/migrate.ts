@@ -61,7 +61,33 @@ const Patch = {
   GatekeeperAudit: 'gatekeeper-audit',
   /** The Helm release's revision read before the upgrade, for the rollback. */
   HelmRevision: 'helm-revision',
+  /** Gatekeeper's audit from the moment the databases are up, alongside the other checks. */
+  AuditAlongside: 'audit-alongside',
 } as const;
+
+/**
+ * Runs `fn` in a cancellation scope of its own, beside whatever the caller does next: `result()`
+ * awaits it (its failure included); `cancel()` cancels it and awaits its end, whatever it was.
+ */
+function alongside(fn: () => Promise<unknown>): { result(): Promise<unknown>; cancel(): Promise<void> } {
+  const scope = new wf.CancellationScope();
+  const running = scope.run(fn);
+  // Observed at once: a failure while the caller is busy elsewhere is not an unhandled rejection.
+  const ended = running.then(
+    () => ({ failed: false, error: null as unknown }),
+    (error: unknown) => ({ failed: true, error }),
+  );
+  return {
+    result: async () => {
+      const { failed, error } = await ended;
+      if (failed) throw error as Error;
+    },
+    cancel: async () => {
+      scope.cancel();
+      await ended;
+    },
+  };
+}
 
 /** Awaits a step; a refusal of `type` fails the run as that refusal, not as "activity task failed". */
 async function refusedAs<T>(type: FailureType, step: Promise<T>): Promise<T> {
@@ -161,6 +187,10 @@ export class Migration {
     );
     if (input.approvals.length) await this.planAgain();
     await this.changeFiles();
+    if (wf.patched(Patch.AuditAlongside)) {
+      await this.startAndVerify();
+      return;
+    }
     await this.startDatabases();
     await this.verify();
   }
@@ -409,6 +439,11 @@ export class Migration {
   }
 
   private async startDatabases(): Promise<void> {
+    await this.scaleUp();
+    await this.waitForPlatform();
+  }
+
+  private async scaleUp(): Promise<void> {
     const { namespace, plan } = this;
     this.state.setPhase(Phase.ScalingUp);
     await Promise.all(
@@ -422,6 +457,10 @@ export class Migration {
       ),
     );
     this.progress.scaledDown = [];
+  }
+
+  private async waitForPlatform(): Promise<void> {
+    const { namespace, plan } = this;
     if (plan.platform) {
       await wait(
         this.stubs.steps.waitForPlatform,
@@ -432,7 +471,40 @@ export class Migration {
     }
   }
 
+  private get auditWanted(): boolean {
+    const { input } = this;
+    return wf.patched(Patch.GatekeeperAudit) && input.verify.audit && input.policies.gatekeeper;
+  }
+
+  /**
+   * Scales the databases up, then verifies them. Gatekeeper's audit waits for a pass of its own
+   * (up to its audit interval, 60 s by default), so it starts as soon as the database pods exist
+   * and runs alongside the platform wait and the other checks instead of after them. Should one of
+   * those fail, the audit is cancelled and awaited before the failure goes on to the
+   * compensations, so no step of this run is left running beside them.
+   */
+  private async startAndVerify(): Promise<void> {
+    await this.scaleUp();
+    const audit = this.auditWanted ? alongside(() => this.auditNamespace()) : null;
+    try {
+      await this.waitForPlatform();
+      await this.checkAll();
+    } catch (err) {
+      await audit?.cancel();
+      throw err;
+    }
+    await audit?.result();
+    this.failOnVerification();
+  }
+
   private async verify(): Promise<void> {
+    await this.checkAll();
+    if (this.auditWanted) await this.auditNamespace();
+    this.failOnVerification();
+  }
+
+  /** The databases' pods and, when asked, the checks inside every replica. */
+  private async checkAll(): Promise<void> {
     const { input, namespace } = this;
     this.state.setPhase(Phase.Verifying);
     this.verification.push(
@@ -444,8 +516,9 @@ export class Migration {
       })),
     );
     if (wf.patched(Patch.DatabaseChecks) && input.verify.checks.length) await this.checkDatabases();
-    if (wf.patched(Patch.GatekeeperAudit) && input.verify.audit && input.policies.gatekeeper)
-      await this.auditNamespace();
+  }
+
+  private failOnVerification(): void {
     if (this.verification.length)
       throw ApplicationFailure.nonRetryable(
         `verification failed: ${this.verification.join('; ')}`,

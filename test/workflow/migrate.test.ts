@@ -7,7 +7,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -141,6 +141,12 @@ interface Scenario {
   failingCheck?: { pod: string; check: string; output: string };
   /** A violation Gatekeeper's audit lists in the namespace after the run. */
   auditViolation?: { kind: string; name: string; message: string };
+  /**
+   * Gatekeeper's audit ends only once this step has been called (as an audit pass that takes
+   * longer than the checks): it heartbeats until then, and records "auditNamespace cancelled"
+   * when it is cancelled instead.
+   */
+  auditUntil?: string;
 }
 
 interface Outcome {
@@ -331,20 +337,34 @@ async function run(s: Scenario): Promise<Outcome> {
     ),
     waitForPlatform: stub('waitForPlatform', () => 'DEPLOYED'),
     verifyDatabases: stub('verifyDatabases', () => []),
-    auditNamespace: stub('auditNamespace', (a: { namespace: string }) => ({
-      namespace: a.namespace,
-      state: s.auditViolation ? 'violations' : 'clean',
-      constraints: [
-        {
-          constraint: 'K8sPSPAllowedUsers/allowed-user-ranges',
-          auditTimestamp: new Date().toISOString(),
-          violations: s.auditViolation ? [s.auditViolation] : [],
-          totalViolations: s.auditViolation ? 1 : 0,
-          complete: true,
-        },
-      ],
-      waitedMs: 1,
-    })),
+    auditNamespace: stub('auditNamespace', async (a: { namespace: string }) => {
+      if (s.auditUntil) {
+        try {
+          for (const until = Date.now() + 10_000; !calls.includes(s.auditUntil);) {
+            if (Date.now() > until) throw new Error(`${s.auditUntil} never ran while the audit waited`);
+            Context.current().heartbeat();
+            await Context.current().sleep(100);
+          }
+        } catch (err) {
+          if (err instanceof CancelledFailure) calls.push('auditNamespace cancelled');
+          throw err;
+        }
+      }
+      return {
+        namespace: a.namespace,
+        state: s.auditViolation ? 'violations' : 'clean',
+        constraints: [
+          {
+            constraint: 'K8sPSPAllowedUsers/allowed-user-ranges',
+            auditTimestamp: new Date().toISOString(),
+            violations: s.auditViolation ? [s.auditViolation] : [],
+            totalViolations: s.auditViolation ? 1 : 0,
+            complete: true,
+          },
+        ],
+        waitedMs: 1,
+      };
+    }),
     checkDatabases: stub(
       'checkDatabases',
       (a: { databases: { statefulSet: string }[]; settings: { checks: CheckResult['check'][] } }) =>
@@ -429,6 +449,11 @@ const inOrder = (calls: string[]) => {
     out.push(...calls.slice(i, j).sort());
     i = j;
   }
+  // Gatekeeper's audit starts with the steps after the scale-up, in either order: moved to right
+  // after it, only when it did start after it.
+  const audit = out.indexOf('auditNamespace');
+  const scaledUp = out.map((c) => c.startsWith('scaleUp')).lastIndexOf(true);
+  if (audit > scaledUp && scaledUp >= 0) out.splice(scaledUp + 1, 0, ...out.splice(audit, 1));
   return out;
 };
 
@@ -469,10 +494,10 @@ const forward = [
   'deleteOwnershipJobs',
   'scaleUp(pgplatform:1)',
   'scaleUp(timescale:2)',
+  'auditNamespace',
   'waitForPlatform',
   'verifyDatabases',
   'checkDatabases',
-  'auditNamespace',
   'releaseNamespaceLock',
 ];
 const allNew = { pgplatform: '5000', timescale: '5000' };
@@ -757,6 +782,27 @@ describe('migrateOwnership', () => {
 
     const off = await run({ input: { verify: { audit: false } } });
     expect(off.calls).not.toContain('auditNamespace');
+  });
+
+  it("runs Gatekeeper's audit alongside the checks once the databases are up, not after them", async () => {
+    // The audit ends only once the checks have run: run one after the other, this run would hang.
+    const { calls, error, result } = await run({ auditUntil: 'checkDatabases', record: 'audit-alongside' });
+    expect(error).toBeUndefined();
+    expect(calls.indexOf('auditNamespace')).toBeGreaterThan(calls.indexOf('scaleUp(timescale:2)'));
+    expect(calls.indexOf('auditNamespace')).toBeLessThan(calls.indexOf('checkDatabases'));
+    expect(result?.gatekeeperAudit?.state).toBe('clean');
+    expect(result?.endState).toBe('completed');
+  });
+
+  it('cancels the audit and awaits its end when a check fails, before anything else happens', async () => {
+    const { calls, error, status } = await run({ auditUntil: 'never', failAt: 'verifyDatabases' });
+    expect(root(error)?.message).toContain('verifyDatabases failed on purpose');
+    const cancelled = calls.indexOf('auditNamespace cancelled');
+    expect(cancelled).toBeGreaterThan(calls.indexOf('verifyDatabases'));
+    // Nothing after the failure ran before the audit had ended.
+    expect(calls.slice(cancelled + 1)).toEqual(['releaseNamespaceLock']);
+    expect(calls.slice(calls.indexOf('verifyDatabases') + 1, cancelled)).toEqual([]);
+    expect(status.policies.state).toBe('restored');
   });
 
   for (const [during, by, completes] of [
