@@ -5,11 +5,13 @@
  * a host process). Reports the total time of each, per-run times and windows, and the worker's
  * memory: VmHWM from /proc/<pid>/status at the end, and VmRSS sampled throughout.
  *
- * Once per wait mode (WAITS=poll,watch by default: a worker process each, fresh namespaces each),
- * side by side in one run: the worker's CPU time per run, watching against polling.
+ * Once per worker variant (WORKERS, `<waits>/<kube connections>` each, by default
+ * `watch/per-request,watch/pooled`: a worker process each, fresh namespaces each), side by side in
+ * one run: the worker's CPU time per run and its memory, each variant against the first. A probe
+ * inside each worker (support/memory-probe.js) tells its JavaScript heap from the rest of its RSS.
  *
  * Bars: NAMESPACES at once in ≤ 3× the time of one; worker peak RSS ≤ 300 MB.
- * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median; WAITS=…).
+ * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median; WORKERS=…).
  */
 import { loadavg } from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
@@ -22,13 +24,17 @@ import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } fr
 import {
   cpuSeconds,
   median,
+  memoryProbe,
   procStatusKb,
+  renderPeaks,
+  type MemoryPeaks,
   rssSampler,
   startWorkerProcess,
   type WorkerProcess,
 } from './support/worker-process.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
 import type { WaitMode } from '../src/services/workloads.js';
+import type { KubeConnections } from '../src/cluster/connections.js';
 
 const fleetSize = Number(process.env.NAMESPACES ?? 20);
 const files = Number(process.env.FILES ?? 200);
@@ -120,17 +126,28 @@ function phases(r: MigrationReport): { before: number; window: number; after: nu
 }
 
 const loadBefore = loadavg()[0]!;
-const waitModes = (process.env.WAITS ?? 'poll,watch').split(',') as WaitMode[];
+/** A worker process's settings: how its waits look, and how it connects to the API server. */
+interface Variant {
+  waits: WaitMode;
+  connections: KubeConnections;
+}
+const variants: Variant[] = (process.env.WORKERS ?? 'watch/per-request,watch/pooled').split(',').map((v) => {
+  const [waits, connections] = v.split('/') as [WaitMode, KubeConnections | undefined];
+  return { waits, connections: connections ?? 'pooled' };
+});
+const nameOf = (v: Variant) => `${v.waits}/${v.connections}`;
 
-/** What one worker process (waits in `mode`) did: single runs, then the fleet at once. */
+/** What one worker process (its `variant`) did: single runs, then the fleet at once. */
 interface Measured {
-  mode: WaitMode;
+  variant: Variant;
   singles: string[];
   fleet: string[];
   single: Outcome[];
   many: { total: number; outcomes: Outcome[] };
   rss: { startup: number; single: number; fleet: number; hwm: number; end: number };
   cpu: { startup: number; single: number; fleet: number };
+  /** The main isolate's memory at its peaks, from the probe inside the worker. */
+  memory: { startup: MemoryPeaks; single: MemoryPeaks; fleet: MemoryPeaks };
   startupSeconds: number;
 }
 
@@ -139,45 +156,59 @@ await ensureSweeperSchedule(client, taskQueue, '1 hour');
 const policiesBefore = new Map<string, PolicyState>();
 const namespacePolicy = (p: PolicyState) => ({ labels: p.labels, annotations: p.annotations });
 
-/** Seeds fresh namespaces, starts a worker whose waits `mode`, and measures single runs and the fleet. */
-async function measure(mode: WaitMode): Promise<Measured> {
-  const singles = await seed(`bench-fleet-one-${mode}`, rounds);
-  const fleet = await seed(`bench-fleet-many-${mode}`, fleetSize);
+/** Seeds fresh namespaces, starts a worker of `variant`, and measures single runs and the fleet. */
+async function measure(variant: Variant, index: number): Promise<Measured> {
+  const singles = await seed(`bench-fleet-one-${index}`, rounds);
+  const fleet = await seed(`bench-fleet-many-${index}`, fleetSize);
   for (const n of [...singles, ...fleet]) policiesBefore.set(n, await policyState(kc, n));
   let worker: WorkerProcess | undefined;
   let sampler: ReturnType<typeof rssSampler> | undefined;
   const single: Outcome[] = [];
   const rss = { startup: 0, single: 0, fleet: 0, hwm: 0, end: 0 };
   const cpu = { startup: 0, single: 0, fleet: 0 };
+  const probe = memoryProbe();
   try {
-    worker = await startWorkerProcess(['--task-queue', taskQueue, '--waits', mode], {
+    const args = [
+      '--task-queue',
+      taskQueue,
+      '--waits',
+      variant.waits,
+      '--kube-connections',
+      variant.connections,
+    ];
+    worker = await startWorkerProcess(args, {
       KUBECONFIG: bed.kubeconfig,
       TEMPORAL_ADDRESS: bed.temporal.address,
+      ...probe.env,
     });
     const pid = worker.pid;
     sampler = rssSampler(pid);
     const startupSeconds = worker.startupSeconds;
     await sleep(1000);
     rss.startup = sampler.lap();
+    const memory = { startup: probe.lap(), single: probe.lap(), fleet: probe.lap() };
     cpu.startup = cpuSeconds(pid);
     for (const n of singles) single.push(...(await migrate([n])).outcomes);
     rss.single = sampler.lap();
+    memory.single = probe.lap();
     cpu.single = cpuSeconds(pid) - cpu.startup;
     const many = await migrate(fleet);
     rss.fleet = sampler.lap();
+    memory.fleet = probe.lap();
     cpu.fleet = cpuSeconds(pid) - cpu.startup - cpu.single;
     rss.hwm = procStatusKb(pid, 'VmHWM') ?? 0;
     rss.end = procStatusKb(pid, 'VmRSS') ?? 0;
-    return { mode, singles, fleet, single, many, rss, cpu, startupSeconds };
+    return { variant, singles, fleet, single, many, rss, cpu, memory, startupSeconds };
   } finally {
     sampler?.stop();
     await worker?.stop();
+    probe.remove();
   }
 }
 
 const measured: Measured[] = [];
 try {
-  for (const mode of waitModes) measured.push(await measure(mode));
+  for (const [i, v] of variants.entries()) measured.push(await measure(v, i));
 } finally {
   await client.schedule
     .getHandle(sweeperScheduleId(taskQueue))
@@ -219,9 +250,9 @@ const phaseLine = (os: Outcome[]) => {
 const verdict = (value: number, bar: number, unit: string) =>
   value <= bar ? 'PASS' : `MISS (by ${(value - bar).toFixed(unit === 'MB' ? 0 : 2)} ${unit})`;
 const lines: string[] = [
-  `fleet load on one worker process per wait mode (${fleetSize} ITRS-like namespaces at once vs 1; 3 Jobs and 9 volumes each, ~${files} files per data volume; admission mode; Jobs on the host runner); machine load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`,
+  `fleet load on one worker process per variant (${fleetSize} ITRS-like namespaces at once vs 1; 3 Jobs and 9 volumes each, ~${files} files per data volume; admission mode; Jobs on the host runner); machine load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`,
 ];
-const cpuPerRun: Partial<Record<WaitMode, { single: number; fleet: number; ratio: number }>> = {};
+const perVariant: { name: string; single: number; fleet: number; ratio: number; peakMb: number }[] = [];
 for (const m of measured) {
   const { single, many, rss, cpu } = m;
   const failed = [...single, ...many.outcomes].filter((o) => o.error);
@@ -230,9 +261,15 @@ for (const m of measured) {
   const ratio = all / one;
   const peakMb = mb(Math.max(rss.hwm, rss.fleet, rss.single, rss.startup));
   const jobSeconds = reportsOf(many.outcomes).flatMap((r) => r.jobs.map((j) => j.seconds ?? 0));
-  cpuPerRun[m.mode] = { single: cpu.single / single.length, fleet: cpu.fleet / fleetSize, ratio };
+  perVariant.push({
+    name: nameOf(m.variant),
+    single: cpu.single / single.length,
+    fleet: cpu.fleet / fleetSize,
+    ratio,
+    peakMb,
+  });
   lines.push(
-    `waits: ${m.mode}`,
+    `worker: --waits ${m.variant.waits} --kube-connections ${m.variant.connections}`,
     `  1 namespace (median of ${rounds}): ${one.toFixed(2)} s (${single.map((o) => o.seconds.toFixed(2)).join(', ')}); ${phaseLine(single)}`,
     `  ${fleetSize} namespaces at once: ${all.toFixed(2)} s in total; ratio ${ratio.toFixed(2)}× (bar ≤ ${timeRatioBar}×): ${verdict(ratio, timeRatioBar, '×')}`,
     `    per run, from the common start: ${stats(many.outcomes.map((o) => o.seconds))}; ${phaseLine(many.outcomes)}`,
@@ -241,13 +278,14 @@ for (const m of measured) {
     `    worker CPU: ${(cpu.single / single.length).toFixed(2)} s per single run, ${(cpu.fleet / fleetSize).toFixed(2)} s per run of the fleet (${cpu.fleet.toFixed(1)} s over its ${all.toFixed(1)} s); ${cpu.startup.toFixed(1)} s to start in ${m.startupSeconds.toFixed(1)} s`,
     `  worker peak RSS ${peakMb.toFixed(0)} MB (bar ≤ ${rssBarMb} MB): ${verdict(peakMb, rssBarMb, 'MB')}`,
     `    VmHWM ${mb(rss.hwm).toFixed(0)} MB; sampled VmRSS peaks: started and idle ${mb(rss.startup).toFixed(0)} MB, single runs ${mb(rss.single).toFixed(0)} MB, fleet ${mb(rss.fleet).toFixed(0)} MB; at the end ${mb(rss.end).toFixed(0)} MB`,
+    `    main isolate at its peaks: idle ${renderPeaks(m.memory.startup)}; single runs ${renderPeaks(m.memory.single)}; fleet ${renderPeaks(m.memory.fleet)}`,
     `  runs failed: ${failed.length}/${single.length + many.outcomes.length}${failed.map((f) => `\n    ${f.namespace}: ${f.error}`).join('')}`,
   );
 }
-const { poll, watch } = cpuPerRun;
-if (poll && watch)
+const [first, ...others] = perVariant;
+for (const o of first ? others : [])
   lines.push(
-    `worker CPU per run, watch / poll: ${(watch.single / poll.single).toFixed(2)}× single, ${(watch.fleet / poll.fleet).toFixed(2)}× in the fleet; fleet time ratio ${poll.ratio.toFixed(2)}× polling, ${watch.ratio.toFixed(2)}× watching`,
+    `${o.name} against ${first!.name}: worker CPU per run ${(o.single / first!.single).toFixed(2)}× single, ${(o.fleet / first!.fleet).toFixed(2)}× in the fleet; fleet time ratio ${o.ratio.toFixed(2)}× against ${first!.ratio.toFixed(2)}×; peak RSS ${o.peakMb.toFixed(0)} against ${first!.peakMb.toFixed(0)} MB`,
   );
 lines.push(
   `namespace labels and annotations exactly as before: ${namespacesExact}/${policiesBefore.size}; Gatekeeper constraints exactly as before: ${constraintDiffs.length ? `no — ${constraintDiffs.join('; ')}` : 'yes'}`,

@@ -3,7 +3,9 @@
  * started as installed (the command's node flags), its CPU time and memory read from /proc.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { waitFor } from '../../testbed/process.js';
 
@@ -99,3 +101,53 @@ export async function startWorkerProcess(args: string[], env: NodeJS.ProcessEnv)
   }
   return { pid: worker.pid!, startupSeconds: (performance.now() - spawnedAt) / 1000, stop };
 }
+
+/** Peaks of a worker's main-isolate memory (MB) over a stretch of a bench. */
+export interface MemoryPeaks {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+  samples: number;
+}
+
+/**
+ * The memory probe (memory-probe.js) for a worker process: `env` loads it, `lap` returns the
+ * peaks since the previous lap. What the RSS holds beyond `heapTotal` and `external` is native:
+ * the SDK's core and the workflow thread's isolate.
+ */
+export function memoryProbe() {
+  const file = join(mkdtempSync(join(tmpdir(), 'runas-migrate-memory-')), 'samples.jsonl');
+  writeFileSync(file, '');
+  const probe = fileURLToPath(new URL('./memory-probe.js', import.meta.url));
+  let read = 0;
+  const mb = (b: number) => b / 1024 / 1024;
+  return {
+    env: { NODE_OPTIONS: `--import ${probe}`, RUNAS_MIGRATE_MEMORY_PROBE: file },
+    lap(): MemoryPeaks {
+      const lines = readFileSync(file, 'utf8').split('\n').slice(read).filter(Boolean);
+      read += lines.length;
+      const peaks: MemoryPeaks = {
+        rss: 0,
+        heapTotal: 0,
+        heapUsed: 0,
+        external: 0,
+        arrayBuffers: 0,
+        samples: 0,
+      };
+      for (const line of lines) {
+        const m = JSON.parse(line) as Record<keyof Omit<MemoryPeaks, 'samples'>, number>;
+        for (const k of ['rss', 'heapTotal', 'heapUsed', 'external', 'arrayBuffers'] as const)
+          peaks[k] = Math.max(peaks[k], mb(m[k]));
+        peaks.samples++;
+      }
+      return peaks;
+    },
+    remove: () => rmSync(dirname(file), { recursive: true, force: true }),
+  };
+}
+
+/** One line of memory peaks for a report. */
+export const renderPeaks = (p: MemoryPeaks) =>
+  `RSS ${p.rss.toFixed(0)} MB, JS heap ${p.heapUsed.toFixed(0)} used of ${p.heapTotal.toFixed(0)} MB, external ${p.external.toFixed(0)} MB (array buffers ${p.arrayBuffers.toFixed(0)} MB)`;

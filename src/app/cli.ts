@@ -5,6 +5,7 @@ import { Command, Option } from 'commander';
 import { stringify as toYaml } from 'yaml';
 import { PolicyGuard, type RestoreReport } from '../services/policy-guard.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
+import { KubeConnectionModes, KubeConnectionsEnv, type KubeConnections } from '../cluster/connections.js';
 import { RecordsNamespaceEnv, recordsNamespaceOf } from '../core/records.js';
 import { connectClient, createWorker, temporalTarget, WaitsEnv } from './worker.js';
 import type { WaitMode } from '../services/workloads.js';
@@ -272,6 +273,15 @@ recordsOption(
             .choices(['watch', 'poll'])
             .default('watch')
             .env(WaitsEnv),
+        )
+        .addOption(
+          new Option(
+            '--kube-connections <mode>',
+            'pooled: API calls share keep-alive connections; per-request: a new TLS connection per call, as the client library does by itself',
+          )
+            .choices([...KubeConnectionModes])
+            .default('pooled')
+            .env(KubeConnectionsEnv),
         ),
     ),
   ),
@@ -286,6 +296,7 @@ recordsOption(
     temporalNamespace?: string;
     recordsNamespace?: string;
     waits: WaitMode;
+    kubeConnections: KubeConnections;
     cluster?: string;
   }) => {
     const log = workerLog(program.opts<{ logFormat: LogFormat }>().logFormat);
@@ -303,6 +314,7 @@ recordsOption(
       metrics: opts.metricsAddress !== undefined,
       tracesEndpoint: opts.tracesEndpoint,
       waits: opts.waits,
+      kubeConnections: opts.kubeConnections,
       log,
     });
     log(

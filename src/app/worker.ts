@@ -9,6 +9,7 @@ import { NativeConnection, Runtime, Worker, type WorkerInterceptors } from '@tem
 import { createActivities } from '../activities/index.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
 import type { WaitMode } from '../services/workloads.js';
+import { KubeConnectionsEnv, kubeConnectionsOf, type KubeConnections } from '../cluster/connections.js';
 import { FailureType } from '../core/failures.js';
 import { TaskQueue, WorkflowType } from '../core/names.js';
 import { RecordSelector, recordsNamespaceOf } from '../core/records.js';
@@ -65,6 +66,12 @@ export interface WorkerOptions {
    * only poll; poll where the worker may not watch. @default $RUNAS_MIGRATE_WAITS, else "watch"
    */
   waits?: WaitMode;
+  /**
+   * Whether the worker's API calls share keep-alive connections (`pooled`) or open one each, as
+   * the client library does by itself (`per-request`). @default $RUNAS_MIGRATE_KUBE_CONNECTIONS,
+   * else "pooled"
+   */
+  kubeConnections?: KubeConnections;
 }
 
 /** Environment variable choosing how the worker's waits look: `watch` or `poll`. */
@@ -181,7 +188,10 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
   const target = temporalTarget(opts);
   const taskQueue = opts.taskQueue ?? TaskQueue;
   const log = opts.log ?? ((m: string) => process.stderr.write(`[runas-migrate] ${m}\n`));
-  const kube = Kube.fromKubeconfig(opts.kubeconfig ?? process.env.KUBECONFIG);
+  const kube = Kube.fromKubeconfig(
+    opts.kubeconfig ?? process.env.KUBECONFIG,
+    opts.kubeConnections ?? kubeConnectionsOf(process.env[KubeConnectionsEnv]),
+  );
   const recordsNamespace = recordsNamespaceOf(opts.recordsNamespace);
   // Before anything else: a worker that cannot read its guardrails must not run with the defaults.
   const guardrails = await loadGuardrails({
@@ -247,6 +257,7 @@ export async function createWorker(opts: WorkerOptions = {}): Promise<RunningWor
       await tracing?.shutdown();
       await connection.close();
       await client.connection.close();
+      kube.close();
     },
   };
 }

@@ -3,6 +3,8 @@
  * names every call (verb and object), counts them, and turns every failure into a typed
  * {@link KubeError} — transient ones retryable, 403/404/422 not.
  */
+import type {
+  KubeConfig} from '@kubernetes/client-node';
 import {
   ApisApi,
   AppsV1Api,
@@ -11,7 +13,6 @@ import {
   CoreV1Api,
   CustomObjectsApi,
   Exec,
-  KubeConfig,
   PatchStrategy,
   setHeaderOptions,
   type V1ConfigMap,
@@ -27,6 +28,7 @@ import {
 import { Writable } from 'node:stream';
 import { FailureType, TypedFailure, type KubeFailureType } from '../core/failures.js';
 import { watchChanges, type ChangeFeed, type WatchedCollection } from './changes.js';
+import { kubeConfigFor, PooledKubeConfig, type KubeConnections } from './connections.js';
 
 /** One field the API server refused (`details.causes` of its Status). */
 export interface KubeCause {
@@ -226,12 +228,20 @@ export class Kube {
     this.apis = kubeConfig.makeApiClient(ApisApi);
   }
 
-  /** A client for the kubeconfig at `path` (or the default loading rules when absent). */
-  static fromKubeconfig(path?: string): Kube {
-    const kc = new KubeConfig();
+  /**
+   * A client for the kubeconfig at `path` (or the default loading rules when absent), its
+   * requests sharing keep-alive connections unless `connections` says `per-request`.
+   */
+  static fromKubeconfig(path?: string, connections: KubeConnections = 'pooled'): Kube {
+    const kc = kubeConfigFor(connections);
     if (path) kc.loadFromFile(path);
     else kc.loadFromDefault();
     return new Kube(kc);
+  }
+
+  /** Closes the connections it keeps (a pooled kubeconfig's); a no-op otherwise. */
+  close(): void {
+    if (this.kubeConfig instanceof PooledKubeConfig) this.kubeConfig.close();
   }
 
   /**
