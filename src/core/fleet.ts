@@ -136,6 +136,11 @@ export function parseFleetInput(raw: unknown, baseTaskQueue?: string): FleetInpu
   const problems: string[] = [];
   if ('namespace' in fleet.defaults)
     problems.push('defaults.namespace: each target names its namespace; remove it from defaults');
+  // Without a canary there is nothing to wait after: the fleet would run with no gate at all.
+  if (!fleet.canary && fleet.approvals === FleetApprovals.AfterCanary)
+    problems.push(
+      'approvals: after-canary (the default) needs canary: true; without a canary say how the fleet is approved: each-wave, each-run or none',
+    );
   const seen = new Set<string>();
   const targets: FleetTarget[] = [];
   fleet.targets.forEach((t, i) => {

@@ -70,3 +70,21 @@ describe('mergeInput', () => {
     });
   });
 });
+
+describe('a fleet without a canary', () => {
+  it('must say how it is approved: after-canary would leave it without any gate', () => {
+    const fleet = {
+      name: 'q4',
+      defaults: { uid: 5000, gid: 5000 },
+      targets: [{ namespace: 'a' }],
+      canary: false,
+    };
+    expect(() => parseFleetInput(fleet, 'runas-migrate')).toThrow(InvalidInputError);
+    expect(() => parseFleetInput(fleet, 'runas-migrate')).toThrow(
+      'approvals: after-canary (the default) needs canary: true',
+    );
+    expect(parseFleetInput({ ...fleet, approvals: 'each-wave' }, 'runas-migrate').approvals).toBe(
+      'each-wave',
+    );
+  });
+});
