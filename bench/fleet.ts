@@ -278,7 +278,7 @@ for (const m of measured) {
     `    worker CPU: ${(cpu.single / single.length).toFixed(2)} s per single run, ${(cpu.fleet / fleetSize).toFixed(2)} s per run of the fleet (${cpu.fleet.toFixed(1)} s over its ${all.toFixed(1)} s); ${cpu.startup.toFixed(1)} s to start in ${m.startupSeconds.toFixed(1)} s`,
     `  worker peak RSS ${peakMb.toFixed(0)} MB (bar ≤ ${rssBarMb} MB): ${verdict(peakMb, rssBarMb, 'MB')}`,
     `    VmHWM ${mb(rss.hwm).toFixed(0)} MB; sampled VmRSS peaks: started and idle ${mb(rss.startup).toFixed(0)} MB, single runs ${mb(rss.single).toFixed(0)} MB, fleet ${mb(rss.fleet).toFixed(0)} MB; at the end ${mb(rss.end).toFixed(0)} MB`,
-    `    main isolate at its peaks: idle ${renderPeaks(m.memory.startup)}; single runs ${renderPeaks(m.memory.single)}; fleet ${renderPeaks(m.memory.fleet)}`,
+    `    memory at its peaks: idle ${renderPeaks(m.memory.startup)}; single runs ${renderPeaks(m.memory.single)}; fleet ${renderPeaks(m.memory.fleet)}`,
     `  runs failed: ${failed.length}/${single.length + many.outcomes.length}${failed.map((f) => `\n    ${f.namespace}: ${f.error}`).join('')}`,
   );
 }

@@ -102,20 +102,24 @@ export async function startWorkerProcess(args: string[], env: NodeJS.ProcessEnv)
   return { pid: worker.pid!, startupSeconds: (performance.now() - spawnedAt) / 1000, stop };
 }
 
-/** Peaks of a worker's main-isolate memory (MB) over a stretch of a bench. */
+/** Peaks of a worker's memory (MB) over a stretch of a bench. */
 export interface MemoryPeaks {
   rss: number;
+  /** The main thread's isolate. */
   heapTotal: number;
   heapUsed: number;
   external: number;
   arrayBuffers: number;
+  /** The other threads' isolates (the SDK's workflow thread), summed at each sample time. */
+  threadsHeapTotal: number;
+  threadsHeapUsed: number;
   samples: number;
 }
 
 /**
- * The memory probe (memory-probe.js) for a worker process: `env` loads it, `lap` returns the
- * peaks since the previous lap. What the RSS holds beyond `heapTotal` and `external` is native:
- * the SDK's core and the workflow thread's isolate.
+ * The memory probe (memory-probe.js) for a worker process: `env` loads it into every thread,
+ * `lap` returns the peaks since the previous lap. What the RSS holds beyond the heaps and
+ * `external` is native: the SDK's core, code, buffers.
  */
 export function memoryProbe() {
   const file = join(mkdtempSync(join(tmpdir(), 'runas-migrate-memory-')), 'samples.jsonl');
@@ -123,6 +127,15 @@ export function memoryProbe() {
   const probe = fileURLToPath(new URL('./memory-probe.js', import.meta.url));
   let read = 0;
   const mb = (b: number) => b / 1024 / 1024;
+  type Sample = {
+    t: number;
+    thread: number;
+    rss: number;
+    heapTotal: number;
+    heapUsed: number;
+    external: number;
+    arrayBuffers: number;
+  };
   return {
     env: { NODE_OPTIONS: `--import ${probe}`, RUNAS_MIGRATE_MEMORY_PROBE: file },
     lap(): MemoryPeaks {
@@ -134,13 +147,25 @@ export function memoryProbe() {
         heapUsed: 0,
         external: 0,
         arrayBuffers: 0,
+        threadsHeapTotal: 0,
+        threadsHeapUsed: 0,
         samples: 0,
       };
+      // Other threads' latest sample each, summed whenever one of them reports.
+      const threads = new Map<number, Sample>();
       for (const line of lines) {
-        const m = JSON.parse(line) as Record<keyof Omit<MemoryPeaks, 'samples'>, number>;
-        for (const k of ['rss', 'heapTotal', 'heapUsed', 'external', 'arrayBuffers'] as const)
-          peaks[k] = Math.max(peaks[k], mb(m[k]));
-        peaks.samples++;
+        const m = JSON.parse(line) as Sample;
+        if (m.thread === 0) {
+          for (const k of ['rss', 'heapTotal', 'heapUsed', 'external', 'arrayBuffers'] as const)
+            peaks[k] = Math.max(peaks[k], mb(m[k]));
+          peaks.samples++;
+          continue;
+        }
+        threads.set(m.thread, m);
+        const sum = (k: 'heapTotal' | 'heapUsed') => mb([...threads.values()].reduce((n, x) => n + x[k], 0));
+        peaks.threadsHeapTotal = Math.max(peaks.threadsHeapTotal, sum('heapTotal'));
+        peaks.threadsHeapUsed = Math.max(peaks.threadsHeapUsed, sum('heapUsed'));
+        peaks.rss = Math.max(peaks.rss, mb(m.rss));
       }
       return peaks;
     },
@@ -150,4 +175,4 @@ export function memoryProbe() {
 
 /** One line of memory peaks for a report. */
 export const renderPeaks = (p: MemoryPeaks) =>
-  `RSS ${p.rss.toFixed(0)} MB, JS heap ${p.heapUsed.toFixed(0)} used of ${p.heapTotal.toFixed(0)} MB, external ${p.external.toFixed(0)} MB (array buffers ${p.arrayBuffers.toFixed(0)} MB)`;
+  `RSS ${p.rss.toFixed(0)} MB; main thread's heap ${p.heapUsed.toFixed(0)} used of ${p.heapTotal.toFixed(0)} MB, external ${p.external.toFixed(0)} MB; workflow thread's heap ${p.threadsHeapUsed.toFixed(0)} used of ${p.threadsHeapTotal.toFixed(0)} MB`;
