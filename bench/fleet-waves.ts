@@ -24,6 +24,8 @@ import {
   cpuSeconds,
   median,
   procStatusKb,
+  memoryProbe,
+  renderPeaks,
   rssSampler,
   startWorkerProcess,
   type WorkerProcess,
@@ -85,6 +87,8 @@ const queues = [taskQueue, `${taskQueue}-bed`, `${taskQueue}-east`];
 for (const q of queues) await ensureSweeperSchedule(client, q, '1 hour');
 const workers: Record<string, WorkerProcess> = {};
 const samplers: Record<string, ReturnType<typeof rssSampler>> = {};
+const probes: Record<string, ReturnType<typeof memoryProbe>> = {};
+const memory: Record<string, string> = {};
 const single: { seconds: number; window: number }[] = [];
 let fleetSeconds = 0;
 let report: FleetReport | undefined;
@@ -93,14 +97,17 @@ const peaks: Record<string, number> = {};
 const cpu: Record<string, number> = {};
 try {
   const temporal = { TEMPORAL_ADDRESS: bed.temporal.address };
+  for (const k of ['fleet', 'bed', 'east']) probes[k] = memoryProbe();
   workers.fleet = await startWorkerProcess(['--task-queue', taskQueue], {
     ...temporal,
     KUBECONFIG: bed.kubeconfig,
+    ...probes.fleet!.env,
   });
   for (const c of ['bed', 'east'])
     workers[c] = await startWorkerProcess(['--task-queue', taskQueue, '--cluster', c], {
       ...temporal,
       KUBECONFIG: clusters[c]!.kubeconfig,
+      ...probes[c]!.env,
     });
   for (const [k, w] of Object.entries(workers)) samplers[k] = rssSampler(w.pid);
 
@@ -151,6 +158,10 @@ try {
     peaks[k] = Math.max(s.lap(), procStatusKb(workers[k]!.pid, 'VmHWM') ?? 0);
     s.stop();
   }
+  for (const [k, p] of Object.entries(probes)) {
+    memory[k] = renderPeaks(p.lap());
+    p.remove();
+  }
   for (const [k, w] of Object.entries(workers)) cpu[k] = cpuSeconds(w.pid);
   for (const w of Object.values(workers)) await w.stop();
   for (const q of queues)
@@ -178,6 +189,9 @@ for (const { cluster, namespace } of seeded)
 const targets = report?.targets ?? [];
 const failed = targets.filter((t) => t.state !== 'succeeded');
 const windows = targets.flatMap((t) => (t.windowSeconds === null ? [] : [t.windowSeconds]));
+const windowsOn = (cluster: string) =>
+  targets.flatMap((t) => (t.cluster === cluster && t.windowSeconds !== null ? [t.windowSeconds] : []));
+const medianOf = (xs: number[]) => (xs.length ? `${median(xs).toFixed(2)} s` : '-');
 const oneWindow = median(single.map((s) => s.window));
 const windowRatio = windows.length ? median(windows) / oneWindow : NaN;
 const byWave = new Map<number, { start: number; end: number; n: number }>();
@@ -206,9 +220,11 @@ process.stdout.write(
       .map((f) => `\n    ${f.id}: ${f.state} ${f.message ?? ''}`)
       .join('')}`,
     `  window per run in the fleet: median ${windows.length ? median(windows).toFixed(2) : '-'} s, max ${windows.length ? Math.max(...windows).toFixed(2) : '-'} s; median / single ${windowRatio.toFixed(2)}× (bar ≤ 2×): ${verdict(windowRatio <= 2)}`,
+    `    by cluster: bed (Gatekeeper) median ${medianOf(windowsOn('bed'))}, east (no Gatekeeper) median ${medianOf(windowsOn('east'))}`,
     `  worker peak RSS: ${Object.entries(peaks)
       .map(([k, v]) => `${k} ${mb(v).toFixed(0)} MB`)
       .join(', ')} (bar ≤ ${rssBarMb} MB each): ${verdict(peakMb <= rssBarMb)}`,
+    ...Object.entries(memory).map(([k, m]) => `    ${k} worker at its peaks: ${m}`),
     `  worker CPU: ${Object.entries(cpu)
       .map(([k, v]) => `${k} ${v.toFixed(1)} s`)
       .join(', ')}`,
