@@ -13,7 +13,7 @@
  * Bars: NAMESPACES at once in ≤ 3× the time of one; worker peak RSS ≤ 300 MB.
  * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median; WORKERS=…).
  */
-import { loadavg } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
 import type { MigrationInputRaw } from '../src/core/input.js';
 import { startRun } from '../src/app/runs.js';
@@ -23,6 +23,7 @@ import { kubeConfigOf, up } from '../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import {
   cpuSeconds,
+  machineBusySeconds,
   median,
   memoryProbe,
   procStatusKb,
@@ -146,6 +147,8 @@ interface Measured {
   many: { total: number; outcomes: Outcome[] };
   rss: { startup: number; single: number; fleet: number; hwm: number; end: number };
   cpu: { startup: number; single: number; fleet: number };
+  /** The whole machine's busy CPU seconds (the bed's every process) over the single runs and the fleet. */
+  machine: { single: number; fleet: number };
   /** The main isolate's memory at its peaks, from the probe inside the worker. */
   memory: { startup: MemoryPeaks; single: MemoryPeaks; fleet: MemoryPeaks };
   startupSeconds: number;
@@ -166,6 +169,7 @@ async function measure(variant: Variant, index: number): Promise<Measured> {
   const single: Outcome[] = [];
   const rss = { startup: 0, single: 0, fleet: 0, hwm: 0, end: 0 };
   const cpu = { startup: 0, single: 0, fleet: 0 };
+  const machine = { single: 0, fleet: 0 };
   const probe = memoryProbe();
   try {
     const args = [
@@ -188,17 +192,21 @@ async function measure(variant: Variant, index: number): Promise<Measured> {
     rss.startup = sampler.lap();
     const memory = { startup: probe.lap(), single: probe.lap(), fleet: probe.lap() };
     cpu.startup = cpuSeconds(pid);
+    const busySingle = machineBusySeconds();
     for (const n of singles) single.push(...(await migrate([n])).outcomes);
+    machine.single = machineBusySeconds() - busySingle;
     rss.single = sampler.lap();
     memory.single = probe.lap();
     cpu.single = cpuSeconds(pid) - cpu.startup;
+    const busy = machineBusySeconds();
     const many = await migrate(fleet);
+    machine.fleet = machineBusySeconds() - busy;
     rss.fleet = sampler.lap();
     memory.fleet = probe.lap();
     cpu.fleet = cpuSeconds(pid) - cpu.startup - cpu.single;
     rss.hwm = procStatusKb(pid, 'VmHWM') ?? 0;
     rss.end = procStatusKb(pid, 'VmRSS') ?? 0;
-    return { variant, singles, fleet, single, many, rss, cpu, memory, startupSeconds };
+    return { variant, singles, fleet, single, many, rss, cpu, machine, memory, startupSeconds };
   } finally {
     sampler?.stop();
     await worker?.stop();
@@ -276,6 +284,7 @@ for (const m of measured) {
     `    window per run: ${stats(reportsOf(many.outcomes).map((r) => r.windowSeconds))}`,
     `    ownership Job time (${jobSeconds.length} Jobs on the host runner): ${stats(jobSeconds)}`,
     `    worker CPU: ${(cpu.single / single.length).toFixed(2)} s per single run, ${(cpu.fleet / fleetSize).toFixed(2)} s per run of the fleet (${cpu.fleet.toFixed(1)} s over its ${all.toFixed(1)} s); ${cpu.startup.toFixed(1)} s to start in ${m.startupSeconds.toFixed(1)} s`,
+    `    machine CPU (every process of the bed): ${(m.machine.single / single.length).toFixed(1)} s per single run, ${(m.machine.fleet / fleetSize).toFixed(1)} s per run of the fleet (${m.machine.fleet.toFixed(0)} s over its ${all.toFixed(1)} s: ${(m.machine.fleet / all).toFixed(2)} of ${cpus().length} cores busy); at that cost ${fleetSize} runs need at least ${(m.machine.fleet / cpus().length / one).toFixed(1)}× one run's time here`,
     `  worker peak RSS ${peakMb.toFixed(0)} MB (bar ≤ ${rssBarMb} MB): ${verdict(peakMb, rssBarMb, 'MB')}`,
     `    VmHWM ${mb(rss.hwm).toFixed(0)} MB; sampled VmRSS peaks: started and idle ${mb(rss.startup).toFixed(0)} MB, single runs ${mb(rss.single).toFixed(0)} MB, fleet ${mb(rss.fleet).toFixed(0)} MB; at the end ${mb(rss.end).toFixed(0)} MB`,
     `    memory at its peaks: idle ${renderPeaks(m.memory.startup)}; single runs ${renderPeaks(m.memory.single)}; fleet ${renderPeaks(m.memory.fleet)}`,

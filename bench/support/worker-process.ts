@@ -176,3 +176,13 @@ export function memoryProbe() {
 /** One line of memory peaks for a report. */
 export const renderPeaks = (p: MemoryPeaks) =>
   `RSS ${p.rss.toFixed(0)} MB; main thread's heap ${p.heapUsed.toFixed(0)} used of ${p.heapTotal.toFixed(0)} MB, external ${p.external.toFixed(0)} MB; workflow thread's heap ${p.threadsHeapUsed.toFixed(0)} used of ${p.threadsHeapTotal.toFixed(0)} MB`;
+
+/**
+ * The whole machine's busy CPU time so far (user, nice, system, irq, softirq, steal), in seconds,
+ * from /proc/stat: every process of the bed counted, not just the worker.
+ */
+export function machineBusySeconds(): number {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq, steal] = fields;
+  return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) / 100;
+}
