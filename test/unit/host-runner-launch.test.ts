@@ -6,6 +6,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  rmSync,
   statSync,
   symlinkSync,
   writeFileSync,
@@ -21,7 +22,13 @@ import {
   shellQuote,
   type HostMount,
 } from '../../testbed/host-runner/launch.js';
-import { parseProcStat, processGroupMembers, stopProcessGroup } from '../../testbed/host-runner/processes.js';
+import {
+  parseProcStat,
+  processGroupMembers,
+  startContainerProcess,
+  stopProcessGroup,
+} from '../../testbed/host-runner/processes.js';
+import { terminationMessage } from '../../testbed/host-runner/pod-status.js';
 import { renderLogRecords } from '../../testbed/host-runner/logs.js';
 
 const container = (sc: V1Container['securityContext'], command = ['true']): V1Container => ({
@@ -201,6 +208,34 @@ describe('launchScript with subPath mounts', () => {
       expect(r.code).toBe(1);
       expect(r.out).toContain(`subPath ${subPath} of ${join(root, 'mnt')} leads out of its volume`);
     }
+  });
+});
+
+describe('startContainerProcess', () => {
+  it('takes the termination message from the log only once the last lines are in it', async () => {
+    // A failing container whose last words are its only clue (FallbackToLogsOnError), after
+    // enough output that the log's write stream still holds some when the process closes.
+    const messages: string[] = [];
+    for (let round = 0; round < 10; round++) {
+      const dir = mkdtempSync(join(tmpdir(), 'container-'));
+      const message = await new Promise<string>((resolve) => {
+        const run = startContainerProcess({
+          dir,
+          script: `for i in $(seq 1 3000); do echo "line $i of the server's chatter"; done; echo "FATAL: the last word ${round}" >&2; exit 3\n`,
+          terminationFile: join(dir, 'termination-log'),
+          startedAt: new Date(Date.now() - 1000),
+          onExit: (exitCode) => {
+            resolve(terminationMessage({ terminationMessagePolicy: 'FallbackToLogsOnError' }, run, exitCode));
+            return Promise.resolve();
+          },
+        });
+      });
+      messages.push(message);
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(messages.map((m, round) => m.trimEnd().endsWith(`FATAL: the last word ${round}`))).toEqual(
+      messages.map(() => true),
+    );
   });
 });
 

@@ -143,10 +143,11 @@ export function startContainerProcess(spec: ContainerProcessSpec): RunningContai
   };
   running.done = new Promise<void>((resolve) => {
     child.on('close', (code, signal) => {
-      out.end();
       running.child = undefined;
       const exitCode = code ?? (signal ? 128 + (signal === 'SIGKILL' ? 9 : 15) : 1);
-      void spec.onExit(exitCode).finally(resolve);
+      // The last lines may still sit in the write stream: a termination message taken from the
+      // log (FallbackToLogsOnError) reads the file, so only once they are written to it.
+      out.end(() => void spec.onExit(exitCode).finally(resolve));
     });
   });
   return running;
