@@ -31,6 +31,7 @@ import {
   followRun,
   NoRunError,
   queryStatus,
+  runFlags,
   readInputFile,
   runningRun,
   runProgress,
@@ -378,15 +379,26 @@ type TemporalFlags = { address?: string; temporalNamespace?: string };
 
 /** The flags of a fleet command. */
 type FleetFlags = TemporalFlags & { fleet: string };
+
+const NoClusterForFleet =
+  '--cluster names the cluster of one run (-n): a fleet names its clusters in its file';
+
+/** The `--cluster` of one run: the workflow ID and task queue a fleet gives that cluster's run. */
+const clusterOption = () =>
+  new Option(
+    '--cluster <name>',
+    'the run of the namespace on this cluster, as a fleet names it (workflow runas-migrate-<cluster>.<namespace>, task queue runas-migrate-<cluster>)',
+  ).argParser(checkClusterName);
 type FleetStartFlags = InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean; fleet: string };
 
 /**
  * Whether the command is about a fleet (`--fleet`) rather than a namespace (`-n`): exactly one of
  * them must be given.
  */
-function oneTarget(flags: { namespace?: string; fleet?: string }): boolean {
+function oneTarget(flags: { namespace?: string; fleet?: string; cluster?: string }): boolean {
   if (flags.namespace && flags.fleet)
     throw new InvalidInputError('give either -n <namespace> or --fleet <name>, not both');
+  if (flags.fleet && flags.cluster) throw new InvalidInputError(NoClusterForFleet);
   if (!flags.namespace && !flags.fleet)
     throw new InvalidInputError('say which run: -n <namespace>, or --fleet <name> for a fleet');
   return flags.fleet !== undefined;
@@ -602,6 +614,7 @@ temporalOptions(
       .command('start')
       .description('start a migration run (workflow ID runas-migrate-<namespace>), or a fleet of them')
       .option('--task-queue <name>', 'task queue', TaskQueue)
+      .addOption(clusterOption())
       .option('--follow', 'show live progress until the run ends')
       .option(
         '--fleet <file>',
@@ -609,10 +622,19 @@ temporalOptions(
       ),
   ),
 ).action(
-  async (flags: InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean; fleet?: string }) => {
-    if (flags.fleet) return startFleetCommand(flags as FleetStartFlags);
+  async (
+    flags: InputFlags &
+      TemporalFlags & { taskQueue: string; follow?: boolean; fleet?: string; cluster?: string },
+  ) => {
+    if (flags.fleet) {
+      if (flags.cluster) throw new InvalidInputError(NoClusterForFleet);
+      return startFleetCommand(flags as FleetStartFlags);
+    }
     const c = await client(flags);
-    const { input, handle } = await startRun(c, rawInput(flags), { taskQueue: flags.taskQueue });
+    const { input, handle } = await startRun(c, rawInput(flags), {
+      taskQueue: flags.taskQueue,
+      ...(flags.cluster ? { cluster: flags.cluster } : {}),
+    });
     process.stdout.write(`started ${handle.workflowId} for namespace ${input.namespace}\n`);
     if (process.env.TEMPORAL_UI) {
       const { runId } = await handle.describe();
@@ -622,7 +644,7 @@ temporalOptions(
     }
     if (input.approvals.length) {
       process.stdout.write(
-        `it waits for: ${input.approvals.map((g) => `runas-migrate approve -n ${input.namespace} --gate ${g}`).join(', then ')}\n`,
+        `it waits for: ${input.approvals.map((g) => `runas-migrate approve ${runFlags(input.namespace, flags.cluster)} --gate ${g}`).join(', then ')}\n`,
       );
     }
     if (flags.follow) process.stdout.write(renderReport(await follow(handle, handle.workflowId)) + '\n');
@@ -635,19 +657,27 @@ temporalOptions(
     .command('approve')
     .description("approve a gate of the namespace's run (plan or relax), or of a fleet")
     .option('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .addOption(clusterOption())
     .option('--fleet <name>', 'the fleet instead (gates after-canary, wave-N)')
     .requiredOption('--gate <gate>', 'plan | relax; for a fleet after-canary | wave-N')
     .option('--by <name>', 'who approves', process.env.USER ?? 'operator')
     .option('--comment <text>', 'why'),
 ).action(
   async (
-    flags: TemporalFlags & { namespace: string; gate: string; by: string; comment?: string; fleet?: string },
+    flags: TemporalFlags & {
+      namespace: string;
+      cluster?: string;
+      gate: string;
+      by: string;
+      comment?: string;
+      fleet?: string;
+    },
   ) => {
     if (oneTarget(flags))
       return approveFleet(flags as FleetFlags & { gate: string; by: string; comment?: string });
     const c = await client(flags);
-    const handle = await runningRun(c, flags.namespace, 'approve');
-    const before = await queryStatus(c, flags.namespace);
+    const handle = await runningRun(c, flags.namespace, 'approve', flags.cluster);
+    const before = await queryStatus(c, flags.namespace, flags.cluster);
     const refusal = approvalRefusal(before.gates, flags.gate, before.phase);
     const gate = before.gates.find((g) => g.gate === flags.gate);
     if (refusal?.kind === 'not-a-gate')
@@ -685,26 +715,38 @@ temporalOptions(
       "abort the namespace's run: it compensates (policies re-enforced, replicas and template restored)",
     )
     .option('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .addOption(clusterOption())
     .option('--fleet <name>', 'abort a fleet: no new run starts, the running ones are aborted and compensate')
     .requiredOption('--reason <text>', 'why')
     .option('--by <name>', 'who aborts', process.env.USER ?? 'operator'),
-).action(async (flags: TemporalFlags & { namespace: string; reason: string; by: string; fleet?: string }) => {
-  if (oneTarget(flags)) return abortFleet(flags as FleetFlags & { reason: string; by: string });
-  const c = await client(flags);
-  await (
-    await runningRun(c, flags.namespace, 'abort')
-  ).signal(abortSignal, { reason: flags.reason, by: flags.by });
-  process.stdout.write(
-    `asked the run of ${flags.namespace} to abort; follow it with runas-migrate status -n ${flags.namespace} --watch\n`,
-  );
-  await c.connection.close();
-});
+).action(
+  async (
+    flags: TemporalFlags & {
+      namespace: string;
+      cluster?: string;
+      reason: string;
+      by: string;
+      fleet?: string;
+    },
+  ) => {
+    if (oneTarget(flags)) return abortFleet(flags as FleetFlags & { reason: string; by: string });
+    const c = await client(flags);
+    await (
+      await runningRun(c, flags.namespace, 'abort', flags.cluster)
+    ).signal(abortSignal, { reason: flags.reason, by: flags.by });
+    process.stdout.write(
+      `asked the run of ${flags.namespace} to abort; follow it with runas-migrate status ${runFlags(flags.namespace, flags.cluster)} --watch\n`,
+    );
+    await c.connection.close();
+  },
+);
 
 temporalOptions(
   program
     .command('status')
     .description("show the status of the namespace's run, or of a fleet")
     .option('-n, --namespace <namespace>', 'Kubernetes namespace')
+    .addOption(clusterOption())
     .option('--fleet <name>', "the fleet's view instead: a row per namespace")
     .option('--watch', 'refresh until the run ends')
     .addOption(outputOption())
@@ -713,6 +755,7 @@ temporalOptions(
   async (
     flags: TemporalFlags & {
       namespace: string;
+      cluster?: string;
       watch?: boolean;
       json?: boolean;
       output: OutputFormat;
@@ -726,8 +769,9 @@ temporalOptions(
         `--watch redraws tables: leave out --output ${output}, or poll without --watch`,
       );
     const c = await client(flags);
-    const id = workflowIdOf(flags.namespace);
-    if (output !== 'text') process.stdout.write(formatted(await queryStatus(c, flags.namespace), output));
+    const id = workflowIdOf(flags.namespace, flags.cluster);
+    if (output !== 'text')
+      process.stdout.write(formatted(await queryStatus(c, flags.namespace, flags.cluster), output));
     else if (flags.watch) {
       try {
         process.stdout.write(renderReport(await follow(c.workflow.getHandle(id), id)) + '\n');
@@ -737,10 +781,10 @@ temporalOptions(
         process.exitCode = 1;
       }
     } else {
-      const progress = await runProgress(c, flags.namespace);
+      const progress = await runProgress(c, flags.namespace, flags.cluster);
       try {
         const status = await c.connection.withDeadline(Date.now() + StatusQueryTimeoutMs, () =>
-          queryStatus(c, flags.namespace),
+          queryStatus(c, flags.namespace, flags.cluster),
         );
         process.stdout.write(
           [renderStatus(status, id, progress.jobs), renderProgress(progress)].filter(Boolean).join('\n') +

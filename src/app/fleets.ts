@@ -10,7 +10,7 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
-import { parseFleetInput, type FleetInput } from '../core/fleet.js';
+import { parseFleetInput, resolvedFleetInput, type FleetInput } from '../core/fleet.js';
 import { fleetWorkflowId, TaskQueue, WorkflowType } from '../core/names.js';
 import { fleetStatusQuery, type FleetStatus } from '../workflows/fleet-messages.js';
 import { NoRunError, RunInProgressError } from './runs.js';
@@ -28,7 +28,8 @@ export async function startFleet(
     const handle = await client.workflow.start(WorkflowType.MigrateFleet, {
       taskQueue,
       workflowId,
-      args: [raw],
+      // Every default written out, as for a run: a later change of one does not change an open fleet.
+      args: [resolvedFleetInput(fleet)],
       workflowIdConflictPolicy: WorkflowIdConflictPolicy.FAIL,
       workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
       staticSummary: `fleet ${fleet.name}: ${fleet.targets.length} namespaces${fleet.canary ? ', canary first' : ''}, waves of ${fleet.waveSize}`,

@@ -14,13 +14,24 @@ import {
 import { parse as parseYaml } from 'yaml';
 import { Phase, statusQuery, type MigrationReport, type MigrationStatus } from '../workflows/messages.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
-import { TaskQueue, WorkflowType } from '../core/names.js';
+import { clusterTaskQueue, runWorkflowId, TaskQueue, WorkflowType } from '../core/names.js';
 import type { JobProgress } from '../core/job.js';
 
-/** Workflow ID of the run of a namespace: at most one at a time (docs/architecture.md, invariant 5). */
-export function workflowIdOf(namespace: string): string {
-  return `runas-migrate-${namespace}`;
+/**
+ * Workflow ID of the run of a namespace (of a cluster, when named, as a fleet names it): at most
+ * one at a time (docs/architecture.md, invariant 5).
+ */
+export function workflowIdOf(namespace: string, cluster?: string): string {
+  return runWorkflowId(namespace, cluster);
 }
+
+/** The CLI flags that name a run, for the commands a message suggests. */
+export function runFlags(namespace: string, cluster?: string): string {
+  return cluster ? `-n ${namespace} --cluster ${cluster}` : `-n ${namespace}`;
+}
+
+/** The run's name in messages: the namespace, with its cluster when named. */
+const runName = (namespace: string, cluster?: string) => (cluster ? `${cluster}/${namespace}` : namespace);
 
 /** Thrown when a run of the namespace is already in progress. */
 export class RunInProgressError extends Error {
@@ -52,17 +63,23 @@ export function readInputFile(path: string): unknown {
   }
 }
 
-/** Validates the input and starts the run; refuses a second run on the same namespace. */
+/**
+ * Validates the input and starts the run; refuses a second run on the same namespace. With a
+ * `cluster`, the run has that cluster's workflow ID and goes to its workers' task queue, as a
+ * fleet's run of the same namespace would.
+ */
 export async function startRun(
   client: Client,
   raw: unknown,
-  opts: { taskQueue?: string } = {},
+  opts: { taskQueue?: string; cluster?: string } = {},
 ): Promise<{ input: MigrationInput; handle: WorkflowHandle }> {
   const input = parseMigrationInput(raw);
-  const workflowId = workflowIdOf(input.namespace);
+  const { cluster } = opts;
+  const workflowId = workflowIdOf(input.namespace, cluster);
+  const flags = runFlags(input.namespace, cluster);
   try {
     const handle = await client.workflow.start(WorkflowType.MigrateOwnership, {
-      taskQueue: opts.taskQueue ?? TaskQueue,
+      taskQueue: clusterTaskQueue(cluster, opts.taskQueue ?? TaskQueue),
       workflowId,
       // With every default filled in, so the run's history holds them: a later change of a
       // default does not change what an open run does when it is replayed.
@@ -75,25 +92,29 @@ export async function startRun(
   } catch (err) {
     if (err instanceof WorkflowExecutionAlreadyStartedError) {
       throw new RunInProgressError(
-        `a run is already in progress for namespace ${input.namespace} (workflow ${workflowId}): ` +
-          `follow it with "runas-migrate status -n ${input.namespace} --watch" or stop it with "runas-migrate abort -n ${input.namespace} --reason <why>"`,
+        `a run is already in progress for namespace ${runName(input.namespace, cluster)} (workflow ${workflowId}): ` +
+          `follow it with "runas-migrate status ${flags} --watch" or stop it with "runas-migrate abort ${flags} --reason <why>"`,
       );
     }
     throw err;
   }
 }
 
-const noRun = (namespace: string) =>
+const noRun = (namespace: string, cluster?: string) =>
   new NoRunError(
-    `namespace ${namespace} has no run (no workflow ${workflowIdOf(namespace)}): check the namespace, or start one with "runas-migrate start -n ${namespace}"`,
+    `namespace ${runName(namespace, cluster)} has no run (no workflow ${workflowIdOf(namespace, cluster)}): check the namespace${cluster ? ' and the cluster' : " (a fleet's run on a cluster is named with --cluster <cluster>)"}, or start one with "runas-migrate start ${runFlags(namespace, cluster)}"`,
   );
 
-/** Queries the status of the namespace's current (or last) run. */
-export async function queryStatus(client: Client, namespace: string): Promise<MigrationStatus> {
+/** Queries the status of the namespace's current (or last) run (on `cluster`, when named). */
+export async function queryStatus(
+  client: Client,
+  namespace: string,
+  cluster?: string,
+): Promise<MigrationStatus> {
   try {
-    return await client.workflow.getHandle(workflowIdOf(namespace)).query(statusQuery);
+    return await client.workflow.getHandle(workflowIdOf(namespace, cluster)).query(statusQuery);
   } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw noRun(namespace);
+    if (err instanceof WorkflowNotFoundError) throw noRun(namespace, cluster);
     throw err;
   }
 }
@@ -140,13 +161,13 @@ const UnpickedWorkflowTaskMs = 30_000;
  * they fail, which steps retry. `runas-migrate status` shows it with the run's own status, and
  * alone when the run cannot answer its status query (no worker, a workflow task failing).
  */
-export async function runProgress(client: Client, namespace: string): Promise<RunProgress> {
-  const handle = client.workflow.getHandle(workflowIdOf(namespace));
+export async function runProgress(client: Client, namespace: string, cluster?: string): Promise<RunProgress> {
+  const handle = client.workflow.getHandle(workflowIdOf(namespace, cluster));
   let d: Awaited<ReturnType<WorkflowHandle['describe']>>;
   try {
     d = await handle.describe();
   } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw noRun(namespace);
+    if (err instanceof WorkflowNotFoundError) throw noRun(namespace, cluster);
     throw err;
   }
   const pending = d.raw.pendingWorkflowTask;
@@ -216,19 +237,24 @@ export const StatusQueryTimeoutMs = 10_000;
  * @param what what the operator wants to do with it, e.g. "approve".
  * @throws {@link NoRunError} when there is no run or it has ended.
  */
-export async function runningRun(client: Client, namespace: string, what: string): Promise<WorkflowHandle> {
-  const handle = client.workflow.getHandle(workflowIdOf(namespace));
+export async function runningRun(
+  client: Client,
+  namespace: string,
+  what: string,
+  cluster?: string,
+): Promise<WorkflowHandle> {
+  const handle = client.workflow.getHandle(workflowIdOf(namespace, cluster));
   let status: string;
   try {
     status = (await handle.describe()).status.name;
   } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw noRun(namespace);
+    if (err instanceof WorkflowNotFoundError) throw noRun(namespace, cluster);
     throw err;
   }
   if (status !== 'RUNNING') {
     throw new NoRunError(
-      `the run of ${namespace} (workflow ${handle.workflowId}) has already ended (${status}): there is nothing to ${what}; ` +
-        `see how it ended with "runas-migrate status -n ${namespace}", or start a new run`,
+      `the run of ${runName(namespace, cluster)} (workflow ${handle.workflowId}) has already ended (${status}): there is nothing to ${what}; ` +
+        `see how it ended with "runas-migrate status ${runFlags(namespace, cluster)}", or start a new run`,
     );
   }
   return handle;

@@ -8,6 +8,13 @@
  *
  * {@link PooledKubeConfig} hands every request one keep-alive agent per set of TLS options
  * instead (a certificate rotated by an exec plugin gets an agent of its own).
+ *
+ * A kept connection can outlive what lies between the worker and the API server: a cloud load
+ * balancer or a NAT table forgets an idle flow silently (no FIN, no reset), and a call sent on it
+ * then waits for TCP to give up, many minutes. So a kept connection is closed after
+ * {@link PooledConnections.idleMs} idle, below every common balancer's idle timeout, and every
+ * call has a deadline, {@link PooledConnections.callMs}, after which it fails as
+ * `KubeUnavailable` (retried by the step) and its connection is destroyed.
  */
 import { createHash } from 'node:crypto';
 import https from 'node:https';
@@ -17,7 +24,7 @@ import { KubeConfig, type RequestContext } from '@kubernetes/client-node';
 export type KubeConnections = 'pooled' | 'per-request';
 /** The connection modes, for the CLI and the environment. */
 export const KubeConnectionModes = ['pooled', 'per-request'] as const satisfies readonly KubeConnections[];
-/** Environment variable of the connection mode (`pooled` unless it says `per-request`). */
+/** Environment variable of the connection mode: `pooled` (the default) or `per-request`; anything else is refused. */
 export const KubeConnectionsEnv = 'RUNAS_MIGRATE_KUBE_CONNECTIONS';
 
 /** The TLS options of an agent that decide which connections it may share. */
@@ -28,9 +35,37 @@ const identity = (o: https.AgentOptions): string => {
   return h.digest('hex');
 };
 
+/** How long kept connections live and calls may take. */
+export interface PooledConnections {
+  /**
+   * A kept connection idle this long is closed [10 s]: below the idle timeouts of cloud load
+   * balancers (60 s and more) and of the API server itself, so neither cuts one under a call.
+   */
+  idleMs?: number;
+  /**
+   * A call without an answer this long is abandoned and its connection destroyed [75 s]: the API
+   * server ends its own requests after 60 s, so only a lost connection goes past it. Watches and
+   * logs, which the API server lets run long, have none.
+   */
+  callMs?: number;
+}
+
+/** The defaults of {@link PooledConnections}. */
+export const PooledConnectionDefaults = { idleMs: 10_000, callMs: 75_000 } as const;
+
 /** A kubeconfig whose requests share keep-alive connections (see the module's comment). */
 export class PooledKubeConfig extends KubeConfig {
   private readonly agents = new Map<string, https.Agent>();
+  /** How long a kept connection may stay idle. */
+  readonly idleMs: number;
+  /** The deadline of every call (watches excepted). */
+  readonly callMs: number;
+
+  constructor(options: PooledConnections = {}) {
+    super();
+    this.idleMs = options.idleMs ?? PooledConnectionDefaults.idleMs;
+    this.callMs = options.callMs ?? PooledConnectionDefaults.callMs;
+  }
 
   private pooled(agent: unknown): https.Agent | undefined {
     // Proxy agents and plain http are left as the library builds them.
@@ -38,7 +73,13 @@ export class PooledKubeConfig extends KubeConfig {
     const key = identity(agent.options);
     let shared = this.agents.get(key);
     if (!shared) {
-      shared = new https.Agent({ ...agent.options, keepAlive: true, maxFreeSockets: 16 });
+      // Node destroys a kept socket idle for `timeout`; one in use (a quiet watch) stays open.
+      shared = new https.Agent({
+        ...agent.options,
+        keepAlive: true,
+        maxFreeSockets: 16,
+        timeout: this.idleMs,
+      });
       this.agents.set(key, shared);
     }
     return shared;
@@ -48,6 +89,18 @@ export class PooledKubeConfig extends KubeConfig {
     await super.applySecurityAuthentication(context);
     const shared = this.pooled(context.getAgent());
     if (shared) context.setAgent(shared);
+    // node-fetch destroys the request's socket on abort, so a lost connection is not kept. A log
+    // is a long-running request to the API server, not cut at 60 s: it gets no deadline.
+    if (!context.getSignal() && !new URL(context.getUrl()).pathname.endsWith('/log'))
+      context.setSignal(AbortSignal.timeout(this.callMs));
+  }
+
+  /** `err` in words an operator can act on when it is a call abandoned at its deadline. */
+  explain(err: unknown): unknown {
+    if ((err as { name?: unknown } | null)?.name !== 'AbortError') return err;
+    return new Error(
+      `the API server did not answer within ${this.callMs / 1000} s (a lost connection is closed and the call tried again)`,
+    );
   }
 
   override async applyToFetchOptions(

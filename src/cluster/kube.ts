@@ -3,8 +3,7 @@
  * names every call (verb and object), counts them, and turns every failure into a typed
  * {@link KubeError} — transient ones retryable, 403/404/422 not.
  */
-import type {
-  KubeConfig} from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import {
   ApisApi,
   AppsV1Api,
@@ -254,7 +253,8 @@ export class Kube {
     try {
       return await fn();
     } catch (err) {
-      throw toKubeError(err, verb, object);
+      const cause = this.kubeConfig instanceof PooledKubeConfig ? this.kubeConfig.explain(err) : err;
+      throw toKubeError(cause, verb, object);
     }
   }
 

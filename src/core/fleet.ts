@@ -61,7 +61,12 @@ export const FleetInputSchema = z
     name: name('the fleet\'s name, e.g. "uid-5000-q4"'),
     /** Fields every target's run shares (a run's input without `namespace`). */
     defaults: z.record(z.string(), z.unknown()).default({}),
-    targets: z.array(target).min(1, 'must list at least one target {namespace, cluster?}'),
+    // Each target's whole run input is in the fleet's history (resolvedFleetInput): past a
+    // thousand, the input and status near Temporal's 2 MB limit on a payload.
+    targets: z
+      .array(target)
+      .min(1, 'must list at least one target {namespace, cluster?}')
+      .max(1000, 'must list at most 1000 targets: split a larger fleet into several'),
     /** Run the first target alone first, and go on only if it succeeds. */
     canary: z.boolean().default(true),
     /** How many runs a wave starts at once. */
@@ -170,6 +175,23 @@ export function parseFleetInput(raw: unknown, baseTaskQueue?: string): FleetInpu
   });
   if (problems.length) throw new InvalidInputError(`invalid fleet: ${problems.join('; ')}`);
   return { ...fleet, targets };
+}
+
+/**
+ * The fleet's input with every default written out and each target's whole run input: what the
+ * fleet's workflow is started and continued with, so that a later change of a default does not
+ * change what an open fleet does when it is replayed. Parsed again it gives the same fleet.
+ */
+export function resolvedFleetInput(fleet: FleetInput): FleetInputRaw {
+  const { targets, defaults, ...settings } = fleet;
+  void defaults;
+  return {
+    ...settings,
+    targets: targets.map((t) => {
+      const { namespace, ...own } = t.input;
+      return { namespace, ...(t.cluster ? { cluster: t.cluster } : {}), input: own };
+    }),
+  };
 }
 
 /**

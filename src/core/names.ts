@@ -22,9 +22,12 @@ export function runWorkflowId(namespace: string, cluster?: string): string {
   return cluster ? `runas-migrate-${cluster}.${namespace}` : `runas-migrate-${namespace}`;
 }
 
-/** Workflow ID of a fleet run. */
+/**
+ * Workflow ID of a fleet run. The colon keeps it apart from every run's ID: `runas-migrate-fleet-db`
+ * would be the run of namespace `fleet-db`, and a colon is in no namespace or cluster name.
+ */
 export function fleetWorkflowId(name: string): string {
-  return `runas-migrate-fleet-${name}`;
+  return `runas-migrate-fleet:${name}`;
 }
 
 /** Workflow types. */

@@ -45,6 +45,8 @@ export const FleetPhase = {
   /** Stopped by its failure budget, or an approval that timed out. */
   Stopped: 'stopped',
   Aborted: 'aborted',
+  /** Its workflow was cancelled: the running runs were cancelled and compensated. */
+  Cancelled: 'cancelled',
 } as const;
 export type FleetPhase = (typeof FleetPhase)[keyof typeof FleetPhase];
 

@@ -10,12 +10,14 @@
 import * as wf from '@temporalio/workflow';
 import {
   ApplicationFailure,
+  CancelledFailure,
   ChildWorkflowFailure,
   WorkflowExecutionAlreadyStartedError,
 } from '@temporalio/common';
 import { FailureType } from '../core/failures.js';
 import {
   parseFleetInput,
+  resolvedFleetInput,
   wavesOf,
   FleetApprovals,
   type FleetInput,
@@ -34,12 +36,20 @@ import {
   abortSignal,
   approveSignal,
   approvalRefusal,
+  EndState,
   type Abort,
-  type EndState,
   type GateStatus,
   type MigrationReport,
 } from './messages.js';
 import { nowIso } from './run-state.js';
+
+/** Changes to the fleet's commands, for fleets started before them (`wf.patched`). */
+const FleetPatch = {
+  /** each-wave has no gate before the first wave. */
+  NoFirstWaveGate: 'fleet-no-first-wave-gate',
+  /** A run that found nothing to change counts as done. */
+  UnchangedIsDone: 'fleet-unchanged-is-done',
+} as const;
 
 /** What a fleet carries into its next run when it continues as new. */
 export interface FleetCarry {
@@ -48,9 +58,13 @@ export interface FleetCarry {
   nextWave: number;
 }
 
-/** The fleet gate before wave `w` (0-based), if the fleet's approvals ask for one. */
+/**
+ * The fleet gate before wave `w` (0-based), if the fleet's approvals ask for one. Never before
+ * the first wave: starting the fleet is its approval.
+ */
 function gateBefore(fleet: FleetInput, w: number): string | undefined {
-  if (fleet.approvals === FleetApprovals.EachWave) return `wave-${w}`;
+  if (fleet.approvals === FleetApprovals.EachWave)
+    return w > 0 || !wf.patched(FleetPatch.NoFirstWaveGate) ? `wave-${w}` : undefined;
   if (fleet.approvals === FleetApprovals.AfterCanary && fleet.canary && w === 1) return 'after-canary';
   return undefined;
 }
@@ -125,7 +139,6 @@ class Fleet {
 
   constructor(
     private readonly fleet: FleetInput,
-    private readonly raw: unknown,
     carried?: FleetCarry,
   ) {
     this.waves = wavesOf(fleet.targets.length, fleet.canary, fleet.waveSize);
@@ -152,11 +165,25 @@ class Fleet {
     });
   }
 
+  /**
+   * Aborts a running run. It may have ended in the same workflow task (signals are handled before
+   * the run's end is), and Temporal then refuses the signal: that refusal must not fail the fleet,
+   * and the run's own end is what its row says.
+   */
   private passOnAbort(handle: wf.ChildWorkflowHandle<MigrateOwnershipType>): Promise<void> {
-    return handle.signal(abortSignal, {
-      reason: `fleet ${this.fleet.name} aborted: ${this.abort!.reason}`,
-      by: this.abort!.by,
-    });
+    return handle
+      .signal(abortSignal, {
+        reason: `fleet ${this.fleet.name} aborted: ${this.abort!.reason}`,
+        by: this.abort!.by,
+      })
+      .catch((err: unknown) => {
+        wf.log.info(`the abort did not reach ${handle.workflowId}: ${String(err)}`);
+      });
+  }
+
+  /** Whether the fleet's own workflow was cancelled (`temporal workflow cancel`, the Web UI). */
+  private get cancelled(): boolean {
+    return wf.CancellationScope.current().consideredCancelled;
   }
 
   /** Runs one target's migration as a child and records how it ended. */
@@ -180,11 +207,20 @@ class Fleet {
       const report = (await handle.result()) as MigrationReport;
       s.endState = report.endState;
       s.windowSeconds = report.windowSeconds;
-      s.state = report.endState === 'completed' ? 'succeeded' : 'failed';
-      if (s.state === 'failed') s.message = `ended ${report.endState}`;
+      // Unchanged: the namespace already runs as the target IDs (a fleet started again after a stop).
+      const done =
+        report.endState === EndState.Completed ||
+        (report.endState === EndState.Unchanged && wf.patched(FleetPatch.UnchangedIsDone));
+      s.state = done ? 'succeeded' : 'failed';
+      if (!done) s.message = `ended ${report.endState}`;
+      else if (report.endState === EndState.Unchanged)
+        s.message = 'nothing to change: it already runs as the target IDs';
     } catch (err) {
       if (err instanceof WorkflowExecutionAlreadyStartedError) {
         s.message = `a run of ${t.id} is already in progress (workflow ${t.workflowId}): the fleet did not start another`;
+      } else if (this.cancelled && wf.isCancellation(err)) {
+        s.message = `cancelled with the fleet; it compensated as a cancelled run does`;
+        s.endState = failureOf(err).endState;
       } else {
         const f = failureOf(err);
         s.message = f.message;
@@ -199,6 +235,7 @@ class Fleet {
 
   private stopReason(): string | null {
     if (this.abort) return `aborted: ${this.abort.reason}`;
+    if (this.cancelled) return "cancelled: the fleet's workflow was cancelled";
     if (this.status.failures > this.fleet.failureBudget)
       return `${this.status.failures} run(s) failed, more than the failure budget of ${this.fleet.failureBudget}`;
     return null;
@@ -211,10 +248,17 @@ class Fleet {
     if (!g || g.state === 'approved') return true;
     g.state = 'waiting';
     this.status.phase = FleetPhase.WaitingForApproval;
-    const answered = await wf.condition(
-      () => g.state === 'approved' || this.abort !== null,
-      parseDuration(this.fleet.approvalTimeout)!,
-    );
+    let answered: boolean;
+    try {
+      answered = await wf.condition(
+        () => g.state === 'approved' || this.abort !== null,
+        parseDuration(this.fleet.approvalTimeout)!,
+      );
+    } catch (err) {
+      if (!wf.isCancellation(err)) throw err;
+      g.state = 'pending';
+      return false;
+    }
     if (!answered) {
       g.state = 'timed-out';
       this.status.reason = `gate ${gate} was not approved within ${this.fleet.approvalTimeout}`;
@@ -239,7 +283,10 @@ class Fleet {
       if (more && long && !this.stopReason()) {
         // Between waves no run is in flight, so closing this history leaves no child to cancel.
         status.continuedAsNew++;
-        await wf.continueAsNew<typeof migrateFleet>(this.raw, { status, nextWave: w + 1 });
+        await wf.continueAsNew<typeof migrateFleet>(resolvedFleetInput(this.fleet), {
+          status,
+          nextWave: w + 1,
+        });
       }
     }
     return this.finish();
@@ -257,12 +304,17 @@ class Fleet {
     const failed = status.targets.filter((t) => t.state === 'failed').map((t) => t.id);
     status.phase = this.abort
       ? FleetPhase.Aborted
-      : status.reason
-        ? FleetPhase.Stopped
-        : failed.length
-          ? FleetPhase.CompletedWithFailures
-          : FleetPhase.Completed;
+      : this.cancelled
+        ? FleetPhase.Cancelled
+        : status.reason
+          ? FleetPhase.Stopped
+          : failed.length
+            ? FleetPhase.CompletedWithFailures
+            : FleetPhase.Completed;
     const report: FleetReport = { ...status, finishedAt: nowIso() };
+    // Thrown while cancelled, a CancelledFailure closes the workflow as cancelled.
+    if (status.phase === FleetPhase.Cancelled)
+      throw new CancelledFailure(`fleet ${fleet.name} cancelled`, [report]);
     if (status.phase === FleetPhase.CompletedWithFailures)
       throw ApplicationFailure.nonRetryable(
         `fleet ${fleet.name}: every wave ran, but ${failed.length} run(s) failed (${failed.join(', ')}), within the failure budget of ${fleet.failureBudget}`,
@@ -289,7 +341,7 @@ export async function migrateFleet(raw: unknown, carried?: FleetCarry): Promise<
       throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidInput);
     throw err;
   }
-  const fleet = new Fleet(input, raw, carried);
+  const fleet = new Fleet(input, carried);
   fleet.listen();
   return fleet.run(carried?.nextWave ?? 0);
 }

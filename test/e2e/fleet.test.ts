@@ -154,6 +154,21 @@ it(
     }
     const fleet = workers[0]!.w.client.workflow.getHandle(fleetWorkflowId(fleetName));
     expect((await fleet.describe()).status.name).toBe('COMPLETED');
+    // One run of the fleet, by its namespace and cluster, as the operator asks for it.
+    const one = await runasMigrate([
+      'status',
+      '-n',
+      namespaces[0]!,
+      '--cluster',
+      cluster,
+      '--output',
+      'json',
+    ]);
+    expect(one.code).toBe(0);
+    expect(JSON.parse(one.stdout)).toMatchObject({ phase: 'completed' });
+    const unnamed = await runasMigrate(['status', '-n', namespaces[0]!]);
+    expect(unnamed.code).toBe(1);
+    expect(unnamed.stderr).toContain('--cluster <cluster>');
   },
 );
 

@@ -807,8 +807,21 @@ describe('steering a run the wrong way', () => {
     const r = await runasMigrate(['approve', '-n', noRun, '--gate', 'plan']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(
-      `namespace ${noRun} has no run (no workflow runas-migrate-${noRun}): check the namespace, or start one with "runas-migrate start -n ${noRun}"`,
+      `namespace ${noRun} has no run (no workflow runas-migrate-${noRun}): check the namespace (a fleet's run on a cluster is named with --cluster <cluster>), or start one with "runas-migrate start -n ${noRun}"`,
     );
+  });
+
+  it('a run named by its cluster is looked up by that workflow ID, and a bad cluster name changes nothing', async () => {
+    const r = await runasMigrate(['abort', '-n', noRun, '--cluster', 'prod-eu', '--reason', 'test']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `namespace prod-eu/${noRun} has no run (no workflow runas-migrate-prod-eu.${noRun}): check the namespace and the cluster, or start one with "runas-migrate start -n ${noRun} --cluster prod-eu"`,
+    );
+    const bad = await runasMigrate(['status', '-n', noRun, '--cluster', 'Prod_EU']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('--cluster "Prod_EU": must be lowercase letters');
+    const both = await runasMigrate(['status', '--fleet', 'f', '--cluster', 'prod-eu']);
+    expect(both.stderr).toContain('--cluster names the cluster of one run (-n)');
   });
 });
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { mergeInput, parseFleetInput, wavesOf } from '../../src/core/fleet.js';
+import { mergeInput, parseFleetInput, resolvedFleetInput, wavesOf } from '../../src/core/fleet.js';
 import { InvalidInputError } from '../../src/core/input.js';
+import { fleetWorkflowId, runWorkflowId } from '../../src/core/names.js';
 
 describe('a fleet input', () => {
   it('gives each target the defaults with its own fields over them, on its cluster', () => {
@@ -86,5 +87,52 @@ describe('a fleet without a canary', () => {
     expect(parseFleetInput({ ...fleet, approvals: 'each-wave' }, 'runas-migrate').approvals).toBe(
       'each-wave',
     );
+  });
+});
+
+describe('the resolved fleet input the workflow is started with', () => {
+  const raw = {
+    name: 'q4',
+    defaults: { uid: 5000, gid: 5000, job: { nodeSelector: { a: 'b' } } },
+    waveSize: 3,
+    targets: [
+      { namespace: 'itrs' },
+      { namespace: 'itrs', cluster: 'east', input: { uid: 6000, job: { tolerations: [] } } },
+    ],
+  };
+
+  it('parses to the same fleet, through JSON as Temporal stores it', () => {
+    const fleet = parseFleetInput(raw, 'q');
+    const stored = JSON.parse(JSON.stringify(resolvedFleetInput(fleet))) as unknown;
+    expect(parseFleetInput(stored, 'q')).toEqual({ ...fleet, defaults: {} });
+  });
+
+  it('writes out every default, so a later change of one does not change an open fleet', () => {
+    const resolved = resolvedFleetInput(parseFleetInput(raw, 'q'));
+    expect(resolved).toMatchObject({
+      canary: true,
+      waveSize: 3,
+      failureBudget: 0,
+      approvals: 'after-canary',
+    });
+    expect(resolved.approvalTimeout).toBe('24h');
+    expect(resolved.continueAfterRuns).toBe(200);
+    expect(resolved.targets[1]).toMatchObject({
+      namespace: 'itrs',
+      cluster: 'east',
+      input: { uid: 6000, gid: 5000 },
+    });
+    expect(resolved.targets[0]!.input).not.toHaveProperty('namespace');
+    // Each target's run input is whole: nothing is left to the run's own defaults either.
+    expect(Object.keys(resolved.targets[0]!.input!).length).toBeGreaterThan(5);
+  });
+});
+
+describe("a fleet's workflow ID", () => {
+  it('is never the workflow ID of a run, whatever the namespace or cluster is called', () => {
+    expect(fleetWorkflowId('db')).toBe('runas-migrate-fleet:db');
+    // A colon is in no namespace (a DNS label) and no cluster name.
+    for (const id of [runWorkflowId('fleet-db'), runWorkflowId('db', 'fleet'), runWorkflowId('fleet.db')])
+      expect(id).not.toBe(fleetWorkflowId('db'));
   });
 });

@@ -1,8 +1,9 @@
 /**
  * Workflow logic of `migrateFleet` on the time-skipping server, each namespace's run a stand-in
  * (test/support/fleet-workflows.ts): the canary before the waves, the failure budget, the fleet
- * gates, an abort passed on to the running runs, routing by cluster, one run per namespace across
- * fleets, continue-as-new, and a bad input refused before any run.
+ * gates, an abort passed on to the running runs (and to one that has just ended), a cancelled
+ * fleet, routing by cluster, one run per namespace across fleets, continue-as-new, and a bad input
+ * refused before any run.
  */
 import { fileURLToPath } from 'node:url';
 import {
@@ -10,11 +11,12 @@ import {
   type WorkflowHandle,
   type WorkflowHandleWithFirstExecutionRunId,
 } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import type { FleetInputRaw } from '../../src/core/fleet.js';
+import { fleetWorkflowId } from '../../src/core/names.js';
 import { fleetStatusQuery, type FleetReport, type FleetStatus } from '../../src/workflows/fleet-messages.js';
 import { abortSignal, approveSignal } from '../../src/workflows/messages.js';
 
@@ -74,7 +76,7 @@ async function fleet(
     await before?.(taskQueue);
     const handle = await env.client.workflow.start('migrateFleet', {
       taskQueue,
-      workflowId: `runas-migrate-fleet-${raw.name}`,
+      workflowId: fleetWorkflowId(raw.name),
       args: [raw],
     });
     try {
@@ -184,6 +186,112 @@ describe('migrateFleet', () => {
     expect(status.targets[1]).toMatchObject({ endState: 'unchanged' });
     expect(status.targets[1]!.message).toContain('change freeze');
     expect(status.phase).toBe('aborted');
+  });
+
+  it('a run that finds nothing to change counts as done, not as a failure', async () => {
+    const { report, status } = await fleet(['done-a', 'b'], {});
+    expect(report?.phase).toBe('completed');
+    expect(status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'unchanged' });
+    expect(status.failures).toBe(0);
+  });
+
+  it('each-wave waits before every wave after the canary, never before the canary itself', async () => {
+    const { report, status } = await fleet(['a', 'b', 'c'], {
+      approvals: 'each-wave',
+      waveSize: 1,
+      during: async (h) => {
+        const first = await waitForStatus(h, (s) => s.phase === 'waiting-for-approval', 'the first gate');
+        expect(first.targets.map((t) => t.state)).toEqual(['succeeded', 'pending', 'pending']);
+        expect(first.gates.map((g) => [g.gate, g.state])).toEqual([
+          ['wave-1', 'waiting'],
+          ['wave-2', 'pending'],
+        ]);
+        await h.signal(approveSignal, { gate: 'wave-1', by: 'alice' });
+        await waitForStatus(h, (s) => s.gates[1]!.state === 'waiting', 'the second gate');
+        await h.signal(approveSignal, { gate: 'wave-2', by: 'alice' });
+      },
+    });
+    expect(report?.phase).toBe('completed');
+    expect(status.gates.map((g) => g.state)).toEqual(['approved', 'approved']);
+  });
+
+  it('a cancelled fleet cancels its running runs, which compensate; the rest are skipped and it ends cancelled', async () => {
+    const { error, status } = await fleet(['a', 'slow-b', 'slow-c', 'd'], {
+      waveSize: 2,
+      continueAfterRuns: 3,
+      during: async (h) => {
+        await waitForStatus(
+          h,
+          (s) => s.targets[1]!.state === 'running' && s.targets[2]!.state === 'running',
+          'wave 1 running',
+        );
+        await h.cancel();
+      },
+    });
+    expect(error?.cause).toBeInstanceOf(CancelledFailure);
+    expect(states(status)).toEqual({ a: 'succeeded', 'slow-b': 'failed', 'slow-c': 'failed', d: 'skipped' });
+    expect(status.phase).toBe('cancelled');
+    expect(status.continuedAsNew).toBe(0);
+    expect(status.targets[1]!.message).toMatch(/cancelled/);
+    for (const t of status.targets.slice(1, 3))
+      expect((await env.client.workflow.getHandle(t.workflowId).describe()).status.name).toBe('CANCELLED');
+  });
+
+  it('an abort that reaches a run which has just ended neither fails the fleet nor loses the abort', async () => {
+    const taskQueue = `fleet-${uniq()}`;
+    const suffix = uniq();
+    const raw: FleetInputRaw = {
+      name: `f-${suffix}`,
+      defaults: { uid: 5000, gid: 5000 },
+      approvals: 'none',
+      canary: false,
+      targets: [
+        { namespace: `a-${suffix}`, cluster: 'east' },
+        { namespace: `slow-b-${suffix}`, cluster: 'east' },
+      ],
+    };
+    // No sticky queue: the second worker must get the fleet's task the first one left.
+    const fleetWorker = () =>
+      Worker.create({ connection: env.nativeConnection, taskQueue, workflowsPath, maxCachedWorkflows: 0 });
+    const runWorker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: `${taskQueue}-east`,
+      workflowsPath,
+    });
+    const outcome = await runWorker.runUntil(async () => {
+      const handle = await env.client.workflow.start('migrateFleet', {
+        taskQueue,
+        workflowId: fleetWorkflowId(raw.name),
+        args: [raw],
+      });
+      await (
+        await fleetWorker()
+      ).runUntil(
+        waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started'),
+      );
+      // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
+      // workflow task holds both, and its signal handler still sees that run as running. The
+      // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.
+      await env.client.workflow.getHandle(`runas-migrate-east.a-${suffix}`).result();
+      await handle.signal(abortSignal, { reason: 'too late', by: 'bob' });
+      return (await fleetWorker()).runUntil(async () => {
+        const ended = handle.result().then(
+          () => 'completed',
+          (err: unknown) => err,
+        );
+        const wedged = new Promise((r) => setTimeout(() => r('no end within 30 s'), 30_000).unref());
+        const end = await Promise.race([ended, wedged]);
+        // A fleet whose workflow task keeps failing cannot answer a query either.
+        if (end === 'no end within 30 s') return { ended: end, status: undefined as unknown as FleetStatus };
+        return { ended: end, status: await handle.query(fleetStatusQuery) };
+      });
+    });
+    expect(outcome.ended).toBeInstanceOf(WorkflowFailedError);
+    expect(failureType(outcome.ended as WorkflowFailedError)).toBe('Aborted');
+    expect(outcome.status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'completed' });
+    expect(outcome.status.targets[1]).toMatchObject({ state: 'failed', endState: 'unchanged' });
+    expect(outcome.status.targets[1]!.message).toContain('too late');
+    expect(outcome.status.phase).toBe('aborted');
   });
 
   it("routes each cluster's runs to that cluster's task queue, with a workflow ID per cluster and namespace", async () => {
