@@ -434,11 +434,17 @@ async function watchFleet(c: Client, name: string): Promise<void> {
     .result()
     .then(
       () => true,
-      () => false,
+      (err: unknown) => {
+        // How the fleet ended (failed, cancelled, terminated); anything else is the connection's
+        // error, not the fleet's end, and says so.
+        if (err instanceof WorkflowFailedError) return false;
+        throw err;
+      },
     )
     .finally(() => {
       ended = true;
     });
+  result.catch(() => undefined); // thrown where it is awaited, below
   const show = async (): Promise<void> => {
     const status = await queryFleet(c, name).catch((err: unknown) => {
       if (err instanceof NoRunError) throw err;
