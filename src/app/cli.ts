@@ -21,9 +21,9 @@ import { Planner } from '../services/planner.js';
 import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
 import { reasonOf } from '../core/failure-reason.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
-import { clusterTaskQueue, fleetWorkflowId, TaskQueue } from '../core/names.js';
+import { clusterTaskQueue, TaskQueue } from '../core/names.js';
 import { checkClusterName } from '../core/fleet.js';
-import { fleetRunning, queryFleet, startFleet } from './fleets.js';
+import { fleetHandle, fleetRunning, queryFleet, startFleet } from './fleets.js';
 import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import { GuardrailCheck, loadGuardrails } from '../services/guardrails.js';
@@ -388,7 +388,7 @@ const clusterOption = () =>
   new Option(
     '--cluster <name>',
     'the run of the namespace on this cluster, as a fleet names it (workflow runas-migrate-<cluster>.<namespace>, task queue runas-migrate-<cluster>)',
-  ).argParser(checkClusterName);
+  ).argParser((name: string) => checkClusterName(name, 'the cluster a fleet file names for this run'));
 type FleetStartFlags = InputFlags & TemporalFlags & { taskQueue: string; follow?: boolean; fleet: string };
 
 /**
@@ -429,8 +429,7 @@ async function startFleetCommand(flags: FleetStartFlags): Promise<void> {
 async function watchFleet(c: Client, name: string): Promise<void> {
   let last = '';
   let ended = false;
-  const result = c.workflow
-    .getHandle(fleetWorkflowId(name))
+  const result = (await fleetHandle(c, name))
     .result()
     .then(
       () => true,
@@ -487,7 +486,9 @@ async function approveFleet(
   const status = await queryFleet(c, flags.fleet);
   const refusal = approvalRefusal(status.gates, flags.gate, status.phase);
   if (refusal) throw new Error(`gate "${flags.gate}" of fleet ${flags.fleet}: ${refusal.message}`);
-  await c.workflow.getHandle(fleetWorkflowId(flags.fleet)).signal(approveSignal, {
+  await (
+    await fleetHandle(c, flags.fleet)
+  ).signal(approveSignal, {
     gate: flags.gate,
     by: flags.by,
     ...(flags.comment ? { comment: flags.comment } : {}),
@@ -500,9 +501,7 @@ async function abortFleet(flags: FleetFlags & { reason: string; by: string }): P
   const c = await client(flags);
   if (!(await fleetRunning(c, flags.fleet).catch(() => false)))
     throw new NoRunError(`fleet ${flags.fleet} is not running: nothing to abort`);
-  await c.workflow
-    .getHandle(fleetWorkflowId(flags.fleet))
-    .signal(abortSignal, { reason: flags.reason, by: flags.by });
+  await (await fleetHandle(c, flags.fleet)).signal(abortSignal, { reason: flags.reason, by: flags.by });
   process.stdout.write(
     `asked fleet ${flags.fleet} to abort: no new run starts, the running ones abort and compensate; follow it with runas-migrate status --fleet ${flags.fleet} --watch\n`,
   );

@@ -99,7 +99,7 @@ export class PooledKubeConfig extends KubeConfig {
   explain(err: unknown): unknown {
     if ((err as { name?: unknown } | null)?.name !== 'AbortError') return err;
     return new Error(
-      `the API server did not answer within ${this.callMs / 1000} s (a lost connection is closed and the call tried again)`,
+      `the API server did not answer within ${this.callMs / 1000} s (its connection was lost or stuck, and is closed: the next call opens a new one)`,
     );
   }
 

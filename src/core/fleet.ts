@@ -20,17 +20,24 @@ const name = (what: string) =>
 const clusterName = name('a cluster name such as "prod-eu"');
 
 /**
- * Checks a worker's `--cluster` name the way a fleet file's `cluster` is checked: a name the fleet
- * could not route to would leave the worker polling a queue nothing reaches.
+ * Checks a `--cluster` name the way a fleet file's `cluster` is checked: a worker's name a fleet
+ * could not route to would leave it polling a queue nothing reaches; a run's would name no run.
+ * `meaning` says what the flag stands for where it was given.
  */
-export function checkClusterName(cluster: string): string {
+export function checkClusterName(
+  cluster: string,
+  meaning = 'the fleet file\'s "cluster" of the targets this worker serves',
+): string {
   const parsed = clusterName.safeParse(cluster);
   if (!parsed.success)
     throw new InvalidInputError(
-      `invalid input: --cluster "${cluster}": ${parsed.error.issues[0]?.message ?? 'not a cluster name'} (the fleet file's "cluster" of the targets this worker serves)`,
+      `invalid input: --cluster "${cluster}": ${parsed.error.issues[0]?.message ?? 'not a cluster name'} (${meaning})`,
     );
   return parsed.data;
 }
+
+/** The most targets a fleet may list: its history holds each one's whole input (resolvedFleetInput). */
+export const MaxFleetTargets = 1000;
 
 /** How a fleet asks for approvals. */
 export const FleetApprovals = {
@@ -40,7 +47,7 @@ export const FleetApprovals = {
   AfterCanary: 'after-canary',
   /** A gate before every wave (`wave-1`, `wave-2`, …); the runs without their own gates. */
   EachWave: 'each-wave',
-  /** No fleet gate: each run keeps the approvals of its input (`runas-migrate approve -n …`). */
+  /** No fleet gate: each run keeps the approvals of its input (`runas-migrate approve -n … [--cluster …]`). */
   EachRun: 'each-run',
 } as const;
 export type FleetApprovals = (typeof FleetApprovals)[keyof typeof FleetApprovals];
@@ -61,12 +68,7 @@ export const FleetInputSchema = z
     name: name('the fleet\'s name, e.g. "uid-5000-q4"'),
     /** Fields every target's run shares (a run's input without `namespace`). */
     defaults: z.record(z.string(), z.unknown()).default({}),
-    // Each target's whole run input is in the fleet's history (resolvedFleetInput): past a
-    // thousand, the input and status near Temporal's 2 MB limit on a payload.
-    targets: z
-      .array(target)
-      .min(1, 'must list at least one target {namespace, cluster?}')
-      .max(1000, 'must list at most 1000 targets: split a larger fleet into several'),
+    targets: z.array(target).min(1, 'must list at least one target {namespace, cluster?}'),
     /** Run the first target alone first, and go on only if it succeeds. */
     canary: z.boolean().default(true),
     /** How many runs a wave starts at once. */

@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { mergeInput, parseFleetInput, resolvedFleetInput, wavesOf } from '../../src/core/fleet.js';
 import { InvalidInputError } from '../../src/core/input.js';
 import { fleetWorkflowId, runWorkflowId } from '../../src/core/names.js';
+import type { Client } from '@temporalio/client';
+import { startFleet } from '../../src/app/fleets.js';
 
 describe('a fleet input', () => {
   it('gives each target the defaults with its own fields over them, on its cluster', () => {
@@ -134,5 +136,19 @@ describe("a fleet's workflow ID", () => {
     // A colon is in no namespace (a DNS label) and no cluster name.
     for (const id of [runWorkflowId('fleet-db'), runWorkflowId('db', 'fleet'), runWorkflowId('fleet.db')])
       expect(id).not.toBe(fleetWorkflowId('db'));
+  });
+});
+
+describe('a fleet of more than 1000 targets', () => {
+  it('is refused before anything is asked of Temporal, saying how to split it', async () => {
+    const raw = {
+      name: 'big',
+      defaults: { uid: 5000, gid: 5000 },
+      targets: Array.from({ length: 1001 }, (_, i) => ({ namespace: `ns-${i}` })),
+    };
+    const nothing = new Proxy({}, { get: () => expect.unreachable('no call to Temporal') }) as Client;
+    await expect(startFleet(nothing, raw)).rejects.toThrow(
+      /targets: must list at most 1000 targets \(it lists 1001\): split it into several fleets/,
+    );
   });
 });

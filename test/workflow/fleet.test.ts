@@ -17,6 +17,8 @@ import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import type { FleetInputRaw } from '../../src/core/fleet.js';
 import { fleetWorkflowId } from '../../src/core/names.js';
+import { legacyFleetWorkflowId, queryFleet, startFleet } from '../../src/app/fleets.js';
+import { RunInProgressError } from '../../src/app/runs.js';
 import { fleetStatusQuery, type FleetReport, type FleetStatus } from '../../src/workflows/fleet-messages.js';
 import { abortSignal, approveSignal } from '../../src/workflows/messages.js';
 
@@ -343,6 +345,38 @@ describe('migrateFleet', () => {
     expect(report?.continuedAsNew).toBe(2);
     expect(report?.targets.map((t) => t.state)).toEqual(['succeeded', 'succeeded', 'succeeded']);
     expect((await handle.describe()).runId).not.toBe(handle.firstExecutionRunId);
+  });
+
+  it('a fleet started under the ID fleets had before is still found, and one of its name is not started beside it', async () => {
+    let found: FleetStatus | undefined;
+    let refused: unknown;
+    await fleet(['slow-a'], {
+      canary: false,
+      before: async (taskQueue) => {
+        const name = `old-${uniq()}`;
+        const raw: FleetInputRaw = {
+          name,
+          defaults: { uid: 5000, gid: 5000 },
+          approvals: 'none',
+          targets: [{ namespace: `slow-old-${uniq()}` }],
+        };
+        const old = await env.client.workflow.start('migrateFleet', {
+          taskQueue,
+          workflowId: legacyFleetWorkflowId(name),
+          args: [raw],
+        });
+        found = await waitForStatus(
+          old,
+          (s) => s.targets[0]!.state === 'running',
+          'the old fleet running',
+        ).then(() => queryFleet(env.client, name));
+        refused = await startFleet(env.client, raw, { taskQueue }).catch((err: unknown) => err);
+        await old.terminate('test over');
+      },
+    });
+    expect(found?.targets[0]?.state).toBe('running');
+    expect(refused).toBeInstanceOf(RunInProgressError);
+    expect((refused as Error).message).toContain('started before fleet IDs took a colon');
   });
 
   it('refuses a bad target before any run, naming the target and the field', async () => {
