@@ -13,7 +13,7 @@ import {
 } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import type { FleetInputRaw } from '../../src/core/fleet.js';
 import { fleetWorkflowId } from '../../src/core/names.js';
@@ -34,6 +34,7 @@ afterAll(async () => {
   await env?.teardown();
 });
 
+const quietLogger = new DefaultLogger('WARN');
 const uniq = () => Math.random().toString(36).slice(2, 8);
 
 interface FleetOutcome {
@@ -239,62 +240,69 @@ describe('migrateFleet', () => {
       expect((await env.client.workflow.getHandle(t.workflowId).describe()).status.name).toBe('CANCELLED');
   });
 
-  it('an abort that reaches a run which has just ended neither fails the fleet nor loses the abort', async () => {
-    const taskQueue = `fleet-${uniq()}`;
-    const suffix = uniq();
-    const raw: FleetInputRaw = {
-      name: `f-${suffix}`,
-      defaults: { uid: 5000, gid: 5000 },
-      approvals: 'none',
-      canary: false,
-      targets: [
-        { namespace: `a-${suffix}`, cluster: 'east' },
-        { namespace: `slow-b-${suffix}`, cluster: 'east' },
-      ],
-    };
-    // No sticky queue: the second worker must get the fleet's task the first one left.
-    const fleetWorker = () =>
-      Worker.create({ connection: env.nativeConnection, taskQueue, workflowsPath, maxCachedWorkflows: 0 });
-    const runWorker = await Worker.create({
-      connection: env.nativeConnection,
-      taskQueue: `${taskQueue}-east`,
-      workflowsPath,
-    });
-    const outcome = await runWorker.runUntil(async () => {
-      const handle = await env.client.workflow.start('migrateFleet', {
-        taskQueue,
-        workflowId: fleetWorkflowId(raw.name),
-        args: [raw],
+  // Three workers, one bundle: on a loaded machine each bundle takes many seconds.
+  it(
+    'an abort that reaches a run which has just ended neither fails the fleet nor loses the abort',
+    { timeout: 180_000 },
+    async () => {
+      const taskQueue = `fleet-${uniq()}`;
+      const suffix = uniq();
+      const raw: FleetInputRaw = {
+        name: `f-${suffix}`,
+        defaults: { uid: 5000, gid: 5000 },
+        approvals: 'none',
+        canary: false,
+        targets: [
+          { namespace: `a-${suffix}`, cluster: 'east' },
+          { namespace: `slow-b-${suffix}`, cluster: 'east' },
+        ],
+      };
+      // No sticky queue: the second worker must get the fleet's task the first one left.
+      const workflowBundle = await bundleWorkflowCode({ workflowsPath, logger: quietLogger });
+      const fleetWorker = () =>
+        Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle, maxCachedWorkflows: 0 });
+      const runWorker = await Worker.create({
+        connection: env.nativeConnection,
+        taskQueue: `${taskQueue}-east`,
+        workflowBundle,
       });
-      await (
-        await fleetWorker()
-      ).runUntil(
-        waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started'),
-      );
-      // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
-      // workflow task holds both, and its signal handler still sees that run as running. The
-      // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.
-      await env.client.workflow.getHandle(`runas-migrate-east.a-${suffix}`).result();
-      await handle.signal(abortSignal, { reason: 'too late', by: 'bob' });
-      return (await fleetWorker()).runUntil(async () => {
-        const ended = handle.result().then(
-          () => 'completed',
-          (err: unknown) => err,
+      const outcome = await runWorker.runUntil(async () => {
+        const handle = await env.client.workflow.start('migrateFleet', {
+          taskQueue,
+          workflowId: fleetWorkflowId(raw.name),
+          args: [raw],
+        });
+        await (
+          await fleetWorker()
+        ).runUntil(
+          waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started'),
         );
-        const wedged = new Promise((r) => setTimeout(() => r('no end within 30 s'), 30_000).unref());
-        const end = await Promise.race([ended, wedged]);
-        // A fleet whose workflow task keeps failing cannot answer a query either.
-        if (end === 'no end within 30 s') return { ended: end, status: undefined as unknown as FleetStatus };
-        return { ended: end, status: await handle.query(fleetStatusQuery) };
+        // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
+        // workflow task holds both, and its signal handler still sees that run as running. The
+        // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.
+        await env.client.workflow.getHandle(`runas-migrate-east.a-${suffix}`).result();
+        await handle.signal(abortSignal, { reason: 'too late', by: 'bob' });
+        return (await fleetWorker()).runUntil(async () => {
+          const ended = handle.result().then(
+            () => 'completed',
+            (err: unknown) => err,
+          );
+          const wedged = new Promise((r) => setTimeout(() => r('no end within 30 s'), 30_000).unref());
+          const end = await Promise.race([ended, wedged]);
+          // A fleet whose workflow task keeps failing cannot answer a query either.
+          if (end === 'no end within 30 s')
+            return { ended: end, status: undefined as unknown as FleetStatus };
+          return { ended: end, status: await handle.query(fleetStatusQuery) };
+        });
       });
-    });
-    expect(outcome.ended).toBeInstanceOf(WorkflowFailedError);
-    expect(failureType(outcome.ended as WorkflowFailedError)).toBe('Aborted');
-    expect(outcome.status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'completed' });
-    expect(outcome.status.targets[1]).toMatchObject({ state: 'failed', endState: 'unchanged' });
-    expect(outcome.status.targets[1]!.message).toContain('too late');
-    expect(outcome.status.phase).toBe('aborted');
-  });
+      expect(outcome.ended).toBeInstanceOf(WorkflowFailedError);
+      expect(failureType(outcome.ended as WorkflowFailedError)).toBe('Aborted');
+      expect(outcome.status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'completed' });
+      expect(outcome.status.targets[1]).toMatchObject({ state: 'failed', endState: 'unchanged' });
+      expect(outcome.status.targets[1]!.message).toContain('too late');
+      expect(outcome.status.phase).toBe('aborted');
+    },
+  );
 
   it("routes each cluster's runs to that cluster's task queue, with a workflow ID per cluster and namespace", async () => {
     const outcome = await fleet([], {
