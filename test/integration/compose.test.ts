@@ -308,8 +308,9 @@ describe("the worker's Dockerfile, parsed by BuildKit", () => {
         expect(stderr).toContain(`worker polling ${TaskQueue} on ${bed().temporal.address}`);
         // Read from its kubeconfig and records namespace: the guardrails' source is named.
         expect(stderr).toContain(`guardrails from`);
-        // RUNAS_MIGRATE_LOG_LEVEL=INFO: the SDK's INFO lines show.
-        expect(stderr).toMatch(/INFO.*Worker state changed/);
+        // RUNAS_MIGRATE_LOG_LEVEL=INFO: the SDK's INFO lines show (the SDK may log its state
+        // change just after our own line).
+        await waitFor('the SDK logs at INFO', () => /INFO.*Worker state changed/.test(stderr), 20_000, 200);
         const identity = `${child.pid}@`;
         await waitFor(
           'its poller on the task queue',

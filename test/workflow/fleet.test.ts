@@ -23,18 +23,23 @@ import { fleetStatusQuery, type FleetReport, type FleetStatus } from '../../src/
 import { abortSignal, approveSignal } from '../../src/workflows/messages.js';
 
 let env: TestWorkflowEnvironment;
+/** Bundled once for the file: every test's workers share it (a bundle takes seconds). */
+let workflowBundle: Awaited<ReturnType<typeof bundleWorkflowCode>>;
 const workflowsPath = fileURLToPath(new URL('../support/fleet-workflows.ts', import.meta.url));
+const quietLogger = new DefaultLogger('WARN');
 
 beforeAll(async () => {
-  env = await TestWorkflowEnvironment.createTimeSkipping({
-    server: { executable: { type: 'existing-path', path: inject('timeSkippingServer') } },
-  });
-});
+  [env, workflowBundle] = await Promise.all([
+    TestWorkflowEnvironment.createTimeSkipping({
+      server: { executable: { type: 'existing-path', path: inject('timeSkippingServer') } },
+    }),
+    bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
+  ]);
+}, 120_000);
 afterAll(async () => {
   await env?.teardown();
 });
 
-const quietLogger = new DefaultLogger('WARN');
 const uniq = () => Math.random().toString(36).slice(2, 8);
 
 interface FleetOutcome {
@@ -65,7 +70,7 @@ async function fleet(
   const { clusters = [], before, during, ...input } = opts;
   const workers = await Promise.all(
     [taskQueue, ...clusters.map((c) => `${taskQueue}-${c}`)].map((q) =>
-      Worker.create({ connection: env.nativeConnection, taskQueue: q, workflowsPath }),
+      Worker.create({ connection: env.nativeConnection, taskQueue: q, workflowBundle }),
     ),
   );
   const raw: FleetInputRaw = {
@@ -173,7 +178,7 @@ describe('migrateFleet', () => {
   });
 
   it('an abort is passed on to the running runs, which end as aborted runs do; the rest are skipped', async () => {
-    const { error, status } = await fleet(['a', 'slow-b', 'slow-c', 'd'], {
+    const { error, status } = await fleet(['a', 'hold-b', 'hold-c', 'd'], {
       waveSize: 2,
       during: async (h) => {
         await waitForStatus(
@@ -185,7 +190,7 @@ describe('migrateFleet', () => {
       },
     });
     expect(failureType(error)).toBe('Aborted');
-    expect(states(status)).toEqual({ a: 'succeeded', 'slow-b': 'failed', 'slow-c': 'failed', d: 'skipped' });
+    expect(states(status)).toEqual({ a: 'succeeded', 'hold-b': 'failed', 'hold-c': 'failed', d: 'skipped' });
     expect(status.targets[1]).toMatchObject({ endState: 'unchanged' });
     expect(status.targets[1]!.message).toContain('change freeze');
     expect(status.phase).toBe('aborted');
@@ -219,7 +224,7 @@ describe('migrateFleet', () => {
   });
 
   it('a cancelled fleet cancels its running runs, which compensate; the rest are skipped and it ends cancelled', async () => {
-    const { error, status } = await fleet(['a', 'slow-b', 'slow-c', 'd'], {
+    const { error, status } = await fleet(['a', 'hold-b', 'hold-c', 'd'], {
       waveSize: 2,
       continueAfterRuns: 3,
       during: async (h) => {
@@ -232,7 +237,7 @@ describe('migrateFleet', () => {
       },
     });
     expect(error?.cause).toBeInstanceOf(CancelledFailure);
-    expect(states(status)).toEqual({ a: 'succeeded', 'slow-b': 'failed', 'slow-c': 'failed', d: 'skipped' });
+    expect(states(status)).toEqual({ a: 'succeeded', 'hold-b': 'failed', 'hold-c': 'failed', d: 'skipped' });
     expect(status.phase).toBe('cancelled');
     expect(status.continuedAsNew).toBe(0);
     expect(status.targets[1]!.message).toMatch(/cancelled/);
@@ -240,69 +245,62 @@ describe('migrateFleet', () => {
       expect((await env.client.workflow.getHandle(t.workflowId).describe()).status.name).toBe('CANCELLED');
   });
 
-  // Three workers, one bundle: on a loaded machine each bundle takes many seconds.
-  it(
-    'an abort that reaches a run which has just ended neither fails the fleet nor loses the abort',
-    { timeout: 180_000 },
-    async () => {
-      const taskQueue = `fleet-${uniq()}`;
-      const suffix = uniq();
-      const raw: FleetInputRaw = {
-        name: `f-${suffix}`,
-        defaults: { uid: 5000, gid: 5000 },
-        approvals: 'none',
-        canary: false,
-        targets: [
-          { namespace: `a-${suffix}`, cluster: 'east' },
-          { namespace: `slow-b-${suffix}`, cluster: 'east' },
-        ],
-      };
-      // No sticky queue: the second worker must get the fleet's task the first one left.
-      const workflowBundle = await bundleWorkflowCode({ workflowsPath, logger: quietLogger });
-      const fleetWorker = () =>
-        Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle, maxCachedWorkflows: 0 });
-      const runWorker = await Worker.create({
-        connection: env.nativeConnection,
-        taskQueue: `${taskQueue}-east`,
-        workflowBundle,
+  it('an abort that reaches a run which has just ended neither fails the fleet nor loses the abort', async () => {
+    const taskQueue = `fleet-${uniq()}`;
+    const suffix = uniq();
+    const raw: FleetInputRaw = {
+      name: `f-${suffix}`,
+      defaults: { uid: 5000, gid: 5000 },
+      approvals: 'none',
+      canary: false,
+      targets: [
+        { namespace: `a-${suffix}`, cluster: 'east' },
+        { namespace: `hold-b-${suffix}`, cluster: 'east' },
+      ],
+    };
+    // No sticky queue: the second worker must get the fleet's task the first one left.
+    const fleetWorker = () =>
+      Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle, maxCachedWorkflows: 0 });
+    const runWorker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: `${taskQueue}-east`,
+      workflowBundle,
+    });
+    const outcome = await runWorker.runUntil(async () => {
+      const handle = await env.client.workflow.start('migrateFleet', {
+        taskQueue,
+        workflowId: fleetWorkflowId(raw.name),
+        args: [raw],
       });
-      const outcome = await runWorker.runUntil(async () => {
-        const handle = await env.client.workflow.start('migrateFleet', {
-          taskQueue,
-          workflowId: fleetWorkflowId(raw.name),
-          args: [raw],
-        });
-        await (
-          await fleetWorker()
-        ).runUntil(
-          waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started'),
+      await (
+        await fleetWorker()
+      ).runUntil(
+        waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started'),
+      );
+      // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
+      // workflow task holds both, and its signal handler still sees that run as running. The
+      // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.
+      await env.client.workflow.getHandle(`runas-migrate-east.a-${suffix}`).result();
+      await handle.signal(abortSignal, { reason: 'too late', by: 'bob' });
+      return (await fleetWorker()).runUntil(async () => {
+        const ended = handle.result().then(
+          () => 'completed',
+          (err: unknown) => err,
         );
-        // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
-        // workflow task holds both, and its signal handler still sees that run as running. The
-        // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.
-        await env.client.workflow.getHandle(`runas-migrate-east.a-${suffix}`).result();
-        await handle.signal(abortSignal, { reason: 'too late', by: 'bob' });
-        return (await fleetWorker()).runUntil(async () => {
-          const ended = handle.result().then(
-            () => 'completed',
-            (err: unknown) => err,
-          );
-          const wedged = new Promise((r) => setTimeout(() => r('no end within 30 s'), 30_000).unref());
-          const end = await Promise.race([ended, wedged]);
-          // A fleet whose workflow task keeps failing cannot answer a query either.
-          if (end === 'no end within 30 s')
-            return { ended: end, status: undefined as unknown as FleetStatus };
-          return { ended: end, status: await handle.query(fleetStatusQuery) };
-        });
+        const wedged = new Promise((r) => setTimeout(() => r('no end within 30 s'), 30_000).unref());
+        const end = await Promise.race([ended, wedged]);
+        // A fleet whose workflow task keeps failing cannot answer a query either.
+        if (end === 'no end within 30 s') return { ended: end, status: undefined as unknown as FleetStatus };
+        return { ended: end, status: await handle.query(fleetStatusQuery) };
       });
-      expect(outcome.ended).toBeInstanceOf(WorkflowFailedError);
-      expect(failureType(outcome.ended as WorkflowFailedError)).toBe('Aborted');
-      expect(outcome.status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'completed' });
-      expect(outcome.status.targets[1]).toMatchObject({ state: 'failed', endState: 'unchanged' });
-      expect(outcome.status.targets[1]!.message).toContain('too late');
-      expect(outcome.status.phase).toBe('aborted');
-    },
-  );
+    });
+    expect(outcome.ended).toBeInstanceOf(WorkflowFailedError);
+    expect(failureType(outcome.ended as WorkflowFailedError)).toBe('Aborted');
+    expect(outcome.status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'completed' });
+    expect(outcome.status.targets[1]).toMatchObject({ state: 'failed', endState: 'unchanged' });
+    expect(outcome.status.targets[1]!.message).toContain('too late');
+    expect(outcome.status.phase).toBe('aborted');
+  });
 
   it("routes each cluster's runs to that cluster's task queue, with a workflow ID per cluster and namespace", async () => {
     const outcome = await fleet([], {

@@ -14,7 +14,7 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
 import { SearchAttribute } from '../../src/core/names.js';
 import { historyToJSON } from '../support/histories.js';
-import { Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import type { Activities } from '../../src/activities/index.js';
 import { defaultsInForce } from '../../src/core/guardrails.js';
@@ -34,10 +34,16 @@ let env: TestWorkflowEnvironment;
 const workflowsPath = fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url));
 const historiesDir = fileURLToPath(new URL('../histories', import.meta.url));
 
+/** Bundled once for the file: every scenario's worker shares it (a bundle takes seconds). */
+let workflowBundle: Awaited<ReturnType<typeof bundleWorkflowCode>>;
+
 beforeAll(async () => {
-  env = await TestWorkflowEnvironment.createTimeSkipping({
-    server: { executable: { type: 'existing-path', path: inject('timeSkippingServer') } },
-  });
+  [env, workflowBundle] = await Promise.all([
+    TestWorkflowEnvironment.createTimeSkipping({
+      server: { executable: { type: 'existing-path', path: inject('timeSkippingServer') } },
+    }),
+    bundleWorkflowCode({ workflowsPath, logger: new DefaultLogger('WARN') }),
+  ]);
   // The workflow indexes runs by these; the dev server registers them at start, this one by call.
   await env.connection.operatorService.addSearchAttributes({
     namespace: 'default',
@@ -47,7 +53,7 @@ beforeAll(async () => {
       [SearchAttribute.PhaseSince]: temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
     },
   });
-});
+}, 120_000);
 afterAll(async () => {
   await env?.teardown();
 });
@@ -384,7 +390,7 @@ async function run(s: Scenario): Promise<Outcome> {
   const worker = await Worker.create({
     connection: env.nativeConnection,
     taskQueue,
-    workflowsPath,
+    workflowBundle,
     activities,
     maxHeartbeatThrottleInterval: '200 milliseconds',
   });
