@@ -19,11 +19,12 @@ import {
 } from '@temporalio/client';
 import { Planner } from '../services/planner.js';
 import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
+import { fleetStatusQuery } from '../workflows/fleet-messages.js';
 import { reasonOf } from '../core/failure-reason.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
 import { clusterTaskQueue, TaskQueue } from '../core/names.js';
-import { checkClusterName } from '../core/fleet.js';
-import { fleetHandle, fleetRunning, queryFleet, startFleet } from './fleets.js';
+import { checkClusterName, targetId } from '../core/fleet.js';
+import { fleetHandle, queryFleet, requireFleet, startFleet } from './fleets.js';
 import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import { GuardrailCheck, loadGuardrails } from '../services/guardrails.js';
@@ -483,12 +484,11 @@ async function approveFleet(
   flags: FleetFlags & { gate: string; by: string; comment?: string },
 ): Promise<void> {
   const c = await client(flags);
-  const status = await queryFleet(c, flags.fleet);
+  const { handle } = await requireFleet(c, flags.fleet);
+  const status = await handle.query(fleetStatusQuery);
   const refusal = approvalRefusal(status.gates, flags.gate, status.phase);
   if (refusal) throw new Error(`gate "${flags.gate}" of fleet ${flags.fleet}: ${refusal.message}`);
-  await (
-    await fleetHandle(c, flags.fleet)
-  ).signal(approveSignal, {
+  await handle.signal(approveSignal, {
     gate: flags.gate,
     by: flags.by,
     ...(flags.comment ? { comment: flags.comment } : {}),
@@ -499,9 +499,12 @@ async function approveFleet(
 
 async function abortFleet(flags: FleetFlags & { reason: string; by: string }): Promise<void> {
   const c = await client(flags);
-  if (!(await fleetRunning(c, flags.fleet).catch(() => false)))
-    throw new NoRunError(`fleet ${flags.fleet} is not running: nothing to abort`);
-  await (await fleetHandle(c, flags.fleet)).signal(abortSignal, { reason: flags.reason, by: flags.by });
+  const { handle, description } = await requireFleet(c, flags.fleet);
+  if (description.status.name !== 'RUNNING')
+    throw new NoRunError(
+      `fleet ${flags.fleet} is not running (${description.status.name}): nothing to abort`,
+    );
+  await handle.signal(abortSignal, { reason: flags.reason, by: flags.by });
   process.stdout.write(
     `asked fleet ${flags.fleet} to abort: no new run starts, the running ones abort and compensate; follow it with runas-migrate status --fleet ${flags.fleet} --watch\n`,
   );
@@ -683,11 +686,13 @@ temporalOptions(
     const c = await client(flags);
     const handle = await runningRun(c, flags.namespace, 'approve', flags.cluster);
     const before = await queryStatus(c, flags.namespace, flags.cluster);
+    // The run as the operator named it: a run on a named cluster says which cluster.
+    const run = targetId(flags);
     const refusal = approvalRefusal(before.gates, flags.gate, before.phase);
     const gate = before.gates.find((g) => g.gate === flags.gate);
     if (refusal?.kind === 'not-a-gate')
       throw new Error(
-        `the run of ${flags.namespace} has no gate "${flags.gate}": its gates are ${
+        `the run of ${run} has no gate "${flags.gate}": its gates are ${
           before.gates
             .filter((g) => g.required)
             .map((g) => g.gate)
@@ -695,20 +700,18 @@ temporalOptions(
         }: approve one of those (plan comes before relax)`,
       );
     if (refusal?.kind === 'approved')
-      throw new Error(
-        `gate "${flags.gate}" of ${flags.namespace} was already approved by ${gate?.by} at ${gate?.at}`,
-      );
+      throw new Error(`gate "${flags.gate}" of ${run} was already approved by ${gate?.by} at ${gate?.at}`);
     if (refusal?.kind === 'not-reached')
       throw new Error(
-        `gate "${flags.gate}" of ${flags.namespace} is not reached yet (the run is ${before.phase}): approve it when \`runas-migrate status\` shows it waiting`,
+        `gate "${flags.gate}" of ${run} is not reached yet (the run is ${before.phase}): approve it when \`runas-migrate status\` shows it waiting`,
       );
-    if (refusal) throw new Error(`gate "${flags.gate}" of ${flags.namespace}: ${refusal.message}`);
+    if (refusal) throw new Error(`gate "${flags.gate}" of ${run}: ${refusal.message}`);
     await handle.signal(approveSignal, {
       gate: flags.gate,
       by: flags.by,
       ...(flags.comment ? { comment: flags.comment } : {}),
     });
-    process.stdout.write(`approved gate ${flags.gate} of ${flags.namespace} as ${flags.by}\n`);
+    process.stdout.write(`approved gate ${flags.gate} of ${run} as ${flags.by}\n`);
     await c.connection.close();
   },
 );
@@ -740,7 +743,7 @@ temporalOptions(
       await runningRun(c, flags.namespace, 'abort', flags.cluster)
     ).signal(abortSignal, { reason: flags.reason, by: flags.by });
     process.stdout.write(
-      `asked the run of ${flags.namespace} to abort; follow it with runas-migrate status ${runFlags(flags.namespace, flags.cluster)} --watch\n`,
+      `asked the run of ${targetId(flags)} to abort; follow it with runas-migrate status ${runFlags(flags.namespace, flags.cluster)} --watch\n`,
     );
     await c.connection.close();
   },

@@ -8,6 +8,7 @@ import {
   WorkflowIdReusePolicy,
   WorkflowNotFoundError,
   type Client,
+  type WorkflowExecutionDescription,
   type WorkflowHandle,
 } from '@temporalio/client';
 import { MaxFleetTargets, parseFleetInput, resolvedFleetInput, type FleetInput } from '../core/fleet.js';
@@ -31,9 +32,9 @@ export async function startFleet(
     );
   const workflowId = fleetWorkflowId(fleet.name);
   const legacy = await legacyFleet(client, fleet.name);
-  if (legacy && (await legacy.describe()).status.name === 'RUNNING')
+  if (legacy?.description.status.name === 'RUNNING')
     throw new RunInProgressError(
-      `fleet ${fleet.name} is already running (workflow ${legacy.workflowId}, started before fleet IDs took a colon): follow it with "runas-migrate status --fleet ${fleet.name} --watch", or give this one another name`,
+      `fleet ${fleet.name} is already running (workflow ${legacy.handle.workflowId}, started before fleet IDs took a colon): follow it with "runas-migrate status --fleet ${fleet.name} --watch", or give this one another name`,
     );
   try {
     const handle = await client.workflow.start(WorkflowType.MigrateFleet, {
@@ -58,46 +59,56 @@ export async function startFleet(
 /** The workflow ID fleets had before it took a colon, which a run of namespace `fleet-<name>` can have too. */
 export const legacyFleetWorkflowId = (name: string): string => `runas-migrate-fleet-${name}`;
 
-/** The fleet started under {@link legacyFleetWorkflowId}, when that workflow is a fleet. */
-async function legacyFleet(client: Client, name: string): Promise<WorkflowHandle | undefined> {
-  const handle = client.workflow.getHandle(legacyFleetWorkflowId(name));
+/** A fleet's workflow and what the server says of it. */
+export interface FoundFleet {
+  handle: WorkflowHandle;
+  description: WorkflowExecutionDescription;
+}
+
+/** The workflow's description, or undefined when there is no such workflow. */
+async function describeIfAny(handle: WorkflowHandle): Promise<WorkflowExecutionDescription | undefined> {
   try {
-    return (await handle.describe()).type === WorkflowType.MigrateFleet ? handle : undefined;
+    return await handle.describe();
   } catch (err) {
     if (err instanceof WorkflowNotFoundError) return undefined;
     throw err;
   }
 }
 
+/** The fleet started under {@link legacyFleetWorkflowId}, when that workflow is a fleet. */
+async function legacyFleet(client: Client, name: string): Promise<FoundFleet | undefined> {
+  const handle = client.workflow.getHandle(legacyFleetWorkflowId(name));
+  const description = await describeIfAny(handle);
+  return description?.type === WorkflowType.MigrateFleet ? { handle, description } : undefined;
+}
+
 /**
- * The handle of the fleet `name`: under its workflow ID, or, when nothing is there, under the ID
- * fleets had before (so a fleet started by an older release is still followed, approved, aborted).
+ * The fleet `name` with its description, found with one call: under its workflow ID, or, when
+ * nothing is there, under the ID fleets had before (so a fleet started by an older release is
+ * still followed, approved, aborted). Undefined when there is neither.
  */
+export async function findFleet(client: Client, name: string): Promise<FoundFleet | undefined> {
+  const handle = client.workflow.getHandle(fleetWorkflowId(name));
+  const description = await describeIfAny(handle);
+  return description ? { handle, description } : legacyFleet(client, name);
+}
+
+/** {@link findFleet}, failing with a {@link NoRunError} that says how to start it when there is none. */
+export async function requireFleet(client: Client, name: string): Promise<FoundFleet> {
+  const found = await findFleet(client, name);
+  if (!found)
+    throw new NoRunError(
+      `there is no fleet ${name} (no workflow ${fleetWorkflowId(name)}): check the name, or start it with "runas-migrate start --fleet <file>"`,
+    );
+  return found;
+}
+
+/** The handle of the fleet `name` ({@link findFleet}); its current ID's when there is none yet. */
 export async function fleetHandle(client: Client, name: string): Promise<WorkflowHandle> {
-  const current = client.workflow.getHandle(fleetWorkflowId(name));
-  try {
-    await current.describe();
-    return current;
-  } catch (err) {
-    if (!(err instanceof WorkflowNotFoundError)) throw err;
-  }
-  return (await legacyFleet(client, name)) ?? current;
+  return (await findFleet(client, name))?.handle ?? client.workflow.getHandle(fleetWorkflowId(name));
 }
 
 /** The status of the fleet `name` (its current or last run). */
 export async function queryFleet(client: Client, name: string): Promise<FleetStatus> {
-  try {
-    return await (await fleetHandle(client, name)).query(fleetStatusQuery);
-  } catch (err) {
-    if (err instanceof WorkflowNotFoundError)
-      throw new NoRunError(
-        `there is no fleet ${name} (no workflow ${fleetWorkflowId(name)}): check the name, or start it with "runas-migrate start --fleet <file>"`,
-      );
-    throw err;
-  }
-}
-
-/** Whether the fleet's workflow is still running. */
-export async function fleetRunning(client: Client, name: string): Promise<boolean> {
-  return (await (await fleetHandle(client, name)).describe()).status.name === 'RUNNING';
+  return (await requireFleet(client, name)).handle.query(fleetStatusQuery);
 }

@@ -58,7 +58,7 @@ export class PooledKubeConfig extends KubeConfig {
   private readonly agents = new Map<string, https.Agent>();
   /** How long a kept connection may stay idle. */
   readonly idleMs: number;
-  /** The deadline of every call (watches excepted). */
+  /** The deadline of every call but watches and log reads (both long-running by design). */
   readonly callMs: number;
 
   constructor(options: PooledConnections = {}) {

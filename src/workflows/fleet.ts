@@ -49,6 +49,8 @@ const FleetPatch = {
   NoFirstWaveGate: 'fleet-no-first-wave-gate',
   /** A run that found nothing to change counts as done. */
   UnchangedIsDone: 'fleet-unchanged-is-done',
+  /** A cancelled fleet stops, skips the rest, and ends cancelled (before: it went on and failed). */
+  CancelStops: 'fleet-cancel-stops',
 } as const;
 
 /** What a fleet carries into its next run when it continues as new. */
@@ -181,9 +183,13 @@ class Fleet {
       });
   }
 
-  /** Whether the fleet's own workflow was cancelled (`temporal workflow cancel`, the Web UI). */
+  /**
+   * Whether the fleet's own workflow was cancelled (`temporal workflow cancel`, the Web UI). A
+   * fleet cancelled before the change keeps its old course on replay: the marker is written only
+   * once a cancel has come.
+   */
   private get cancelled(): boolean {
-    return wf.CancellationScope.current().consideredCancelled;
+    return wf.CancellationScope.current().consideredCancelled && wf.patched(FleetPatch.CancelStops);
   }
 
   /** Runs one target's migration as a child and records how it ended. */
@@ -255,7 +261,7 @@ class Fleet {
         parseDuration(this.fleet.approvalTimeout)!,
       );
     } catch (err) {
-      if (!wf.isCancellation(err)) throw err;
+      if (!wf.isCancellation(err) || !this.cancelled) throw err;
       g.state = 'pending';
       return false;
     }

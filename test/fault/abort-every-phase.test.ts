@@ -4,7 +4,9 @@
  * real step after its work (its completion withheld until the run cancels it), by a gate, or by
  * Jobs that cannot be scheduled. Before the files change hands, the namespace must end exactly
  * as the full snapshot taken before the run (end state `unchanged`); after, the run keeps the new
- * IDs (`rolled-forward`) and only the policies, replicas and Jobs are checked.
+ * IDs (`rolled-forward`) and only the policies, replicas and Jobs are checked. Last, a fleet
+ * cancelled while its run's window is open: the cancel must reach the run, which puts everything
+ * back as a cancelled run does.
  */
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationInputRaw } from '../../src/core/input.js';
 import { OriginalReplicasAnnotation } from '../../src/core/plan.js';
 import { queryStatus, startRun, workflowIdOf } from '../../src/app/runs.js';
+import { queryFleet, startFleet } from '../../src/app/fleets.js';
+import { fleetWorkflowId } from '../../src/core/names.js';
 import { HostRunnerPlacement } from '../../testbed/host-runner/runner.js';
 import { waitFor } from '../../testbed/process.js';
 import type { MigrationStatus } from '../../src/workflows/messages.js';
@@ -172,4 +176,48 @@ describe('abort and cancel after the files changed hands: policies, replicas and
       });
     }
   }
+});
+
+describe('a fleet cancelled while its run holds the namespace open', () => {
+  it(
+    'cancels the run, which restores every policy: the namespace ends exactly as before, and the rest of the fleet is skipped',
+    { timeout: 120_000 },
+    async () => {
+      const before = await namespaceSnapshot(kc, untouched, bed().pvRoot);
+      const c: Case = { phase: 'migrating-ownership, pods admitted', stuckJobs: true };
+      const held = hold.arm('waitForPodsAdmitted');
+      const { namespace: _n, approvals: _a, ...defaults } = inputFor(untouched, c, 5000);
+      const name = uniqueName('fleet-cancel');
+      const never = uniqueName('fleet-never');
+      await startFleet(
+        worker.w.client,
+        { name, defaults, approvals: 'none', targets: [{ namespace: untouched }, { namespace: never }] },
+        { taskQueue },
+      );
+      await held;
+      const open = await queryStatus(worker.w.client, untouched);
+      expect(open.policies.state).toBe('relaxed');
+
+      await temporalCli(['workflow', 'cancel', '-w', fleetWorkflowId(name)]);
+      await expect(worker.w.client.workflow.getHandle(fleetWorkflowId(name)).result()).rejects.toThrow();
+      const closedAs = async (workflowId: string) =>
+        (
+          JSON.parse(await temporalCli(['workflow', 'describe', '-w', workflowId, '-o', 'json'])) as {
+            workflowExecutionInfo: { status: string };
+          }
+        ).workflowExecutionInfo.status;
+      expect(await closedAs(fleetWorkflowId(name))).toMatch(/CANCELED/);
+      expect(await closedAs(workflowIdOf(untouched))).toMatch(/CANCELED/);
+      const fleet = await queryFleet(worker.w.client, name);
+      expect(fleet.phase).toBe('cancelled');
+      expect(fleet.targets.map((t) => [t.namespace, t.state])).toEqual([
+        [untouched, 'failed'],
+        [never, 'skipped'],
+      ]);
+      const end = await queryStatus(worker.w.client, untouched);
+      expect(end.policies.state).not.toBe('relaxed');
+      expect([end.endState, end.leftToDo]).toEqual(['unchanged', []]);
+      expect(await namespaceSnapshot(kc, untouched, bed().pvRoot)).toEqual(before);
+    },
+  );
 });

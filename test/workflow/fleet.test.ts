@@ -12,6 +12,7 @@ import {
   type WorkflowHandleWithFirstExecutionRunId,
 } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
@@ -122,6 +123,21 @@ const waitForStatus = async (h: WorkflowHandle, ok: (s: FleetStatus) => boolean,
     await env.sleep('2 seconds');
   }
   throw new Error(`the fleet never showed ${what}`);
+};
+
+/** Waits until the fleet has seen `runs` runs start and no workflow task of it is pending. */
+const idle = async (h: WorkflowHandle, runs: number) => {
+  const { EventType } = temporal.api.enums.v1;
+  for (let i = 0; i < 200; i++) {
+    const events = (await h.fetchHistory()).events ?? [];
+    const started = events.filter(
+      (e) => e.eventType === EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED,
+    );
+    if (started.length === runs && events.at(-1)?.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+      return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`the fleet never settled with ${runs} runs started`);
 };
 
 describe('migrateFleet', () => {
@@ -274,9 +290,12 @@ describe('migrateFleet', () => {
       });
       await (
         await fleetWorker()
-      ).runUntil(
-        waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started'),
-      );
+      ).runUntil(async () => {
+        await waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started');
+        // The worker leaves only once the fleet has seen both runs start: a workflow task left
+        // pending would hold the test server's clock, and the first run would never end.
+        await idle(handle, 2);
+      });
       // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
       // workflow task holds both, and its signal handler still sees that run as running. The
       // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.

@@ -1,7 +1,9 @@
 /**
- * Histories of real runs, committed under test/histories/, replayed against today's workflow
- * code: a change that would break an open run (a non-deterministic change not behind
- * `patched()`) fails the build. Refresh them with RUNAS_MIGRATE_RECORD_HISTORIES=1 only when a
+ * Histories of real runs and fleets, committed under test/histories/, replayed against today's
+ * workflow code: a change that would break an open run (a non-deterministic change not behind
+ * `patched()`) fails the build. The `fleet-unpatched-*` histories are fleets cancelled under the
+ * fleet code from before `fleet-cancel-stops` (commit 78a247f): they went on and failed, and
+ * must still replay so. Refresh them with RUNAS_MIGRATE_RECORD_HISTORIES=1 only when a
  * change is meant to be incompatible and no run of the old code can still be open.
  */
 import { readdirSync, readFileSync } from 'node:fs';
