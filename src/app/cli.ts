@@ -24,7 +24,7 @@ import { reasonOf } from '../core/failure-reason.js';
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
 import { clusterTaskQueue, TaskQueue } from '../core/names.js';
 import { checkClusterName, targetId } from '../core/fleet.js';
-import { fleetHandle, queryFleet, requireFleet, startFleet } from './fleets.js';
+import { fleetHandle, queryFleet, requireRunningFleet, signalFleet, startFleet } from './fleets.js';
 import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import { GuardrailCheck, loadGuardrails } from '../services/guardrails.js';
@@ -484,11 +484,11 @@ async function approveFleet(
   flags: FleetFlags & { gate: string; by: string; comment?: string },
 ): Promise<void> {
   const c = await client(flags);
-  const { handle } = await requireFleet(c, flags.fleet);
-  const status = await handle.query(fleetStatusQuery);
+  const found = await requireRunningFleet(c, flags.fleet, 'approve');
+  const status = await found.handle.query(fleetStatusQuery);
   const refusal = approvalRefusal(status.gates, flags.gate, status.phase);
   if (refusal) throw new Error(`gate "${flags.gate}" of fleet ${flags.fleet}: ${refusal.message}`);
-  await handle.signal(approveSignal, {
+  await signalFleet(found, flags.fleet, approveSignal, {
     gate: flags.gate,
     by: flags.by,
     ...(flags.comment ? { comment: flags.comment } : {}),
@@ -499,17 +499,14 @@ async function approveFleet(
 
 async function abortFleet(flags: FleetFlags & { reason: string; by: string }): Promise<void> {
   const c = await client(flags);
-  const { handle, description } = await requireFleet(c, flags.fleet);
-  if (description.status.name !== 'RUNNING')
-    throw new NoRunError(
-      `fleet ${flags.fleet} is not running (${description.status.name}): nothing to abort`,
-    );
-  await handle.signal(abortSignal, { reason: flags.reason, by: flags.by });
+  const found = await requireRunningFleet(c, flags.fleet, 'abort');
+  await signalFleet(found, flags.fleet, abortSignal, { reason: flags.reason, by: flags.by });
   process.stdout.write(
     `asked fleet ${flags.fleet} to abort: no new run starts, the running ones abort and compensate; follow it with runas-migrate status --fleet ${flags.fleet} --watch\n`,
   );
   await c.connection.close();
 }
+
 const client = (o: TemporalFlags): Promise<Client> =>
   connectClient({ address: o.address, namespace: o.temporalNamespace });
 

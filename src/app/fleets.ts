@@ -11,6 +11,7 @@ import {
   type WorkflowExecutionDescription,
   type WorkflowHandle,
 } from '@temporalio/client';
+import type { SignalDefinition } from '@temporalio/common';
 import { MaxFleetTargets, parseFleetInput, resolvedFleetInput, type FleetInput } from '../core/fleet.js';
 import { InvalidInputError } from '../core/input.js';
 import { fleetWorkflowId, TaskQueue, WorkflowType } from '../core/names.js';
@@ -90,7 +91,45 @@ async function legacyFleet(client: Client, name: string): Promise<FoundFleet | u
 export async function findFleet(client: Client, name: string): Promise<FoundFleet | undefined> {
   const handle = client.workflow.getHandle(fleetWorkflowId(name));
   const description = await describeIfAny(handle);
-  return description ? { handle, description } : legacyFleet(client, name);
+  if (description?.status.name === 'RUNNING') return { handle, description };
+  // An older release's CLI may have started one under the old ID after this one closed.
+  const legacy = await legacyFleet(client, name);
+  if (legacy && (!description || legacy.description.status.name === 'RUNNING')) return legacy;
+  return description ? { handle, description } : undefined;
+}
+
+/**
+ * The running fleet `name`, failing with a {@link NoRunError} that says so when it has ended
+ * (`what`: the command, as "approve").
+ */
+export async function requireRunningFleet(client: Client, name: string, what: string): Promise<FoundFleet> {
+  const found = await requireFleet(client, name);
+  if (found.description.status.name !== 'RUNNING')
+    throw new NoRunError(
+      `fleet ${name} is not running (${found.description.status.name}): there is nothing to ${what}; see how it ended with "runas-migrate status --fleet ${name}"`,
+    );
+  return found;
+}
+
+/**
+ * Signals the running fleet; a fleet that closed since it was found is reported as such, not as
+ * Temporal's "workflow not found".
+ */
+export async function signalFleet<Args extends unknown[]>(
+  found: FoundFleet,
+  name: string,
+  signal: SignalDefinition<Args>,
+  ...args: Args
+): Promise<void> {
+  try {
+    await found.handle.signal(signal, ...args);
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError)
+      throw new NoRunError(
+        `fleet ${name} ended meanwhile: see how with "runas-migrate status --fleet ${name}"`,
+      );
+    throw err;
+  }
 }
 
 /** {@link findFleet}, failing with a {@link NoRunError} that says how to start it when there is none. */

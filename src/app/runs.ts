@@ -16,6 +16,7 @@ import { Phase, statusQuery, type MigrationReport, type MigrationStatus } from '
 import { InvalidInputError, parseMigrationInput, type MigrationInput } from '../core/input.js';
 import { clusterTaskQueue, runWorkflowId, TaskQueue, WorkflowType } from '../core/names.js';
 import type { JobProgress } from '../core/job.js';
+import { targetId } from '../core/fleet.js';
 
 /**
  * Workflow ID of the run of a namespace (of a cluster, when named, as a fleet names it): at most
@@ -30,8 +31,8 @@ export function runFlags(namespace: string, cluster?: string): string {
   return cluster ? `-n ${namespace} --cluster ${cluster}` : `-n ${namespace}`;
 }
 
-/** The run's name in messages: the namespace, with its cluster when named. */
-const runName = (namespace: string, cluster?: string) => (cluster ? `${cluster}/${namespace}` : namespace);
+/** The run's name in messages: the namespace, with its cluster when named (as a fleet's rows). */
+const runName = (namespace: string, cluster?: string) => targetId({ namespace, cluster });
 
 /** Thrown when a run of the namespace is already in progress. */
 export class RunInProgressError extends Error {

@@ -154,6 +154,17 @@ it(
     }
     const fleet = workers[0]!.w.client.workflow.getHandle(fleetWorkflowId(fleetName));
     expect((await fleet.describe()).status.name).toBe('COMPLETED');
+    // An ended fleet is neither approved nor aborted, and the CLI says how it ended.
+    for (const args of [
+      ['approve', '--fleet', fleetName, '--gate', 'after-canary'],
+      ['abort', '--fleet', fleetName, '--reason', 'too late'],
+    ]) {
+      const late = await runasMigrate(args);
+      expect(late.code).toBe(1);
+      expect(late.stderr).toContain(
+        `fleet ${fleetName} is not running (COMPLETED): there is nothing to ${args[0]}`,
+      );
+    }
     // One run of the fleet, by its namespace and cluster, as the operator asks for it.
     const one = await runasMigrate([
       'status',

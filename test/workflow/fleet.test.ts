@@ -96,12 +96,24 @@ async function fleet(
       throw err;
     }
     const status = () => handle.query(fleetStatusQuery).catch(() => undefined as unknown as FleetStatus);
+    // A fleet whose cancel or abort never reaches a `hold-*` run would never end, and would hold
+    // the server's clock for every later test: it is terminated after a real-time deadline.
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('the fleet did not end within 45 s')), 45_000);
+    });
     try {
-      const report = (await handle.result()) as FleetReport;
+      const report = (await Promise.race([handle.result(), deadline]).catch(async (err: unknown) => {
+        if (err instanceof Error && err.message.startsWith('the fleet did not end'))
+          await handle.terminate('the test timed out');
+        throw err;
+      })) as FleetReport;
       return { report, status: await status(), handle, taskQueue };
     } catch (err) {
       if (!(err instanceof WorkflowFailedError)) throw err;
       return { error: err, status: await status(), handle, taskQueue };
+    } finally {
+      clearTimeout(timer);
     }
   };
   // Every worker runs until the fleet is done (the last one wraps the others).
@@ -261,65 +273,75 @@ describe('migrateFleet', () => {
       expect((await env.client.workflow.getHandle(t.workflowId).describe()).status.name).toBe('CANCELLED');
   });
 
-  it('an abort that reaches a run which has just ended neither fails the fleet nor loses the abort', async () => {
-    const taskQueue = `fleet-${uniq()}`;
-    const suffix = uniq();
-    const raw: FleetInputRaw = {
-      name: `f-${suffix}`,
-      defaults: { uid: 5000, gid: 5000 },
-      approvals: 'none',
-      canary: false,
-      targets: [
-        { namespace: `a-${suffix}`, cluster: 'east' },
-        { namespace: `hold-b-${suffix}`, cluster: 'east' },
-      ],
-    };
-    // No sticky queue: the second worker must get the fleet's task the first one left.
-    const fleetWorker = () =>
-      Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle, maxCachedWorkflows: 0 });
-    const runWorker = await Worker.create({
-      connection: env.nativeConnection,
-      taskQueue: `${taskQueue}-east`,
-      workflowBundle,
-    });
-    const outcome = await runWorker.runUntil(async () => {
-      const handle = await env.client.workflow.start('migrateFleet', {
-        taskQueue,
-        workflowId: fleetWorkflowId(raw.name),
-        args: [raw],
+  // Three workers, a 30 s guard and a wait for the fleet to settle, on a loaded machine.
+  it(
+    'an abort that reaches a run which has just ended neither fails the fleet nor loses the abort',
+    { timeout: 120_000 },
+    async () => {
+      const taskQueue = `fleet-${uniq()}`;
+      const suffix = uniq();
+      const raw: FleetInputRaw = {
+        name: `f-${suffix}`,
+        defaults: { uid: 5000, gid: 5000 },
+        approvals: 'none',
+        canary: false,
+        targets: [
+          { namespace: `a-${suffix}`, cluster: 'east' },
+          { namespace: `hold-b-${suffix}`, cluster: 'east' },
+        ],
+      };
+      // No sticky queue: the second worker must get the fleet's task the first one left.
+      const fleetWorker = () =>
+        Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle, maxCachedWorkflows: 0 });
+      const runWorker = await Worker.create({
+        connection: env.nativeConnection,
+        taskQueue: `${taskQueue}-east`,
+        workflowBundle,
       });
-      await (
-        await fleetWorker()
-      ).runUntil(async () => {
-        await waitForStatus(handle, (s) => s.targets.every((t) => t.state === 'running'), 'the runs started');
-        // The worker leaves only once the fleet has seen both runs start: a workflow task left
-        // pending would hold the test server's clock, and the first run would never end.
-        await idle(handle, 2);
+      const outcome = await runWorker.runUntil(async () => {
+        const handle = await env.client.workflow.start('migrateFleet', {
+          taskQueue,
+          workflowId: fleetWorkflowId(raw.name),
+          args: [raw],
+        });
+        await (
+          await fleetWorker()
+        ).runUntil(async () => {
+          await waitForStatus(
+            handle,
+            (s) => s.targets.every((t) => t.state === 'running'),
+            'the runs started',
+          );
+          // The worker leaves only once the fleet has seen both runs start: a workflow task left
+          // pending would hold the test server's clock, and the first run would never end.
+          await idle(handle, 2);
+        });
+        // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
+        // workflow task holds both, and its signal handler still sees that run as running. The
+        // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.
+        await env.client.workflow.getHandle(`runas-migrate-east.a-${suffix}`).result();
+        await handle.signal(abortSignal, { reason: 'too late', by: 'bob' });
+        return (await fleetWorker()).runUntil(async () => {
+          const ended = handle.result().then(
+            () => 'completed',
+            (err: unknown) => err,
+          );
+          const wedged = new Promise((r) => setTimeout(() => r('no end within 30 s'), 30_000).unref());
+          const end = await Promise.race([ended, wedged]);
+          // A fleet whose workflow task keeps failing cannot answer a query either.
+          if (end === 'no end within 30 s')
+            return { ended: end, status: undefined as unknown as FleetStatus };
+          return { ended: end, status: await handle.query(fleetStatusQuery) };
+        });
       });
-      // With the fleet's worker gone, one run ends and then the abort arrives: the fleet's next
-      // workflow task holds both, and its signal handler still sees that run as running. The
-      // other run keeps the fleet open, so Temporal's refusal of the late signal comes back to it.
-      await env.client.workflow.getHandle(`runas-migrate-east.a-${suffix}`).result();
-      await handle.signal(abortSignal, { reason: 'too late', by: 'bob' });
-      return (await fleetWorker()).runUntil(async () => {
-        const ended = handle.result().then(
-          () => 'completed',
-          (err: unknown) => err,
-        );
-        const wedged = new Promise((r) => setTimeout(() => r('no end within 30 s'), 30_000).unref());
-        const end = await Promise.race([ended, wedged]);
-        // A fleet whose workflow task keeps failing cannot answer a query either.
-        if (end === 'no end within 30 s') return { ended: end, status: undefined as unknown as FleetStatus };
-        return { ended: end, status: await handle.query(fleetStatusQuery) };
-      });
-    });
-    expect(outcome.ended).toBeInstanceOf(WorkflowFailedError);
-    expect(failureType(outcome.ended as WorkflowFailedError)).toBe('Aborted');
-    expect(outcome.status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'completed' });
-    expect(outcome.status.targets[1]).toMatchObject({ state: 'failed', endState: 'unchanged' });
-    expect(outcome.status.targets[1]!.message).toContain('too late');
-    expect(outcome.status.phase).toBe('aborted');
-  });
+      expect(outcome.ended).toBeInstanceOf(WorkflowFailedError);
+      expect(failureType(outcome.ended as WorkflowFailedError)).toBe('Aborted');
+      expect(outcome.status.targets[0]).toMatchObject({ state: 'succeeded', endState: 'completed' });
+      expect(outcome.status.targets[1]).toMatchObject({ state: 'failed', endState: 'unchanged' });
+      expect(outcome.status.targets[1]!.message).toContain('too late');
+      expect(outcome.status.phase).toBe('aborted');
+    },
+  );
 
   it("routes each cluster's runs to that cluster's task queue, with a workflow ID per cluster and namespace", async () => {
     const outcome = await fleet([], {

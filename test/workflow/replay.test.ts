@@ -1,10 +1,12 @@
 /**
  * Histories of real runs and fleets, committed under test/histories/, replayed against today's
  * workflow code: a change that would break an open run (a non-deterministic change not behind
- * `patched()`) fails the build. The `fleet-unpatched-*` histories are fleets cancelled under the
- * fleet code from before `fleet-cancel-stops` (commit 78a247f): they went on and failed, and
- * must still replay so. Refresh them with RUNAS_MIGRATE_RECORD_HISTORIES=1 only when a
- * change is meant to be incompatible and no run of the old code can still be open.
+ * `patched()`) fails the build. Refresh the runs' histories with RUNAS_MIGRATE_RECORD_HISTORIES=1
+ * only when a change is meant to be incompatible and no run of the old code can still be open.
+ * The `fleet-*` histories were recorded once, by hand, from fleets of the stand-in runs of
+ * test/support/fleet-workflows.ts on the time-skipping server; the `fleet-unpatched-*` ones with
+ * the fleet code from before `fleet-cancel-stops` (commit 78a247f): cancelled fleets that went on
+ * and failed. Those cannot be recorded again: never refresh them.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
