@@ -7,10 +7,11 @@
  * ROUNDS=…, CPUS=1,2,8 to change the size, the rounds and the CPU counts).
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OwnershipScript } from '../src/services/ownership-script.js';
+import { measure } from './support/cpu.js';
 
 const files = Number(process.env.FILES ?? 200_000);
 const rounds = Number(process.env.ROUNDS ?? 3);
@@ -28,25 +29,6 @@ function tree(): string {
     root,
   ]);
   return root;
-}
-
-const ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }));
-
-/** CPU time (user + system, ms) of this process's waited-for children so far. */
-function childrenCpuMs(): number {
-  // cutime and cstime: fields 16 and 17 of proc(5), counted after the command name's ")"
-  const fields = readFileSync('/proc/self/stat', 'utf8')
-    .replace(/^.*\) /, '')
-    .split(' ');
-  return ((Number(fields[13]) + Number(fields[14])) * 1000) / ticksPerSecond;
-}
-
-/** Wall and CPU time of one command run to completion. */
-function measure(cmd: string, args: string[], env: NodeJS.ProcessEnv) {
-  const cpu = childrenCpuMs();
-  const t = performance.now();
-  execFileSync(cmd, args, { env, stdio: 'ignore' });
-  return { ms: performance.now() - t, cpuMs: childrenCpuMs() - cpu };
 }
 
 // `nproc` answering each CPU count, first on PATH.

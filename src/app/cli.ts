@@ -3,11 +3,12 @@
  */
 import { Command, Option } from 'commander';
 import { stringify as toYaml } from 'yaml';
-import { PolicyGuard, type RestoreReport } from '../services/policy-guard.js';
-import { isKubeError, Kube } from '../cluster/kube.js';
-import { KubeConnectionModes, KubeConnectionsEnv, type KubeConnections } from '../cluster/connections.js';
+// Only light modules load with every command: the Kubernetes client, the Temporal worker and
+// OpenTelemetry take seconds of CPU to load, and are loaded by the commands that use them.
+import type { RestoreReport } from '../services/policy-guard.js';
+import type { Kube } from '../cluster/kube.js';
 import { RecordsNamespaceEnv, recordsNamespaceOf } from '../core/records.js';
-import { connectClient, createWorker, temporalTarget, WaitsEnv } from './worker.js';
+import { connectClient, temporalTarget } from './temporal-connection.js';
 import type { WaitMode } from '../services/workloads.js';
 import { ApplicationFailure } from '@temporalio/common';
 import type { LogLevel } from '@temporalio/worker';
@@ -17,7 +18,6 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
-import { Planner } from '../services/planner.js';
 import { abortSignal, approvalRefusal, approveSignal } from '../workflows/messages.js';
 import { fleetStatusQuery } from '../workflows/fleet-messages.js';
 import { reasonOf } from '../core/failure-reason.js';
@@ -27,7 +27,6 @@ import { checkClusterName, targetId } from '../core/fleet.js';
 import { fleetHandle, queryFleet, requireRunningFleet, signalFleet, startFleet } from './fleets.js';
 import { GuardrailsConfigMap, GuardrailsFileEnv } from '../core/guardrails.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
-import { GuardrailCheck, loadGuardrails } from '../services/guardrails.js';
 import {
   followRun,
   NoRunError,
@@ -42,15 +41,18 @@ import {
   workflowIdOf,
 } from './runs.js';
 import {
-  installRuntime,
+  KubeConnectionModes,
+  KubeConnectionsEnv,
   LogFormatEnv,
   LogFormats,
   LogLevelEnv,
   LogLevels,
   MetricsAddressEnv,
-  workerLog,
+  TracesEndpointEnv,
+  WaitsEnv,
+  type KubeConnections,
   type LogFormat,
-} from './telemetry.js';
+} from '../core/settings.js';
 import {
   renderFleet,
   renderGuardrails,
@@ -60,7 +62,6 @@ import {
   renderStatus,
 } from './status-view.js';
 import { liveStatus } from './live-view.js';
-import { TracesEndpointEnv } from './tracing.js';
 import type { MigrationReport } from '../workflows/messages.js';
 
 const program = new Command('runas-migrate')
@@ -80,14 +81,7 @@ const program = new Command('runas-migrate')
       .default('text')
       .env(LogFormatEnv),
   )
-  .configureHelp({ showGlobalOptions: true })
-  .hook('preAction', (self, action) => {
-    installRuntime({
-      logLevel: self.opts<{ logLevel: LogLevel }>().logLevel,
-      logFormat: self.opts<{ logFormat: LogFormat }>().logFormat,
-      metricsAddress: action.opts<{ metricsAddress?: string }>().metricsAddress,
-    });
-  });
+  .configureHelp({ showGlobalOptions: true });
 
 const temporalOptions = (cmd: Command) =>
   cmd
@@ -131,6 +125,7 @@ function printRestore(r: RestoreReport): void {
 }
 
 async function retryTransient<T>(what: string, fn: () => Promise<T>, deadlineMs = 120_000): Promise<T> {
+  const { isKubeError } = await import('../cluster/kube.js');
   const deadline = Date.now() + deadlineMs;
   for (let delay = 500; ; delay = Math.min(delay * 2, 10_000)) {
     try {
@@ -193,6 +188,10 @@ recordsOption(
     temporalNamespace?: string;
     recordsNamespace?: string;
   }) => {
+    const [{ Kube }, { PolicyGuard }] = await Promise.all([
+      import('../cluster/kube.js'),
+      import('../services/policy-guard.js'),
+    ]);
     const kube = Kube.fromKubeconfig(opts.kubeconfig);
     const guard = new PolicyGuard({
       kube,
@@ -301,7 +300,18 @@ recordsOption(
     kubeConnections: KubeConnections;
     cluster?: string;
   }) => {
-    const log = workerLog(program.opts<{ logFormat: LogFormat }>().logFormat);
+    const [{ installRuntime, workerLog }, { createWorker }] = await Promise.all([
+      import('./telemetry.js'),
+      import('./worker.js'),
+    ]);
+    const global = program.opts<{ logLevel: LogLevel; logFormat: LogFormat }>();
+    // Only a worker runs the SDK's core: the other commands' client needs no runtime.
+    installRuntime({
+      logLevel: global.logLevel,
+      logFormat: global.logFormat,
+      metricsAddress: opts.metricsAddress,
+    });
+    const log = workerLog(global.logFormat);
     const taskQueue = clusterTaskQueue(
       opts.cluster === undefined ? undefined : checkClusterName(opts.cluster),
       opts.taskQueue,
@@ -541,6 +551,10 @@ async function showGuardrails(
   flags: { guardrails?: string; recordsNamespace?: string; output?: OutputFormat },
 ): Promise<boolean> {
   const out = flags.output && flags.output !== 'text' ? process.stderr : process.stdout;
+  const [{ isKubeError }, { GuardrailCheck, loadGuardrails }] = await Promise.all([
+    import('../cluster/kube.js'),
+    import('../services/guardrails.js'),
+  ]);
   let inForce;
   try {
     inForce = await loadGuardrails({
@@ -591,6 +605,11 @@ recordsOption(
     },
   ) => {
     const input = parseMigrationInput(rawInput(flags));
+    const [{ Kube }, { Planner }, { PolicyGuard }] = await Promise.all([
+      import('../cluster/kube.js'),
+      import('../services/planner.js'),
+      import('../services/policy-guard.js'),
+    ]);
     const kube = Kube.fromKubeconfig(flags.kubeconfig);
     if (await showGuardrails(kube, input, flags)) {
       process.exitCode = 3;

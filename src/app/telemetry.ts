@@ -3,19 +3,16 @@
  * serves the SDK's metrics and runas-migrate's own (`ProductMetric`).
  */
 import { DefaultLogger, Runtime, type LogEntry, type LogLevel } from '@temporalio/worker';
+import {
+  LogFormatEnv,
+  LogFormats,
+  LogLevelEnv,
+  LogLevels,
+  MetricsAddressEnv,
+  type LogFormat,
+} from '../core/settings.js';
 
-/** Log levels the SDK's logger knows, quietest last. */
-export const LogLevels = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'] as const satisfies readonly LogLevel[];
-
-/** Environment variable of the log level. */
-export const LogLevelEnv = 'RUNAS_MIGRATE_LOG_LEVEL';
-
-/** How log lines are written: for people, or one JSON object per line for a log pipeline. */
-export const LogFormats = ['text', 'json'] as const;
-export type LogFormat = (typeof LogFormats)[number];
-
-/** Environment variable of the log format. */
-export const LogFormatEnv = 'RUNAS_MIGRATE_LOG_FORMAT';
+export { LogFormatEnv, LogFormats, LogLevelEnv, LogLevels, MetricsAddressEnv, type LogFormat };
 
 /**
  * One log entry as a line of JSON: `time`, `level`, `message`, then the SDK's metadata (a
@@ -42,9 +39,6 @@ export function workerLog(format: LogFormat): (message: string) => void {
         )
     : (message) => process.stderr.write(`[runas-migrate] ${message}\n`);
 }
-
-/** Environment variable of the worker's metrics address. */
-export const MetricsAddressEnv = 'RUNAS_MIGRATE_METRICS_ADDRESS';
 
 /**
  * Installs the runtime once per process, before any connection.

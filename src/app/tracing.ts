@@ -17,8 +17,7 @@ import {
 } from '@temporalio/interceptors-opentelemetry';
 import type { WorkerInterceptors, WorkerOptions } from '@temporalio/worker';
 
-/** The standard variable naming the OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces. */
-export const TracesEndpointEnv = 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT';
+export { TracesEndpointEnv } from '../core/settings.js';
 
 /** A worker's tracing: what its Worker needs, and how to flush it at shutdown. */
 export interface WorkerTracing {

@@ -4,7 +4,8 @@
  */
 import { GuardrailsFileEnv } from '../core/guardrails.js';
 import { loadGuardrails } from '../services/guardrails.js';
-import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
+import { ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
 import { NativeConnection, Runtime, Worker, type WorkerInterceptors } from '@temporalio/worker';
 import { createActivities } from '../activities/index.js';
 import { isKubeError, Kube } from '../cluster/kube.js';
@@ -16,6 +17,8 @@ import { RecordSelector, recordsNamespaceOf } from '../core/records.js';
 import { ProductMetric } from '../core/metrics.js';
 import { startTracing } from './tracing.js';
 import { workflowBundlePath } from './workflow-bundle.js';
+import { WaitsEnv } from '../core/settings.js';
+import { connectClient, temporalTarget } from './temporal-connection.js';
 
 /** Where the worker connects. */
 export interface WorkerOptions {
@@ -74,8 +77,7 @@ export interface WorkerOptions {
   kubeConnections?: KubeConnections;
 }
 
-/** Environment variable choosing how the worker's waits look: `watch` or `poll`. */
-export const WaitsEnv = 'RUNAS_MIGRATE_WAITS';
+export { WaitsEnv };
 
 /** The wait mode of `value` (a flag or {@link WaitsEnv}); `watch` when unset. */
 export function waitModeOf(value: string | undefined): WaitMode {
@@ -124,23 +126,7 @@ function countOpenWindows(
   return { recount, stop: () => clearInterval(timer) };
 }
 
-/** Temporal connection settings from options and the `temporal` CLI's environment variables. */
-export function temporalTarget(opts: { address?: string; namespace?: string }): {
-  address: string;
-  namespace: string;
-} {
-  return {
-    address: opts.address ?? process.env.TEMPORAL_ADDRESS ?? 'localhost:7233',
-    namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default',
-  };
-}
-
-/** Connects a client (for the CLI and for the activities that ask about runs). */
-export async function connectClient(opts: { address?: string; namespace?: string }): Promise<Client> {
-  const target = temporalTarget(opts);
-  const connection = await Connection.connect({ address: target.address });
-  return new Client({ connection, namespace: target.namespace });
-}
+export { connectClient, temporalTarget };
 
 /** Schedule ID of the sweeper for a task queue. */
 export function sweeperScheduleId(taskQueue: string): string {

@@ -20,12 +20,9 @@ import { createHash } from 'node:crypto';
 import https from 'node:https';
 import { KubeConfig, type RequestContext } from '@kubernetes/client-node';
 
-/** How the worker connects to the API server. */
-export type KubeConnections = 'pooled' | 'per-request';
-/** The connection modes, for the CLI and the environment. */
-export const KubeConnectionModes = ['pooled', 'per-request'] as const satisfies readonly KubeConnections[];
-/** Environment variable of the connection mode: `pooled` (the default) or `per-request`; anything else is refused. */
-export const KubeConnectionsEnv = 'RUNAS_MIGRATE_KUBE_CONNECTIONS';
+import { KubeConnectionModes, KubeConnectionsEnv, type KubeConnections } from '../core/settings.js';
+
+export { KubeConnectionModes, KubeConnectionsEnv, type KubeConnections };
 
 /** The TLS options of an agent that decide which connections it may share. */
 const identity = (o: https.AgentOptions): string => {
