@@ -110,12 +110,15 @@ async function stopIn(namespace: string, c: Case, stop: (typeof stops)[number], 
     await temporalCli(['workflow', 'cancel', '-w', workflowIdOf(namespace)]);
   }
   await expect(handle.result()).rejects.toThrow();
+  return { reached, end: await status(), closedAs: await closedAs(workflowIdOf(namespace)) };
+}
+
+/** How the workflow closed, as the temporal CLI describes it. */
+async function closedAs(workflowId: string): Promise<string> {
   const described = JSON.parse(
-    await temporalCli(['workflow', 'describe', '-w', workflowIdOf(namespace), '-o', 'json']),
-  ) as {
-    workflowExecutionInfo: { status: string };
-  };
-  return { reached, end: await status(), closedAs: described.workflowExecutionInfo.status };
+    await temporalCli(['workflow', 'describe', '-w', workflowId, '-o', 'json']),
+  ) as { workflowExecutionInfo: { status: string } };
+  return described.workflowExecutionInfo.status;
 }
 
 beforeAll(async () => {
@@ -200,12 +203,6 @@ describe('a fleet cancelled while its run holds the namespace open', () => {
 
       await temporalCli(['workflow', 'cancel', '-w', fleetWorkflowId(name)]);
       await expect(worker.w.client.workflow.getHandle(fleetWorkflowId(name)).result()).rejects.toThrow();
-      const closedAs = async (workflowId: string) =>
-        (
-          JSON.parse(await temporalCli(['workflow', 'describe', '-w', workflowId, '-o', 'json'])) as {
-            workflowExecutionInfo: { status: string };
-          }
-        ).workflowExecutionInfo.status;
       expect(await closedAs(fleetWorkflowId(name))).toMatch(/CANCELED/);
       expect(await closedAs(workflowIdOf(untouched))).toMatch(/CANCELED/);
       const fleet = await queryFleet(worker.w.client, name);
