@@ -5,9 +5,14 @@
  * on a third. Before it, ROUNDS single runs on the bed's cluster give the window to compare with.
  * kwok runs the databases (FILES files per data volume); the Jobs run on each cluster's host runner.
  *
+ * Once per OPEN_WINDOWS variant (default `none,4`: no limit, then `maxOpenWindows: 4`), each on
+ * fresh namespaces, side by side in one run with the same workers: the fleet's time, its windows
+ * against a single run's, and how many namespaces were relaxed at once at most (from each run's
+ * windows).
+ *
  * Bars: 0 failures; every policy exactly as before; each worker's peak RSS ≤ 300 MB; the
  * fleet's median window within 2× of a single run's.
- * `npm run bench -- fleet-waves` (NAMESPACES=…; WAVE=…; FILES=…; ROUNDS=…).
+ * `npm run bench -- fleet-waves` (NAMESPACES=…; WAVE=…; FILES=…; ROUNDS=…; OPEN_WINDOWS=…).
  */
 import { isDeepStrictEqual } from 'node:util';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -35,6 +40,10 @@ const total = Number(process.env.NAMESPACES ?? 100);
 const wave = Number(process.env.WAVE ?? 20);
 const files = Number(process.env.FILES ?? 20);
 const rounds = Number(process.env.ROUNDS ?? 3);
+/** maxOpenWindows of each fleet; undefined: no limit. */
+const variants = (process.env.OPEN_WINDOWS ?? 'none,4')
+  .split(',')
+  .map((v) => (v === 'none' ? undefined : Number(v)));
 const rssBarMb = 300;
 const seedConcurrency = 4;
 const mb = (kb: number) => kb / 1024;
@@ -75,8 +84,12 @@ async function seed(cluster: string, prefix: string, count: number): Promise<str
 const { namespace: _unused, ...defaults } = hostRunnerRun('unused');
 const runDefaults = { ...defaults, verify: { checks: [] } };
 const singles = await seed('bed', 'bench-one', rounds);
-const onBed = await seed('bed', 'bench-waves-bed', Math.ceil(total / 2));
-const onEast = await seed('east', 'bench-waves-east', Math.floor(total / 2));
+const fleets: { onBed: string[]; onEast: string[] }[] = [];
+for (const [i] of variants.entries())
+  fleets.push({
+    onBed: await seed('bed', `bench-waves-${i}-bed`, Math.ceil(total / 2)),
+    onEast: await seed('east', `bench-waves-${i}-east`, Math.floor(total / 2)),
+  });
 const namespacePolicy = (p: PolicyState) => ({ labels: p.labels, annotations: p.annotations });
 const before = new Map<string, PolicyState>();
 for (const { cluster, namespace } of seeded)
@@ -88,13 +101,79 @@ for (const q of queues) await ensureSweeperSchedule(client, q, '1 hour');
 const workers: Record<string, WorkerProcess> = {};
 const samplers: Record<string, ReturnType<typeof rssSampler>> = {};
 const probes: Record<string, ReturnType<typeof memoryProbe>> = {};
-const memory: Record<string, string> = {};
 const single: { seconds: number; window: number }[] = [];
-let fleetSeconds = 0;
-let report: FleetReport | undefined;
-let fleetError: string | undefined;
-const peaks: Record<string, number> = {};
-const cpu: Record<string, number> = {};
+/** What one fleet of a variant did, and what its workers used meanwhile. */
+interface FleetRun {
+  maxOpenWindows: number | undefined;
+  seconds: number;
+  report: FleetReport | undefined;
+  error: string | undefined;
+  /** The most namespaces relaxed at the same instant, from each run's windows. */
+  mostOpen: number;
+  peaks: Record<string, number>;
+  memory: Record<string, string>;
+  cpu: Record<string, number>;
+}
+const runs: FleetRun[] = [];
+/** Each worker's VmHWM at the end: its peak over every variant. */
+const hwm: Record<string, number> = {};
+
+/** Runs the fleet of variant `i` and waits for its end. */
+async function runFleet(i: number): Promise<FleetRun> {
+  const maxOpenWindows = variants[i];
+  const { onBed, onEast } = fleets[i]!;
+  const cpuBefore = Object.fromEntries(Object.entries(workers).map(([k, w]) => [k, cpuSeconds(w.pid)]));
+  const t = performance.now();
+  const { handle } = await startFleet(
+    client,
+    {
+      name: `bench-${stamp}-${i}`,
+      defaults: runDefaults,
+      targets: [
+        ...onBed.map((namespace) => ({ namespace, cluster: 'bed' })),
+        ...onEast.map((namespace) => ({
+          namespace,
+          cluster: 'east',
+          input: { policies: { gatekeeper: false } },
+        })),
+      ],
+      canary: true,
+      waveSize: wave,
+      approvals: 'none',
+      ...(maxOpenWindows ? { maxOpenWindows } : {}),
+    },
+    { taskQueue },
+  );
+  let report: FleetReport | undefined;
+  let error: string | undefined;
+  try {
+    report = (await handle.result()) as FleetReport;
+  } catch (err) {
+    if (!(err instanceof WorkflowFailedError)) throw err;
+    error = err.cause?.message ?? err.message;
+    report =
+      ((err.cause as { details?: unknown[] } | undefined)?.details?.[0] as FleetReport | undefined) ??
+      undefined;
+  }
+  const seconds = (performance.now() - t) / 1000;
+  const windows: [number, number][] = [];
+  for (const target of report?.targets ?? []) {
+    if (target.state !== 'succeeded') continue;
+    const r = (await client.workflow.getHandle(target.workflowId).result()) as MigrationReport;
+    for (const w of r.windows) if (w.closedAt) windows.push([Date.parse(w.openedAt), Date.parse(w.closedAt)]);
+  }
+  const mostOpen = Math.max(
+    0,
+    ...windows.map(([from]) => windows.filter(([a, b]) => a <= from && from < b).length),
+  );
+  const peaks: Record<string, number> = {};
+  for (const [k, sampler] of Object.entries(samplers)) peaks[k] = sampler.lap();
+  const memory = Object.fromEntries(Object.entries(probes).map(([k, p]) => [k, renderPeaks(p.lap())]));
+  const cpu = Object.fromEntries(
+    Object.entries(workers).map(([k, w]) => [k, cpuSeconds(w.pid) - cpuBefore[k]!]),
+  );
+  return { maxOpenWindows, seconds, report, error, mostOpen, peaks, memory, cpu };
+}
 try {
   const temporal = { TEMPORAL_ADDRESS: bed.temporal.address };
   for (const k of ['fleet', 'bed', 'east']) probes[k] = memoryProbe();
@@ -122,47 +201,14 @@ try {
     single.push({ seconds: (performance.now() - t) / 1000, window: r.windowSeconds });
   }
   for (const s of Object.values(samplers)) s.lap();
-
-  const t = performance.now();
-  const { handle } = await startFleet(
-    client,
-    {
-      name: `bench-${stamp}`,
-      defaults: runDefaults,
-      targets: [
-        ...onBed.map((namespace) => ({ namespace, cluster: 'bed' })),
-        ...onEast.map((namespace) => ({
-          namespace,
-          cluster: 'east',
-          input: { policies: { gatekeeper: false } },
-        })),
-      ],
-      canary: true,
-      waveSize: wave,
-      approvals: 'none',
-    },
-    { taskQueue },
-  );
-  try {
-    report = (await handle.result()) as FleetReport;
-  } catch (err) {
-    if (!(err instanceof WorkflowFailedError)) throw err;
-    fleetError = err.cause?.message ?? err.message;
-    report =
-      ((err.cause as { details?: unknown[] } | undefined)?.details?.[0] as FleetReport | undefined) ??
-      undefined;
-  }
-  fleetSeconds = (performance.now() - t) / 1000;
+  for (const p of Object.values(probes)) p.lap();
+  for (const [i] of variants.entries()) runs.push(await runFleet(i));
 } finally {
   for (const [k, s] of Object.entries(samplers)) {
-    peaks[k] = Math.max(s.lap(), procStatusKb(workers[k]!.pid, 'VmHWM') ?? 0);
+    hwm[k] = procStatusKb(workers[k]!.pid, 'VmHWM') ?? 0;
     s.stop();
   }
-  for (const [k, p] of Object.entries(probes)) {
-    memory[k] = renderPeaks(p.lap());
-    p.remove();
-  }
-  for (const [k, w] of Object.entries(workers)) cpu[k] = cpuSeconds(w.pid);
+  for (const p of Object.values(probes)) p.remove();
   for (const w of Object.values(workers)) await w.stop();
   for (const q of queues)
     await client.schedule
@@ -186,31 +232,34 @@ await client.connection.close();
 for (const { cluster, namespace } of seeded)
   await removeFixture(clusters[cluster]!.kc, namespace, clusters[cluster]!.pvRoot);
 
-const targets = report?.targets ?? [];
-const failed = targets.filter((t) => t.state !== 'succeeded');
-const windows = targets.flatMap((t) => (t.windowSeconds === null ? [] : [t.windowSeconds]));
-const windowsOn = (cluster: string) =>
-  targets.flatMap((t) => (t.cluster === cluster && t.windowSeconds !== null ? [t.windowSeconds] : []));
 const medianOf = (xs: number[]) => (xs.length ? `${median(xs).toFixed(2)} s` : '-');
 const oneWindow = median(single.map((s) => s.window));
-const windowRatio = windows.length ? median(windows) / oneWindow : NaN;
-const byWave = new Map<number, { start: number; end: number; n: number }>();
-for (const t of targets) {
-  if (!t.startedAt || !t.finishedAt) continue;
-  const w = byWave.get(t.wave) ?? { start: Infinity, end: 0, n: 0 };
-  byWave.set(t.wave, {
-    start: Math.min(w.start, Date.parse(t.startedAt)),
-    end: Math.max(w.end, Date.parse(t.finishedAt)),
-    n: w.n + 1,
-  });
-}
 const verdict = (ok: boolean) => (ok ? 'PASS' : 'MISS');
-const peakMb = Math.max(...Object.values(peaks).map(mb));
-process.stdout.write(
-  [
-    `fleet over two clusters through migrateFleet: ${total} ITRS-like namespaces (${onBed.length} on the bed's cluster, ${onEast.length} on a second), a canary then waves of ${wave}; kwok's databases, ~${files} files per data volume; a worker process per cluster and one for the fleet`,
-    `  single run on the bed's cluster (median of ${rounds}): ${median(single.map((s) => s.seconds)).toFixed(2)} s, window ${oneWindow.toFixed(2)} s`,
-    `  fleet: ${fleetSeconds.toFixed(1)} s in all (${(fleetSeconds / total).toFixed(2)} s per namespace); phase ${report?.phase ?? 'unknown'}${fleetError ? ` (${fleetError})` : ''}; continued as new ${report?.continuedAsNew ?? 0}×`,
+const lines = [
+  `fleet over two clusters through migrateFleet: ${total} ITRS-like namespaces a fleet (${Math.ceil(total / 2)} on the bed's cluster, ${Math.floor(total / 2)} on a second), a canary then waves of ${wave}; kwok's databases, ~${files} files per data volume; a worker process per cluster and one for the fleet; a fleet per maxOpenWindows, one after the other on fresh namespaces`,
+  `  single run on the bed's cluster (median of ${rounds}): ${median(single.map((s) => s.seconds)).toFixed(2)} s, window ${oneWindow.toFixed(2)} s`,
+];
+for (const run of runs) {
+  const targets = run.report?.targets ?? [];
+  const failed = targets.filter((t) => t.state !== 'succeeded');
+  const windows = targets.flatMap((t) => (t.windowSeconds === null ? [] : [t.windowSeconds]));
+  const windowsOn = (cluster: string) =>
+    targets.flatMap((t) => (t.cluster === cluster && t.windowSeconds !== null ? [t.windowSeconds] : []));
+  const windowRatio = windows.length ? median(windows) / oneWindow : NaN;
+  const byWave = new Map<number, { start: number; end: number; n: number }>();
+  for (const t of targets) {
+    if (!t.startedAt || !t.finishedAt) continue;
+    const w = byWave.get(t.wave) ?? { start: Infinity, end: 0, n: 0 };
+    byWave.set(t.wave, {
+      start: Math.min(w.start, Date.parse(t.startedAt)),
+      end: Math.max(w.end, Date.parse(t.finishedAt)),
+      n: w.n + 1,
+    });
+  }
+  const peakMb = Math.max(...Object.values(run.peaks).map(mb));
+  lines.push(
+    `maxOpenWindows ${run.maxOpenWindows ?? 'unset (no limit)'}`,
+    `  fleet: ${run.seconds.toFixed(1)} s in all (${(run.seconds / total).toFixed(2)} s per namespace); phase ${run.report?.phase ?? 'unknown'}${run.error ? ` (${run.error})` : ''}; continued as new ${run.report?.continuedAsNew ?? 0}×`,
     `    waves: ${[...byWave]
       .sort(([a], [b]) => a - b)
       .map(([w, x]) => `${w}: ${x.n} in ${((x.end - x.start) / 1000).toFixed(1)} s`)
@@ -219,15 +268,30 @@ process.stdout.write(
       .slice(0, 5)
       .map((f) => `\n    ${f.id}: ${f.state} ${f.message ?? ''}`)
       .join('')}`,
+    `  namespaces relaxed at once, at most: ${run.mostOpen}`,
     `  window per run in the fleet: median ${windows.length ? median(windows).toFixed(2) : '-'} s, max ${windows.length ? Math.max(...windows).toFixed(2) : '-'} s; median / single ${windowRatio.toFixed(2)}× (bar ≤ 2×): ${verdict(windowRatio <= 2)}`,
     `    by cluster: bed (Gatekeeper) median ${medianOf(windowsOn('bed'))}, east (no Gatekeeper) median ${medianOf(windowsOn('east'))}`,
-    `  worker peak RSS: ${Object.entries(peaks)
+    `  worker peak RSS (sampled): ${Object.entries(run.peaks)
       .map(([k, v]) => `${k} ${mb(v).toFixed(0)} MB`)
       .join(', ')} (bar ≤ ${rssBarMb} MB each): ${verdict(peakMb <= rssBarMb)}`,
-    ...Object.entries(memory).map(([k, m]) => `    ${k} worker at its peaks: ${m}`),
-    `  worker CPU: ${Object.entries(cpu)
+    ...Object.entries(run.memory).map(([k, m]) => `    ${k} worker at its peaks: ${m}`),
+    `  worker CPU: ${Object.entries(run.cpu)
       .map(([k, v]) => `${k} ${v.toFixed(1)} s`)
       .join(', ')}`,
-    `  policies exactly as before (namespace labels and annotations, constraints): ${exact}/${seeded.length}${drifted.length ? ` — drifted: ${drifted.slice(0, 5).join(', ')}` : ''}`,
-  ].join('\n') + '\n',
+  );
+}
+const [free, ...limited] = runs;
+for (const run of free ? limited : []) {
+  const med = (r: FleetRun) =>
+    median((r.report?.targets ?? []).flatMap((t) => (t.windowSeconds === null ? [] : [t.windowSeconds])));
+  lines.push(
+    `maxOpenWindows ${run.maxOpenWindows} against no limit: median window ${(med(run) / med(free!)).toFixed(2)}×, fleet time ${(run.seconds / free!.seconds).toFixed(2)}×, at most ${run.mostOpen} relaxed at once against ${free!.mostOpen}`,
+  );
+}
+lines.push(
+  `  workers' VmHWM over the whole bench: ${Object.entries(hwm)
+    .map(([k, v]) => `${k} ${mb(v).toFixed(0)} MB`)
+    .join(', ')}`,
+  `  policies exactly as before (namespace labels and annotations, constraints): ${exact}/${seeded.length}${drifted.length ? ` — drifted: ${drifted.slice(0, 5).join(', ')}` : ''}`,
 );
+process.stdout.write(lines.join('\n') + '\n');

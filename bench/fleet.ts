@@ -34,6 +34,7 @@ import {
   type WorkerProcess,
 } from './support/worker-process.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
+import { windowTimes, type WindowTimes } from './support/steps.js';
 import type { WaitMode } from '../src/services/workloads.js';
 import type { KubeConnections } from '../src/cluster/connections.js';
 
@@ -82,6 +83,7 @@ const input = (namespace: string): MigrationInputRaw => ({
 
 interface Outcome {
   namespace: string;
+  workflowId: string;
   seconds: number;
   report?: MigrationReport;
   error?: string;
@@ -94,9 +96,15 @@ async function migrate(names: string[]): Promise<{ total: number; outcomes: Outc
   const outcomes = await Promise.all(
     handles.map(({ input: i, handle }) =>
       (handle.result() as Promise<MigrationReport>).then(
-        (report) => ({ namespace: i.namespace, seconds: (performance.now() - t0) / 1000, report }),
+        (report) => ({
+          namespace: i.namespace,
+          workflowId: handle.workflowId,
+          seconds: (performance.now() - t0) / 1000,
+          report,
+        }),
         (err: unknown) => ({
           namespace: i.namespace,
+          workflowId: handle.workflowId,
           seconds: (performance.now() - t0) / 1000,
           error: rootMessage(err),
         }),
@@ -152,6 +160,27 @@ interface Measured {
   /** The main isolate's memory at its peaks, from the probe inside the worker. */
   memory: { startup: MemoryPeaks; single: MemoryPeaks; fleet: MemoryPeaks };
   startupSeconds: number;
+  /** Where the first window of each run went, single runs and the fleet's. */
+  windows: { single: WindowTimes[]; fleet: WindowTimes[] };
+}
+
+/** The window breakdown of each run that opened and closed one. */
+async function windowsOf(os: Outcome[]): Promise<WindowTimes[]> {
+  const out: WindowTimes[] = [];
+  for (const o of os) {
+    const w = windowTimes(await client.workflow.getHandle(o.workflowId).fetchHistory());
+    if (w) out.push(w);
+  }
+  return out;
+}
+
+/** The medians of window breakdowns, as one line. */
+function renderWindows(ws: WindowTimes[]): string {
+  if (!ws.length) return 'no window';
+  const m = (f: (w: WindowTimes) => number) => median(ws.map(f)).toFixed(2);
+  const types = [...new Set(ws.flatMap((w) => w.running.map(([t]) => t)))];
+  const running = types.map((t) => `${t} ${m((w) => w.running.find(([x]) => x === t)?.[1] ?? 0)}`).join(', ');
+  return `window ${m((w) => w.total)} s: steps waiting for a worker ${m((w) => w.queued)} s; steps running: ${running}; workflow tasks ${m((w) => w.workflowTasks)} s (medians)`;
 }
 
 // The worker keeps an existing Schedule; a minute-by-minute sweep would only add load here.
@@ -206,7 +235,8 @@ async function measure(variant: Variant, index: number): Promise<Measured> {
     cpu.fleet = cpuSeconds(pid) - cpu.startup - cpu.single;
     rss.hwm = procStatusKb(pid, 'VmHWM') ?? 0;
     rss.end = procStatusKb(pid, 'VmRSS') ?? 0;
-    return { variant, singles, fleet, single, many, rss, cpu, machine, memory, startupSeconds };
+    const windows = { single: await windowsOf(single), fleet: await windowsOf(many.outcomes) };
+    return { variant, singles, fleet, single, many, rss, cpu, machine, memory, startupSeconds, windows };
   } finally {
     sampler?.stop();
     await worker?.stop();
@@ -282,6 +312,8 @@ for (const m of measured) {
     `  ${fleetSize} namespaces at once: ${all.toFixed(2)} s in total; ratio ${ratio.toFixed(2)}× (bar ≤ ${timeRatioBar}×): ${verdict(ratio, timeRatioBar, '×')}`,
     `    per run, from the common start: ${stats(many.outcomes.map((o) => o.seconds))}; ${phaseLine(many.outcomes)}`,
     `    window per run: ${stats(reportsOf(many.outcomes).map((r) => r.windowSeconds))}`,
+    `    where a window went, single runs: ${renderWindows(m.windows.single)}`,
+    `    where a window went, the fleet's runs: ${renderWindows(m.windows.fleet)}`,
     `    ownership Job time (${jobSeconds.length} Jobs on the host runner): ${stats(jobSeconds)}`,
     `    worker CPU: ${(cpu.single / single.length).toFixed(2)} s per single run, ${(cpu.fleet / fleetSize).toFixed(2)} s per run of the fleet (${cpu.fleet.toFixed(1)} s over its ${all.toFixed(1)} s); ${cpu.startup.toFixed(1)} s to start in ${m.startupSeconds.toFixed(1)} s`,
     `    machine CPU (every process of the bed): ${(m.machine.single / single.length).toFixed(1)} s per single run, ${(m.machine.fleet / fleetSize).toFixed(1)} s per run of the fleet (${m.machine.fleet.toFixed(0)} s over its ${all.toFixed(1)} s: ${(m.machine.fleet / all).toFixed(2)} of ${cpus().length} cores busy); at that cost ${fleetSize} runs need at least ${(m.machine.fleet / cpus().length / one).toFixed(1)}× one run's time here`,

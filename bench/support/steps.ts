@@ -56,3 +56,66 @@ export function renderStepTimes(t: ReturnType<typeof stepTimes>, indent = '    '
     `${indent}${'(between steps)'.padEnd(24)} ${t.outside.toFixed(2)} s of ${t.total.toFixed(2)} s`,
   ];
 }
+
+/** Where one security window's time went: waiting for a worker, in steps, and in the workflow. */
+export interface WindowTimes {
+  /** From the relax step's end to the restore step's end. */
+  total: number;
+  /** Steps in the window, scheduled to started (waiting in the task queue for a worker slot). */
+  queued: number;
+  /** Steps in the window, started to closed. */
+  running: [string, number][];
+  /** Workflow tasks in the window, scheduled to completed. */
+  workflowTasks: number;
+}
+
+/**
+ * The first window of a run, from its history: the relaxPolicies step's close to the following
+ * restorePolicies step's close, split by what the run was doing.
+ */
+export function windowTimes(history: History): WindowTimes | undefined {
+  const events = history.events ?? [];
+  const scheduled = new Map<string, { type: string; at: number }>();
+  const started = new Map<string, number>();
+  let opened: number | undefined;
+  let closed: number | undefined;
+  let queued = 0;
+  let workflowTasks = 0;
+  let taskScheduled: number | undefined;
+  const running = new Map<string, number>();
+  for (const e of events) {
+    const at = ms(e.eventTime);
+    const inWindow = opened !== undefined && closed === undefined;
+    if (e.workflowTaskScheduledEventAttributes) taskScheduled = at;
+    if (e.workflowTaskCompletedEventAttributes && inWindow && taskScheduled !== undefined)
+      workflowTasks += (at - Math.max(taskScheduled, opened!)) / 1000;
+    if (e.activityTaskScheduledEventAttributes) {
+      scheduled.set(String(e.eventId), {
+        type: e.activityTaskScheduledEventAttributes.activityType?.name ?? '?',
+        at,
+      });
+      continue;
+    }
+    if (e.activityTaskStartedEventAttributes) {
+      const s = scheduled.get(String(e.activityTaskStartedEventAttributes.scheduledEventId));
+      started.set(String(e.activityTaskStartedEventAttributes.scheduledEventId), at);
+      if (s && inWindow) queued += (at - Math.max(s.at, opened!)) / 1000;
+      continue;
+    }
+    const done = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes;
+    if (!done) continue;
+    const id = String(done.scheduledEventId);
+    const s = scheduled.get(id);
+    if (!s) continue;
+    if (s.type === 'relaxPolicies' && opened === undefined) {
+      opened = at;
+      continue;
+    }
+    if (!inWindow) continue;
+    const from = Math.max(started.get(id) ?? s.at, opened!);
+    running.set(s.type, (running.get(s.type) ?? 0) + (at - from) / 1000);
+    if (s.type === 'restorePolicies') closed = at;
+  }
+  if (opened === undefined || closed === undefined) return undefined;
+  return { total: (closed - opened) / 1000, queued, running: [...running], workflowTasks };
+}

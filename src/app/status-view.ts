@@ -320,6 +320,13 @@ export function renderFleet(s: FleetStatus): string {
       (s.continuedAsNew ? `; continued as new ${s.continuedAsNew}×` : ''),
   ];
   if (s.reason) lines.push(`reason: ${s.reason}`);
+  if (s.windowSlots) {
+    const ids = (workflowIds: string[]) =>
+      workflowIds.map((w) => s.targets.find((t) => t.workflowId === w)?.id ?? w).join(', ') || 'none';
+    lines.push(
+      `relaxed at once: at most ${s.windowSlots.max} (maxOpenWindows); turn held by ${ids(s.windowSlots.held)}; waiting for a turn: ${ids(s.windowSlots.waiting)}`,
+    );
+  }
   for (const g of s.gates.filter((x) => x.state === 'waiting'))
     lines.push(`waiting for: runas-migrate approve --fleet ${s.name} --gate ${g.gate}`);
   const table = new Table({ head: ['wave', 'target', 'state', 'ended', 'window', 'message'] });

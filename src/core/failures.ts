@@ -27,6 +27,8 @@ export const FailureType = {
   FleetStopped: 'FleetStopped',
   /** A fleet ran every wave, but some of its runs failed (within its failure budget). */
   FleetRunsFailed: 'FleetRunsFailed',
+  /** A fleet's run could not ask its fleet for its turn to relax (the fleet is gone): nothing was relaxed. */
+  FleetUnreachable: 'FleetUnreachable',
 
   // The policy guard
   MalformedConstraint: 'MalformedConstraint',

@@ -82,6 +82,11 @@ export const FleetInputSchema = z
       .default(FleetApprovals.AfterCanary),
     /** How long a fleet gate waits for its approval before the fleet stops. */
     approvalTimeout: duration('approvalTimeout').default('24h'),
+    /**
+     * How many of the fleet's runs may have their namespace relaxed at once (a security window
+     * open); a run past it waits, its databases stopped, before it relaxes. Unset: no limit.
+     */
+    maxOpenWindows: z.number().int().min(1, 'must be at least 1 (or left out: no limit)').optional(),
     /** Runs after which the fleet continues as new (between waves), keeping its history short. */
     continueAfterRuns: z.number().int().min(1).default(200),
   })

@@ -30,6 +30,12 @@ export function fleetWorkflowId(name: string): string {
   return `runas-migrate-fleet:${name}`;
 }
 
+/**
+ * The memo key a fleet with `maxOpenWindows` starts its runs with: the fleet's workflow ID, which
+ * the run asks for its turn before it relaxes.
+ */
+export const FleetWindowsMemo = 'runasFleetWindows';
+
 /** Workflow types. */
 export const WorkflowType = {
   MigrateOwnership: 'migrateOwnership',

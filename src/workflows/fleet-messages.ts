@@ -64,6 +64,8 @@ export interface FleetStatus {
   targets: FleetTargetStatus[];
   /** Why the fleet stopped or was aborted. */
   reason: string | null;
+  /** The fleet's turns to relax, with `maxOpenWindows`; absent without. */
+  windowSlots?: WindowSlots;
   /** How many times this fleet continued as new (each keeps the history short). */
   continuedAsNew: number;
   startedAt: string;
@@ -73,6 +75,26 @@ export interface FleetStatus {
 export interface FleetReport extends FleetStatus {
   finishedAt: string;
 }
+
+/** The fleet's turns to relax (`maxOpenWindows`): which runs hold one, which wait for one. */
+export interface WindowSlots {
+  max: number;
+  /** Workflow IDs of the runs whose turn it is, in the order they got it. */
+  held: string[];
+  /** Workflow IDs of the runs waiting for a turn, first come first served. */
+  waiting: string[];
+}
+
+/** A run of the fleet asking for, or giving back, its turn to relax. */
+export interface WindowSlotMessage {
+  /** The run's workflow ID. */
+  workflowId: string;
+}
+
+/** Sent by a run of the fleet before it relaxes its namespace; answered by `windowSlotGranted`. */
+export const windowSlotRequestSignal = wf.defineSignal<[WindowSlotMessage]>('windowSlotRequest');
+/** Sent by a run of the fleet once its window has closed. */
+export const windowSlotReleaseSignal = wf.defineSignal<[WindowSlotMessage]>('windowSlotRelease');
 
 /** `temporal workflow query --name fleetStatus` */
 export const fleetStatusQuery = wf.defineQuery<FleetStatus>('fleetStatus');

@@ -24,10 +24,12 @@ import {
   type FleetTarget,
 } from '../core/fleet.js';
 import { InvalidInputError, parseDuration } from '../core/input.js';
-import { WorkflowType } from '../core/names.js';
+import { FleetWindowsMemo, WorkflowType } from '../core/names.js';
 import {
   FleetPhase,
   fleetStatusQuery,
+  windowSlotReleaseSignal,
+  windowSlotRequestSignal,
   type FleetReport,
   type FleetStatus,
   type FleetTargetStatus,
@@ -36,6 +38,7 @@ import {
   abortSignal,
   approveSignal,
   approvalRefusal,
+  windowSlotGrantedSignal,
   EndState,
   type Abort,
   type GateStatus,
@@ -145,6 +148,8 @@ class Fleet {
   ) {
     this.waves = wavesOf(fleet.targets.length, fleet.canary, fleet.waveSize);
     this.status = carried?.status ?? initialStatus(fleet, this.waves);
+    if (fleet.maxOpenWindows !== undefined)
+      this.status.windowSlots ??= { max: fleet.maxOpenWindows, held: [], waiting: [] };
   }
 
   listen(): void {
@@ -165,6 +170,45 @@ class Fleet {
       // Each running run is aborted as an operator would abort it: it compensates and says how it ended.
       for (const handle of this.running.values()) void this.passOnAbort(handle);
     });
+    if (!status.windowSlots) return;
+    wf.setHandler(windowSlotRequestSignal, ({ workflowId }) => {
+      const slots = status.windowSlots!;
+      // Only a run of this fleet that is running may queue: anything else would hold a turn forever.
+      const running = status.targets.some((t) => t.workflowId === workflowId && t.state === 'running');
+      if (!running) {
+        wf.log.warn(`window slot asked for by ${workflowId}, which is no running run of this fleet: ignored`);
+        return;
+      }
+      if (!slots.held.includes(workflowId) && !slots.waiting.includes(workflowId))
+        slots.waiting.push(workflowId);
+      this.grantSlots();
+    });
+    wf.setHandler(windowSlotReleaseSignal, ({ workflowId }) => this.releaseSlot(workflowId));
+  }
+
+  /** Hands the free turns to relax to the runs waiting longest. */
+  private grantSlots(): void {
+    const slots = this.status.windowSlots!;
+    while (slots.held.length < slots.max && slots.waiting.length) {
+      const workflowId = slots.waiting.shift()!;
+      slots.held.push(workflowId);
+      wf.getExternalWorkflowHandle(workflowId)
+        .signal(windowSlotGrantedSignal)
+        .catch((err: unknown) => {
+          // The run ended meanwhile: its turn goes to the next.
+          wf.log.info(`window slot not delivered to ${workflowId}: ${String(err)}`);
+          this.releaseSlot(workflowId);
+        });
+    }
+  }
+
+  /** A run's turn comes back (its window closed, or it ended): the next waiting run gets it. */
+  private releaseSlot(workflowId: string): void {
+    const slots = this.status.windowSlots;
+    if (!slots) return;
+    slots.held = slots.held.filter((x) => x !== workflowId);
+    slots.waiting = slots.waiting.filter((x) => x !== workflowId);
+    this.grantSlots();
   }
 
   /**
@@ -207,6 +251,7 @@ class Fleet {
         parentClosePolicy: wf.ParentClosePolicy.REQUEST_CANCEL,
         cancellationType: wf.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
         staticSummary: `fleet ${this.fleet.name}, wave ${s.wave}: migrate ${t.id} to ${t.input.uid}:${t.input.gid}`,
+        ...(this.status.windowSlots ? { memo: { [FleetWindowsMemo]: wf.workflowInfo().workflowId } } : {}),
       });
       this.running.set(i, handle as wf.ChildWorkflowHandle<MigrateOwnershipType>);
       if (this.abort) await this.passOnAbort(handle as wf.ChildWorkflowHandle<MigrateOwnershipType>);
@@ -235,6 +280,7 @@ class Fleet {
       s.state = 'failed';
     } finally {
       this.running.delete(i);
+      this.releaseSlot(t.workflowId);
       s.finishedAt = nowIso();
     }
   }

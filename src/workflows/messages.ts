@@ -88,6 +88,8 @@ export const securityContextAppliedSignal =
   wf.defineSignal<[SecurityContextApplied]>('securityContextApplied');
 /** Sent by the sweeper only. */
 export const windowClosedBySweeperSignal = wf.defineSignal<[WindowClosedBySweeper]>('windowClosedBySweeper');
+/** Sent by the fleet that started the run (its `maxOpenWindows`): the run may relax now. */
+export const windowSlotGrantedSignal = wf.defineSignal('windowSlotGranted');
 
 /** State of one gate. */
 export interface GateStatus {
@@ -206,6 +208,17 @@ export interface MigrationStatus {
   gatekeeperAudit: NamespaceAudit | null;
   /** The Helm release the run upgraded (securityContext.apply = helm); null in other modes. */
   helm: HelmStatus | null;
+  /** A run of a fleet with `maxOpenWindows`: its turn to relax; null for any other run. */
+  windowSlot: WindowSlotStatus | null;
+}
+
+/** Where a fleet's run is with its turn to relax (the fleet's `maxOpenWindows`). */
+export interface WindowSlotStatus {
+  /** The fleet's workflow ID. */
+  fleet: string;
+  /** `waiting`: asked, the fleet's windows are all taken; `held`: relaxing or relaxed; `released`: closed again. */
+  state: 'waiting' | 'held' | 'released';
+  since: string;
 }
 
 /** The status of a run that has just started, at `now` (ISO 8601). */
@@ -235,6 +248,7 @@ export function initialStatus(now: string): MigrationStatus {
     databaseChecks: [],
     gatekeeperAudit: null,
     helm: null,
+    windowSlot: null,
   };
 }
 

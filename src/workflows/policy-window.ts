@@ -4,6 +4,11 @@
  * close it for a stuck run.
  */
 import * as wf from '@temporalio/workflow';
+import { ApplicationFailure } from '@temporalio/common';
+import { FailureType } from '../core/failures.js';
+import { FleetWindowsMemo } from '../core/names.js';
+import { windowSlotReleaseSignal, windowSlotRequestSignal } from './fleet-messages.js';
+import { Phase } from './messages.js';
 import type { MigrationInput } from '../core/input.js';
 import type { RelaxationRecord, RunRef } from '../core/policy.js';
 import { reasonOf } from '../core/failure-reason.js';
@@ -23,6 +28,10 @@ export class PolicyWindow {
   private restoring: Promise<void> | undefined;
   /** Set before each relax call: a relax that failed half-way must be restored too. */
   private mayBeRelaxed = false;
+  /** The fleet this run asks for its turn to relax (its `maxOpenWindows`); null for any other run. */
+  private readonly fleet: string | null = fleetOf(wf.workflowInfo());
+  /** Whether this run holds one of its fleet's turns to relax. */
+  private holdsTurn = false;
 
   constructor(
     private readonly state: RunState,
@@ -41,6 +50,7 @@ export class PolicyWindow {
   async open(jobs?: RelaxInput['jobs']): Promise<{ relaxedAt: string; closeTimer: () => Promise<void> }> {
     const { state, input } = this;
     const namespace = input.namespace;
+    await this.takeTurn();
     this.mayBeRelaxed = true;
     const relaxed = await act(this.stubs.steps.relaxPolicies, `relax the policies of ${namespace}`, {
       namespace,
@@ -78,6 +88,54 @@ export class PolicyWindow {
     };
   }
 
+  /**
+   * A run of a fleet with `maxOpenWindows` waits for its turn before it relaxes: it asks the
+   * fleet, which answers once fewer than that many of its runs are relaxed.
+   *
+   * @throws `FleetUnreachable` when the fleet cannot be asked (it has ended): nothing is relaxed.
+   */
+  private async takeTurn(): Promise<void> {
+    const { fleet, state } = this;
+    if (!fleet || this.holdsTurn) return;
+    state.windowSlotGranted = false;
+    state.status.windowSlot = { fleet, state: 'waiting', since: nowIso() };
+    state.setPhase(
+      Phase.RelaxingPolicies,
+      `waiting for a turn to relax: fleet \`${fleet}\` lets only maxOpenWindows of its namespaces be relaxed at once`,
+    );
+    try {
+      await wf
+        .getExternalWorkflowHandle(fleet)
+        .signal(windowSlotRequestSignal, { workflowId: wf.workflowInfo().workflowId });
+    } catch (err) {
+      if (wf.isCancellation(err)) throw err;
+      throw ApplicationFailure.nonRetryable(
+        `could not ask fleet ${fleet} for a turn to relax (${reasonOf(err)}): nothing was relaxed`,
+        FailureType.FleetUnreachable,
+      );
+    }
+    await wf.condition(() => state.windowSlotGranted);
+    this.holdsTurn = true;
+    state.status.windowSlot = { fleet, state: 'held', since: nowIso() };
+    state.setPhase(Phase.RelaxingPolicies, `fleet \`${fleet}\` gave this run its turn to relax`);
+  }
+
+  /** Gives the fleet its turn back once the window is closed; the fleet also takes it back when the run ends. */
+  private giveBackTurn(): void {
+    const { fleet, state } = this;
+    if (!fleet || !this.holdsTurn) return;
+    this.holdsTurn = false;
+    state.status.windowSlot = { fleet, state: 'released', since: nowIso() };
+    // Sent even while the run is being cancelled: its compensation may go on for minutes.
+    void wf.CancellationScope.nonCancellable(() =>
+      wf.getExternalWorkflowHandle(fleet).signal(windowSlotReleaseSignal, {
+        workflowId: wf.workflowInfo().workflowId,
+      }),
+    ).catch((err: unknown) =>
+      wf.log.info(`the turn to relax did not reach fleet ${fleet}: ${reasonOf(err)}`),
+    );
+  }
+
   /** Re-enforces the policies once per window; concurrent callers share the same restore. */
   reEnforce(because: string): Promise<void> {
     if (!this.mayBeRelaxed && !this.restoring) return Promise.resolve();
@@ -103,6 +161,7 @@ export class PolicyWindow {
       this.state.alarm(alarm);
     status.policies.state = 'restored';
     this.mayBeRelaxed = false;
+    this.giveBackTurn();
     const w = status.windows.at(-1);
     if (w && !w.closedAt) {
       Object.assign(w, {
@@ -132,6 +191,13 @@ export class PolicyWindow {
     if (!this.restoring) {
       this.mayBeRelaxed = false;
       status.policies.state = 'restored';
+      this.giveBackTurn();
     }
   }
+}
+
+/** The fleet a run asks for its turn to relax: the parent that started it with the memo, else null. */
+function fleetOf(info: wf.WorkflowInfo): string | null {
+  const fleet = info.memo?.[FleetWindowsMemo];
+  return typeof fleet === 'string' && info.parent?.workflowId === fleet ? fleet : null;
 }

@@ -18,6 +18,7 @@ import {
   securityContextAppliedSignal,
   statusQuery,
   windowClosedBySweeperSignal,
+  windowSlotGrantedSignal,
   type JobStatus,
   type MigrationStatus,
   type WindowClosedBySweeper,
@@ -35,6 +36,8 @@ export class RunState {
   readonly status: MigrationStatus = initialStatus(nowIso());
   /** Why the run was aborted; undefined while it was not. */
   abortReason: string | undefined;
+  /** Whether the fleet has given this run its turn to relax (`windowSlotGranted`), since it last asked. */
+  windowSlotGranted = false;
   /** How many `securityContextApplied` signals arrived. */
   securityContextSignals = 0;
   /** The scope of the procedure: `abort` cancels it, settling runs outside it. */
@@ -69,6 +72,7 @@ export class RunState {
     });
     wf.setHandler(securityContextAppliedSignal, () => void this.securityContextSignals++);
     wf.setHandler(windowClosedBySweeperSignal, (s) => this.onWindowClosedBySweeper(s));
+    wf.setHandler(windowSlotGrantedSignal, () => void (this.windowSlotGranted = true));
   }
 
   /** Starts the run's view of `namespace`: its gates, window mode and recovery. */

@@ -16,6 +16,7 @@ import { stringify as toYaml } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { fleetWorkflowId } from '../../src/core/names.js';
 import type { FleetStatus } from '../../src/workflows/fleet-messages.js';
+import type { MigrationStatus } from '../../src/workflows/messages.js';
 import { clusterConfig, ensureCluster } from '../../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
@@ -264,5 +265,68 @@ it(
     expect(await policyState(kcEast, onEast)).toEqual(policiesBefore.east);
     const child = workers[0]!.w.client.workflow.getHandle(`runas-migrate-east.${onEast}`);
     expect((await child.describe()).taskQueue).toBe(`${taskQueue}-east`);
+  },
+);
+
+it(
+  'with maxOpenWindows 1, relaxes one namespace at a time: the windows of a wave follow each other, every policy exact',
+  { timeout: 300_000 },
+  async () => {
+    const wave = [uniqueName('fleet-turn-a'), uniqueName('fleet-turn-b'), uniqueName('fleet-turn-c')];
+    namespaces.push(...wave);
+    const policiesBefore = new Map<string, PolicyState>();
+    await Promise.all(
+      wave.map(async (namespace) => {
+        await seedItrsFixture(kc, {
+          namespace,
+          pvRoot: bed().pvRoot,
+          filesPerVolume: 20,
+          databases: 'simulated',
+        });
+        await waitForFixtureReady(kc, namespace, 120_000);
+        policiesBefore.set(namespace, await policyState(kc, namespace));
+      }),
+    );
+    const name = uniqueName('f-turns');
+    const { namespace: _omitted, ...defaults } = hostRunnerRun('unused');
+    const file = join(scratch, `${name}.yaml`);
+    writeFileSync(
+      file,
+      toYaml({
+        name,
+        defaults: { ...defaults, verify: { checks: [] } },
+        targets: wave.map((namespace) => ({ namespace, cluster })),
+        canary: false,
+        approvals: 'none',
+        waveSize: 3,
+        maxOpenWindows: 1,
+      }),
+    );
+    const started = await runasMigrate(['start', '--fleet', file, '--task-queue', taskQueue]);
+    expect(started.stderr).toBe('');
+    const followed = await runasMigrate(['status', '--fleet', name, '--watch']);
+    expect(followed.code).toBe(0);
+    expect(followed.stdout).toContain('relaxed at once: at most 1 (maxOpenWindows)');
+    const done = await fleetStatus(name);
+    expect(done.targets.map((t) => t.state)).toEqual(['succeeded', 'succeeded', 'succeeded']);
+    expect(done.windowSlots).toEqual({ max: 1, held: [], waiting: [] });
+
+    const windows: { namespace: string; openedAt: number; closedAt: number }[] = [];
+    for (const namespace of wave) {
+      const out = await runasMigrate(['status', '-n', namespace, '--cluster', cluster, '-o', 'json']);
+      const run = JSON.parse(out.stdout) as MigrationStatus;
+      expect(run.windowSlot).toMatchObject({ fleet: fleetWorkflowId(name), state: 'released' });
+      expect(run.windows).toHaveLength(1);
+      const w = run.windows[0]!;
+      windows.push({ namespace, openedAt: Date.parse(w.openedAt), closedAt: Date.parse(w.closedAt!) });
+      expect(await policyState(kc, namespace)).toEqual(policiesBefore.get(namespace));
+    }
+    // Started together, the three runs relaxed their namespaces one after the other.
+    windows.sort((a, b) => a.openedAt - b.openedAt);
+    for (let i = 1; i < windows.length; i++)
+      expect(
+        windows[i]!.openedAt,
+        `${windows[i]!.namespace} opened before ${windows[i - 1]!.namespace} closed`,
+      ).toBeGreaterThanOrEqual(windows[i - 1]!.closedAt);
   },
 );

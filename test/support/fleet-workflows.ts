@@ -5,7 +5,9 @@
  */
 import * as wf from '@temporalio/workflow';
 import { ApplicationFailure } from '@temporalio/common';
-import { abortSignal } from '../../src/workflows/messages.js';
+import { FleetWindowsMemo } from '../../src/core/names.js';
+import { windowSlotReleaseSignal, windowSlotRequestSignal } from '../../src/workflows/fleet-messages.js';
+import { abortSignal, windowSlotGrantedSignal } from '../../src/workflows/messages.js';
 
 export { migrateFleet } from '../../src/workflows/fleet.js';
 
@@ -16,6 +18,7 @@ export { migrateFleet } from '../../src/workflows/fleet.js';
  * ran on and the approvals it was given.
  */
 export async function migrateOwnership(input: { namespace: string; approvals?: string[] }) {
+  if (input.namespace.startsWith('turn')) return takingTurns(input.namespace);
   const aborted: { reason?: string } = {};
   wf.setHandler(abortSignal, (a) => void (aborted.reason = a.reason));
   const done = () => aborted.reason !== undefined;
@@ -35,4 +38,25 @@ export async function migrateOwnership(input: { namespace: string; approvals?: s
     approvals: input.approvals,
     taskQueue: wf.workflowInfo().taskQueue,
   };
+}
+
+/**
+ * `turn-*`: asks the fleet for its turn to relax as a run does, holds it for a minute ("relaxed"),
+ * gives it back and completes; `turn-keep-*` ends holding it, as a run that fails in its window
+ * does. Its result says when it held the turn (workflow time).
+ */
+async function takingTurns(namespace: string) {
+  const fleet = wf.workflowInfo().memo?.[FleetWindowsMemo] as string | undefined;
+  if (!fleet) throw ApplicationFailure.nonRetryable('started without the fleet windows memo', 'NoMemo');
+  let granted = false;
+  wf.setHandler(windowSlotGrantedSignal, () => void (granted = true));
+  const self = { workflowId: wf.workflowInfo().workflowId };
+  await wf.getExternalWorkflowHandle(fleet).signal(windowSlotRequestSignal, self);
+  await wf.condition(() => granted);
+  const heldFrom = Date.now();
+  await wf.sleep(60_000);
+  const heldTo = Date.now();
+  if (!namespace.startsWith('turn-keep'))
+    await wf.getExternalWorkflowHandle(fleet).signal(windowSlotReleaseSignal, self);
+  return { namespace, endState: 'completed', windowSeconds: 60, heldFrom, heldTo };
 }

@@ -87,6 +87,26 @@ describe('the fleet view', () => {
   });
 });
 
+describe('the fleet view with maxOpenWindows', () => {
+  it('names the targets holding a turn to relax and those waiting for one', () => {
+    const targets = [
+      target('itrs-a', { state: 'running' }),
+      target('east/itrs-b', { state: 'running' }),
+      target('east/itrs-c', { state: 'running' }),
+    ];
+    const view = renderFleet(
+      fleet({
+        targets,
+        windowSlots: { max: 1, held: [targets[1]!.workflowId], waiting: [targets[2]!.workflowId] },
+      }),
+    );
+    expect(view).toContain(
+      'relaxed at once: at most 1 (maxOpenWindows); turn held by east/itrs-b; waiting for a turn: east/itrs-c',
+    );
+    expect(renderFleet(fleet({ targets }))).not.toContain('relaxed at once');
+  });
+});
+
 describe("a worker's --cluster", () => {
   it('is a name a fleet can route to', () => {
     expect(checkClusterName('prod-eu')).toBe('prod-eu');

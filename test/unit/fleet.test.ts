@@ -48,6 +48,10 @@ describe('a fleet input', () => {
     [{ name: 'x', targets: [{ namespace: 'a' }] }, 'targets[0] (a): uid: must be a number (it is missing)'],
     [{ name: 'x', waveSize: 0, targets: [{ namespace: 'a' }] }, 'waveSize: must be at least 1'],
     [
+      { name: 'x', maxOpenWindows: 0, targets: [{ namespace: 'a' }] },
+      'maxOpenWindows: must be at least 1 (or left out: no limit)',
+    ],
+    [
       { name: 'x', approvals: 'sometimes', targets: [{ namespace: 'a' }] },
       'approvals must be one of none, after-canary, each-wave, each-run',
     ],

@@ -343,6 +343,29 @@ describe('migrateFleet', () => {
     },
   );
 
+  it('with maxOpenWindows, at most that many runs hold a turn to relax at once; a run that ends holding one gives it back', async () => {
+    const out = await fleet(['turn-keep-a', 'turn-b', 'turn-c', 'turn-d', 'turn-e'], {
+      canary: false,
+      waveSize: 5,
+      maxOpenWindows: 2,
+    });
+    expect(out.error).toBeUndefined();
+    type Held = { namespace: string; heldFrom: number; heldTo: number };
+    const held: Held[] = [];
+    for (const t of out.status.targets)
+      held.push((await env.client.workflow.getHandle(t.workflowId).result()) as Held);
+    expect(Object.values(states(out.status))).toEqual(Array(5).fill('succeeded'));
+    expect(out.status.windowSlots).toEqual({ max: 2, held: [], waiting: [] });
+    // Every instant a turn began, at most 2 turns covered it.
+    for (const a of held) {
+      const overlapping = held.filter((b) => b.heldFrom <= a.heldFrom && a.heldFrom < b.heldTo);
+      expect(overlapping.length, `turns at ${a.namespace}'s start`).toBeLessThanOrEqual(2);
+    }
+    // 5 turns of a minute, 2 at a time: 3 minutes at least, so some runs waited.
+    const span = Math.max(...held.map((x) => x.heldTo)) - Math.min(...held.map((x) => x.heldFrom));
+    expect(span).toBeGreaterThanOrEqual(180_000);
+  });
+
   it("routes each cluster's runs to that cluster's task queue, with a workflow ID per cluster and namespace", async () => {
     const outcome = await fleet([], {
       canary: false,
