@@ -83,17 +83,36 @@ async function seed(cluster: string, prefix: string, count: number): Promise<str
 
 const { namespace: _unused, ...defaults } = hostRunnerRun('unused');
 const runDefaults = { ...defaults, verify: { checks: [] } };
-const singles = await seed('bed', 'bench-one', rounds);
-const fleets: { onBed: string[]; onEast: string[] }[] = [];
-for (const [i] of variants.entries())
-  fleets.push({
-    onBed: await seed('bed', `bench-waves-${i}-bed`, Math.ceil(total / 2)),
-    onEast: await seed('east', `bench-waves-${i}-east`, Math.floor(total / 2)),
-  });
 const namespacePolicy = (p: PolicyState) => ({ labels: p.labels, annotations: p.annotations });
 const before = new Map<string, PolicyState>();
-for (const { cluster, namespace } of seeded)
-  before.set(`${cluster}/${namespace}`, await policyState(clusters[cluster]!.kc, namespace));
+/** Records the policies of every seeded namespace not recorded yet. */
+async function recordPolicies(): Promise<void> {
+  for (const { cluster, namespace } of seeded)
+    if (!before.has(`${cluster}/${namespace}`))
+      before.set(`${cluster}/${namespace}`, await policyState(clusters[cluster]!.kc, namespace));
+}
+let exact = 0;
+let checked = 0;
+const drifted: string[] = [];
+/**
+ * Compares the policies of every seeded namespace with what they were, then removes them: a
+ * kwok node takes only so many pods, so each fleet's namespaces go before the next one's come.
+ */
+async function checkAndRemove(): Promise<void> {
+  for (const { cluster, namespace } of seeded.splice(0)) {
+    const after = await policyState(clusters[cluster]!.kc, namespace);
+    const b = before.get(`${cluster}/${namespace}`)!;
+    const same =
+      isDeepStrictEqual(namespacePolicy(after), namespacePolicy(b)) &&
+      isDeepStrictEqual(after.constraints, b.constraints);
+    checked++;
+    if (same) exact++;
+    else drifted.push(`${cluster}/${namespace}`);
+    await removeFixture(clusters[cluster]!.kc, namespace, clusters[cluster]!.pvRoot);
+  }
+}
+const singles = await seed('bed', 'bench-one', rounds);
+await recordPolicies();
 
 const queues = [taskQueue, `${taskQueue}-bed`, `${taskQueue}-east`];
 // A worker keeps an existing Schedule; a sweep every minute would only add load here.
@@ -121,7 +140,12 @@ const hwm: Record<string, number> = {};
 /** Runs the fleet of variant `i` and waits for its end. */
 async function runFleet(i: number): Promise<FleetRun> {
   const maxOpenWindows = variants[i];
-  const { onBed, onEast } = fleets[i]!;
+  await checkAndRemove();
+  const onBed = await seed('bed', `bench-waves-${i}-bed`, Math.ceil(total / 2));
+  const onEast = await seed('east', `bench-waves-${i}-east`, Math.floor(total / 2));
+  await recordPolicies();
+  for (const sampler of Object.values(samplers)) sampler.lap();
+  for (const p of Object.values(probes)) p.lap();
   const cpuBefore = Object.fromEntries(Object.entries(workers).map(([k, w]) => [k, cpuSeconds(w.pid)]));
   const t = performance.now();
   const { handle } = await startFleet(
@@ -217,20 +241,8 @@ try {
       .catch(() => undefined);
 }
 
-let exact = 0;
-const drifted: string[] = [];
-for (const { cluster, namespace } of seeded) {
-  const after = await policyState(clusters[cluster]!.kc, namespace);
-  const b = before.get(`${cluster}/${namespace}`)!;
-  const same =
-    isDeepStrictEqual(namespacePolicy(after), namespacePolicy(b)) &&
-    isDeepStrictEqual(after.constraints, b.constraints);
-  if (same) exact++;
-  else drifted.push(`${cluster}/${namespace}`);
-}
+await checkAndRemove();
 await client.connection.close();
-for (const { cluster, namespace } of seeded)
-  await removeFixture(clusters[cluster]!.kc, namespace, clusters[cluster]!.pvRoot);
 
 const medianOf = (xs: number[]) => (xs.length ? `${median(xs).toFixed(2)} s` : '-');
 const oneWindow = median(single.map((s) => s.window));
@@ -292,6 +304,6 @@ lines.push(
   `  workers' VmHWM over the whole bench: ${Object.entries(hwm)
     .map(([k, v]) => `${k} ${mb(v).toFixed(0)} MB`)
     .join(', ')}`,
-  `  policies exactly as before (namespace labels and annotations, constraints): ${exact}/${seeded.length}${drifted.length ? ` — drifted: ${drifted.slice(0, 5).join(', ')}` : ''}`,
+  `  policies exactly as before (namespace labels and annotations, constraints): ${exact}/${checked}${drifted.length ? ` — drifted: ${drifted.slice(0, 5).join(', ')}` : ''}`,
 );
 process.stdout.write(lines.join('\n') + '\n');

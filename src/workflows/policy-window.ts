@@ -114,7 +114,14 @@ export class PolicyWindow {
         FailureType.FleetUnreachable,
       );
     }
-    await wf.condition(() => state.windowSlotGranted);
+    try {
+      await wf.condition(() => state.windowSlotGranted);
+    } catch (err) {
+      // Stopped while waiting: out of the fleet's queue at once, not only when the run ends.
+      this.holdsTurn = true;
+      this.giveBackTurn();
+      throw err;
+    }
     this.holdsTurn = true;
     state.status.windowSlot = { fleet, state: 'held', since: nowIso() };
     state.setPhase(Phase.RelaxingPolicies, `fleet \`${fleet}\` gave this run its turn to relax`);

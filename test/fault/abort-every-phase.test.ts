@@ -6,7 +6,8 @@
  * as the full snapshot taken before the run (end state `unchanged`); after, the run keeps the new
  * IDs (`rolled-forward`) and only the policies, replicas and Jobs are checked. Last, a fleet
  * cancelled while its run's window is open: the cancel must reach the run, which puts everything
- * back as a cancelled run does.
+ * back as a cancelled run does; and a fleet with `maxOpenWindows: 1` aborted while one run holds
+ * the turn to relax and the other waits for it.
  */
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +35,7 @@ const taskQueue = uniqueName('fault-abort');
 const hold = new StepHold();
 const untouched = uniqueName('abort');
 const migrated = uniqueName('abort-late');
+const alongside = uniqueName('abort-turn');
 let worker: TestWorker;
 
 /** How a case brings the run to its phase. */
@@ -124,12 +126,13 @@ async function closedAs(workflowId: string): Promise<string> {
 beforeAll(async () => {
   await readyFixture(kc, untouched, bed().pvRoot, 20);
   await readyFixture(kc, migrated, bed().pvRoot, 20);
+  await readyFixture(kc, alongside, bed().pvRoot, 20);
   worker = await startTestWorker(taskQueue, { interceptors: hold.interceptors() });
 });
 
 afterAll(async () => {
   await worker?.stop();
-  await removeFixtures(kc, [untouched, migrated]);
+  await removeFixtures(kc, [untouched, migrated, alongside]);
 });
 
 /**
@@ -215,6 +218,76 @@ describe('a fleet cancelled while its run holds the namespace open', () => {
       expect(end.policies.state).not.toBe('relaxed');
       expect([end.endState, end.leftToDo]).toEqual(['unchanged', []]);
       expect(await namespaceSnapshot(kc, untouched, bed().pvRoot)).toEqual(before);
+    },
+  );
+});
+
+describe('a fleet with maxOpenWindows 1 aborted while one run holds the turn to relax and the other waits', () => {
+  it(
+    'the waiting run stops without relaxing and leaves the queue; both namespaces end exactly as before',
+    { timeout: 120_000 },
+    async () => {
+      const client = worker.w.client;
+      const namespaces = [untouched, alongside];
+      const before = new Map<string, Awaited<ReturnType<typeof namespaceSnapshot>>>();
+      for (const n of namespaces) before.set(n, await namespaceSnapshot(kc, n, bed().pvRoot));
+      const c: Case = { phase: 'migrating-ownership, pods admitted', stuckJobs: true };
+      // Whichever run gets the turn first is held with its window open.
+      const held = hold.arm('waitForPodsAdmitted');
+      const { namespace: _n, approvals: _a, ...defaults } = inputFor(untouched, c, 5000);
+      const name = uniqueName('fleet-turns');
+      await startFleet(
+        client,
+        {
+          name,
+          defaults,
+          approvals: 'none',
+          canary: false,
+          waveSize: 2,
+          maxOpenWindows: 1,
+          targets: namespaces.map((namespace) => ({ namespace })),
+        },
+        { taskQueue },
+      );
+      await held;
+      const queued = await waitFor(
+        'the other run to wait for its turn',
+        async () => {
+          const f = await queryFleet(client, name);
+          return f.windowSlots?.waiting.length === 1 ? f : undefined;
+        },
+        60_000,
+        100,
+      );
+      const namespaceOf = (workflowId: string) =>
+        queued.targets.find((t) => t.workflowId === workflowId)!.namespace;
+      const holder = namespaceOf(queued.windowSlots!.held[0]!);
+      const waiter = namespaceOf(queued.windowSlots!.waiting[0]!);
+      expect((await queryStatus(client, holder)).policies.state).toBe('relaxed');
+      expect(await queryStatus(client, waiter)).toMatchObject({
+        phase: 'relaxing-policies',
+        policies: { state: 'enforced' },
+        windowSlot: { fleet: fleetWorkflowId(name), state: 'waiting' },
+        windows: [],
+      });
+
+      await exec(process.execPath, [cli, 'abort', '--fleet', name, '--reason', 'test: turns'], {
+        env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
+        timeout: 60_000,
+      });
+      await expect(client.workflow.getHandle(fleetWorkflowId(name)).result()).rejects.toThrow();
+      const fleet = await queryFleet(client, name);
+      expect(fleet.phase).toBe('aborted');
+      expect(fleet.windowSlots).toEqual({ max: 1, held: [], waiting: [] });
+      const stopped = await queryStatus(client, waiter);
+      expect(stopped.windows).toEqual([]);
+      expect(stopped.windowSlot?.state).toBe('released');
+      for (const n of namespaces) {
+        const end = await queryStatus(client, n);
+        expect(end.policies.state).not.toBe('relaxed');
+        expect([n, end.endState, end.leftToDo]).toEqual([n, 'unchanged', []]);
+        expect(await namespaceSnapshot(kc, n, bed().pvRoot)).toEqual(before.get(n));
+      }
     },
   );
 });
