@@ -36,9 +36,10 @@ const scratch = mkdtempSync(join(tmpdir(), 'fleet-'));
 const workers: TestWorker[] = [];
 const before = new Map<string, PolicyState>();
 
-beforeAll(async () => {
-  await Promise.all(
-    namespaces.map(async (namespace) => {
+/** Seeds `names` on the bed's cluster with kwok's databases, each Ready, recording its policies in `into`. */
+const seedOnBed = (names: string[], into: Map<string, PolicyState>) =>
+  Promise.all(
+    names.map(async (namespace) => {
       await seedItrsFixture(kc, {
         namespace,
         pvRoot: bed().pvRoot,
@@ -46,9 +47,25 @@ beforeAll(async () => {
         databases: 'simulated',
       });
       await waitForFixtureReady(kc, namespace, 120_000);
-      before.set(namespace, await policyState(kc, namespace));
+      into.set(namespace, await policyState(kc, namespace));
     }),
   );
+
+/**
+ * Writes fleet file `<name>.yaml` (the runs on the host runner, no database checks; `fields`
+ * over that) and starts it with the CLI, as an operator would.
+ */
+async function startFleetFile(name: string, fields: Record<string, unknown>): Promise<void> {
+  const { namespace: _omitted, ...defaults } = hostRunnerRun('unused');
+  const file = join(scratch, `${name}.yaml`);
+  writeFileSync(file, toYaml({ name, defaults: { ...defaults, verify: { checks: [] } }, ...fields }));
+  const started = await runasMigrate(['start', '--fleet', file, '--task-queue', taskQueue]);
+  expect(started.stderr).toBe('');
+  expect(started.stdout).toContain(`started fleet ${name}`);
+}
+
+beforeAll(async () => {
+  await seedOnBed(namespaces, before);
   // The fleet's worker: no cluster credentials at all, and guardrails from a file (it cannot read
   // the ConfigMap).
   const nowhere = join(scratch, 'nowhere.kubeconfig');
@@ -88,21 +105,11 @@ it(
   "migrates a canary, waits for the approval after it, then the wave, each run on its cluster's worker; every policy exact",
   { timeout: 300_000 },
   async () => {
-    const { namespace: _omitted, ...defaults } = hostRunnerRun('unused');
-    const file = join(scratch, 'fleet.yaml');
-    writeFileSync(
-      file,
-      toYaml({
-        name: fleetName,
-        defaults: { ...defaults, verify: { checks: [] } },
-        targets: namespaces.map((namespace) => ({ namespace, cluster })),
-        approvals: 'after-canary',
-        waveSize: 5,
-      }),
-    );
-    const started = await runasMigrate(['start', '--fleet', file, '--task-queue', taskQueue]);
-    expect(started.stderr).toBe('');
-    expect(started.stdout).toContain(`started fleet ${fleetName}`);
+    await startFleetFile(fleetName, {
+      targets: namespaces.map((namespace) => ({ namespace, cluster })),
+      approvals: 'after-canary',
+      waveSize: 5,
+    });
 
     const waiting = await waitFor(
       'the fleet to wait after its canary',
@@ -217,24 +224,15 @@ it(
     workers.push(await startTestWorker(`${taskQueue}-east`, { kubeconfig: east.kubeconfig }));
 
     const name = uniqueName('f2');
-    const { namespace: _omitted, ...defaults } = hostRunnerRun('unused');
-    const file = join(scratch, `${name}.yaml`);
-    writeFileSync(
-      file,
-      toYaml({
-        name,
-        defaults: { ...defaults, verify: { checks: [] } },
-        targets: [
-          { namespace: onBed, cluster },
-          // No Gatekeeper on that cluster: PSA alone is relaxed and restored, and no audit is read.
-          { namespace: onEast, cluster: 'east', input: { policies: { gatekeeper: false } } },
-        ],
-        canary: false,
-        approvals: 'none',
-      }),
-    );
-    const started = await runasMigrate(['start', '--fleet', file, '--task-queue', taskQueue]);
-    expect(started.stderr).toBe('');
+    await startFleetFile(name, {
+      targets: [
+        { namespace: onBed, cluster },
+        // No Gatekeeper on that cluster: PSA alone is relaxed and restored, and no audit is read.
+        { namespace: onEast, cluster: 'east', input: { policies: { gatekeeper: false } } },
+      ],
+      canary: false,
+      approvals: 'none',
+    });
     const done = await waitFor(
       'the two-cluster fleet to end',
       async () => {
@@ -275,35 +273,15 @@ it(
     const wave = [uniqueName('fleet-turn-a'), uniqueName('fleet-turn-b'), uniqueName('fleet-turn-c')];
     namespaces.push(...wave);
     const policiesBefore = new Map<string, PolicyState>();
-    await Promise.all(
-      wave.map(async (namespace) => {
-        await seedItrsFixture(kc, {
-          namespace,
-          pvRoot: bed().pvRoot,
-          filesPerVolume: 20,
-          databases: 'simulated',
-        });
-        await waitForFixtureReady(kc, namespace, 120_000);
-        policiesBefore.set(namespace, await policyState(kc, namespace));
-      }),
-    );
+    await seedOnBed(wave, policiesBefore);
     const name = uniqueName('f-turns');
-    const { namespace: _omitted, ...defaults } = hostRunnerRun('unused');
-    const file = join(scratch, `${name}.yaml`);
-    writeFileSync(
-      file,
-      toYaml({
-        name,
-        defaults: { ...defaults, verify: { checks: [] } },
-        targets: wave.map((namespace) => ({ namespace, cluster })),
-        canary: false,
-        approvals: 'none',
-        waveSize: 3,
-        maxOpenWindows: 1,
-      }),
-    );
-    const started = await runasMigrate(['start', '--fleet', file, '--task-queue', taskQueue]);
-    expect(started.stderr).toBe('');
+    await startFleetFile(name, {
+      targets: wave.map((namespace) => ({ namespace, cluster })),
+      canary: false,
+      approvals: 'none',
+      waveSize: 3,
+      maxOpenWindows: 1,
+    });
     const followed = await runasMigrate(['status', '--fleet', name, '--watch']);
     expect(followed.code).toBe(0);
     expect(followed.stdout).toContain('relaxed at once: at most 1 (maxOpenWindows)');
