@@ -30,8 +30,6 @@ export class PolicyWindow {
   private mayBeRelaxed = false;
   /** The fleet this run asks for its turn to relax (its `maxOpenWindows`); null for any other run. */
   private readonly fleet: string | null = fleetOf(wf.workflowInfo());
-  /** Whether this run holds one of its fleet's turns to relax. */
-  private holdsTurn = false;
 
   constructor(
     private readonly state: RunState,
@@ -96,7 +94,7 @@ export class PolicyWindow {
    */
   private async takeTurn(): Promise<void> {
     const { fleet, state } = this;
-    if (!fleet || this.holdsTurn) return;
+    if (!fleet || state.status.windowSlot?.state === 'held') return;
     state.windowSlotGranted = false;
     state.status.windowSlot = { fleet, state: 'waiting', since: nowIso() };
     state.setPhase(
@@ -118,20 +116,20 @@ export class PolicyWindow {
       await wf.condition(() => state.windowSlotGranted);
     } catch (err) {
       // Stopped while waiting: out of the fleet's queue at once, not only when the run ends.
-      this.holdsTurn = true;
       this.giveBackTurn();
       throw err;
     }
-    this.holdsTurn = true;
     state.status.windowSlot = { fleet, state: 'held', since: nowIso() };
     state.setPhase(Phase.RelaxingPolicies, `fleet \`${fleet}\` gave this run its turn to relax`);
   }
 
-  /** Gives the fleet its turn back once the window is closed; the fleet also takes it back when the run ends. */
+  /**
+   * Gives the fleet back the turn this run holds or waits for (its window closed, or it stopped
+   * waiting); the fleet also takes it back when the run ends.
+   */
   private giveBackTurn(): void {
     const { fleet, state } = this;
-    if (!fleet || !this.holdsTurn) return;
-    this.holdsTurn = false;
+    if (!fleet || !state.status.windowSlot || state.status.windowSlot.state === 'released') return;
     state.status.windowSlot = { fleet, state: 'released', since: nowIso() };
     // Sent even while the run is being cancelled: its compensation may go on for minutes.
     void wf.CancellationScope.nonCancellable(() =>
