@@ -11,7 +11,8 @@
  * inside each worker (support/memory-probe.js) tells its JavaScript heap from the rest of its RSS.
  *
  * Bars: NAMESPACES at once in ≤ 3× the time of one; worker peak RSS ≤ 300 MB.
- * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median; WORKERS=…).
+ * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median;
+ * WORKERS=`<waits>/<connections>[/<node flags>]`,… e.g. `watch/pooled,watch/pooled/--optimize-for-size`).
  */
 import { cpus, loadavg } from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
@@ -135,16 +136,28 @@ function phases(r: MigrationReport): { before: number; window: number; after: nu
 }
 
 const loadBefore = loadavg()[0]!;
-/** A worker process's settings: how its waits look, and how it connects to the API server. */
+/**
+ * A worker process's settings: how its waits look, how it connects to the API server, and Node
+ * flags beyond those of its launcher's first line (to weigh memory against CPU).
+ */
 interface Variant {
   waits: WaitMode;
   connections: KubeConnections;
+  nodeFlags: string[];
 }
 const variants: Variant[] = (process.env.WORKERS ?? 'watch/per-request,watch/pooled').split(',').map((v) => {
-  const [waits, connections] = v.split('/') as [WaitMode, KubeConnections | undefined];
-  return { waits, connections: connections ?? 'pooled' };
+  const [waits, connections, flags] = v.split('/') as [
+    WaitMode,
+    KubeConnections | undefined,
+    string | undefined,
+  ];
+  return {
+    waits,
+    connections: connections ?? 'pooled',
+    nodeFlags: flags?.split(/\s+/).filter(Boolean) ?? [],
+  };
 });
-const nameOf = (v: Variant) => `${v.waits}/${v.connections}`;
+const nameOf = (v: Variant) => [`${v.waits}/${v.connections}`, ...v.nodeFlags].join(' ');
 
 /** What one worker process (its `variant`) did: single runs, then the fleet at once. */
 interface Measured {
@@ -209,11 +222,11 @@ async function measure(variant: Variant, index: number): Promise<Measured> {
       '--kube-connections',
       variant.connections,
     ];
-    worker = await startWorkerProcess(args, {
-      KUBECONFIG: bed.kubeconfig,
-      TEMPORAL_ADDRESS: bed.temporal.address,
-      ...probe.env,
-    });
+    worker = await startWorkerProcess(
+      args,
+      { KUBECONFIG: bed.kubeconfig, TEMPORAL_ADDRESS: bed.temporal.address, ...probe.env },
+      variant.nodeFlags,
+    );
     const pid = worker.pid;
     sampler = rssSampler(pid);
     const startupSeconds = worker.startupSeconds;
@@ -244,25 +257,36 @@ async function measure(variant: Variant, index: number): Promise<Measured> {
   }
 }
 
+// Constraints are cluster-wide: compared once at the end; each namespace's own labels and
+// annotations as soon as its variant is done, before its fixtures go (several variants' fixtures
+// at once would fill the bed's nodes).
+let namespacesExact = 0;
+let constraintsAfter: PolicyState['constraints'] = {};
+async function checkAndRemove(names: readonly string[]): Promise<void> {
+  for (const n of names) {
+    const after = await policyState(kc, n);
+    constraintsAfter = after.constraints;
+    if (isDeepStrictEqual(namespacePolicy(after), namespacePolicy(policiesBefore.get(n)!))) namespacesExact++;
+    await removeFixture(kc, n, bed.pvRoot);
+    namespaces.splice(namespaces.indexOf(n), 1);
+  }
+}
+
 const measured: Measured[] = [];
 try {
-  for (const [i, v] of variants.entries()) measured.push(await measure(v, i));
+  for (const [i, v] of variants.entries()) {
+    const m = await measure(v, i);
+    measured.push(m);
+    await checkAndRemove([...m.singles, ...m.fleet]);
+  }
 } finally {
   await client.schedule
     .getHandle(sweeperScheduleId(taskQueue))
     .delete()
     .catch(() => undefined);
+  for (const name of [...namespaces]) await removeFixture(kc, name, bed.pvRoot);
 }
 const loadAfter = loadavg()[0]!;
-
-// Constraints are cluster-wide: compared once; each namespace's own labels and annotations apart.
-let namespacesExact = 0;
-let constraintsAfter: PolicyState['constraints'] = {};
-for (const [n, before] of policiesBefore) {
-  const after = await policyState(kc, n);
-  constraintsAfter = after.constraints;
-  if (isDeepStrictEqual(namespacePolicy(after), namespacePolicy(before))) namespacesExact++;
-}
 const constraintsBefore = policiesBefore.values().next().value!.constraints;
 const constraintDiffs = Object.keys({ ...constraintsBefore, ...constraintsAfter })
   .filter((k) => !isDeepStrictEqual(constraintsBefore[k], constraintsAfter[k]))
@@ -270,9 +294,6 @@ const constraintDiffs = Object.keys({ ...constraintsBefore, ...constraintsAfter 
     (k) => `${k}: was ${JSON.stringify(constraintsBefore[k])}, now ${JSON.stringify(constraintsAfter[k])}`,
   );
 await client.connection.close();
-for (const name of namespaces) {
-  await removeFixture(kc, name, bed.pvRoot);
-}
 
 const stats = (xs: number[]) =>
   xs.length
@@ -307,7 +328,7 @@ for (const m of measured) {
     peakMb,
   });
   lines.push(
-    `worker: --waits ${m.variant.waits} --kube-connections ${m.variant.connections}`,
+    `worker: --waits ${m.variant.waits} --kube-connections ${m.variant.connections}${m.variant.nodeFlags.length ? `; node ${m.variant.nodeFlags.join(' ')}` : ''}`,
     `  1 namespace (median of ${rounds}): ${one.toFixed(2)} s (${single.map((o) => o.seconds.toFixed(2)).join(', ')}); ${phaseLine(single)}`,
     `  ${fleetSize} namespaces at once: ${all.toFixed(2)} s in total; ratio ${ratio.toFixed(2)}× (bar ≤ ${timeRatioBar}×): ${verdict(ratio, timeRatioBar, '×')}`,
     `    per run, from the common start: ${stats(many.outcomes.map((o) => o.seconds))}; ${phaseLine(many.outcomes)}`,

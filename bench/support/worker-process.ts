@@ -64,15 +64,26 @@ export interface WorkerProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `runas-migrate worker …args` and waits until it polls. */
-export async function startWorkerProcess(args: string[], env: NodeJS.ProcessEnv): Promise<WorkerProcess> {
+/**
+ * Starts `runas-migrate worker …args` (Node given its launcher's flags, then `nodeFlags`) and waits
+ * until it polls.
+ */
+export async function startWorkerProcess(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  nodeFlags: readonly string[] = [],
+): Promise<WorkerProcess> {
   const spawnedAt = performance.now();
   let stderrTail = '';
-  const worker: ChildProcess = spawn(process.execPath, [...nodeFlagsOf(cli), cli, 'worker', ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-    detached: true,
-  });
+  const worker: ChildProcess = spawn(
+    process.execPath,
+    [...nodeFlagsOf(cli), ...nodeFlags, cli, 'worker', ...args],
+    {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+      detached: true,
+    },
+  );
   worker.stderr!.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
   const stop = async () => {
     if (!worker.pid || worker.exitCode !== null) return;
