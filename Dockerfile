@@ -22,5 +22,5 @@ COPY bin ./bin
 USER node
 # Prometheus metrics, when RUNAS_MIGRATE_METRICS_ADDRESS asks for them (docker-compose.yml does).
 EXPOSE 9464
-ENTRYPOINT ["node", "--max-semi-space-size=1", "bin/runas-migrate.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=1", "--heap-growing-percent=10", "bin/runas-migrate.js"]
 CMD ["worker"]

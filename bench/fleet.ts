@@ -267,8 +267,16 @@ async function checkAndRemove(names: readonly string[]): Promise<void> {
     const after = await policyState(kc, n);
     constraintsAfter = after.constraints;
     if (isDeepStrictEqual(namespacePolicy(after), namespacePolicy(policiesBefore.get(n)!))) namespacesExact++;
-    await removeFixture(kc, n, bed.pvRoot);
-    namespaces.splice(namespaces.indexOf(n), 1);
+  }
+  await removeFixtures(names);
+}
+
+/** Removes fixtures a few at a time (each waits for its namespace to be gone). */
+async function removeFixtures(names: readonly string[]): Promise<void> {
+  for (let i = 0; i < names.length; i += seedConcurrency * 2) {
+    const some = names.slice(i, i + seedConcurrency * 2);
+    await Promise.all(some.map((n) => removeFixture(kc, n, bed.pvRoot)));
+    for (const n of some) namespaces.splice(namespaces.indexOf(n), 1);
   }
 }
 
@@ -284,7 +292,7 @@ try {
     .getHandle(sweeperScheduleId(taskQueue))
     .delete()
     .catch(() => undefined);
-  for (const name of [...namespaces]) await removeFixture(kc, name, bed.pvRoot);
+  await removeFixtures([...namespaces]);
 }
 const loadAfter = loadavg()[0]!;
 const constraintsBefore = policiesBefore.values().next().value!.constraints;
