@@ -23,7 +23,7 @@ import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
 import { policyState, type PolicyState } from '../support/policy-state.js';
-import { removeFixtures } from '../support/snapshot.js';
+import { removeFixtures, seedSimulatedFixtures } from '../support/snapshot.js';
 import { startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
@@ -38,18 +38,7 @@ const before = new Map<string, PolicyState>();
 
 /** Seeds `names` on the bed's cluster with kwok's databases, each Ready, recording its policies in `into`. */
 const seedOnBed = (names: string[], into: Map<string, PolicyState>) =>
-  Promise.all(
-    names.map(async (namespace) => {
-      await seedItrsFixture(kc, {
-        namespace,
-        pvRoot: bed().pvRoot,
-        filesPerVolume: 20,
-        databases: 'simulated',
-      });
-      await waitForFixtureReady(kc, namespace, 120_000);
-      into.set(namespace, await policyState(kc, namespace));
-    }),
-  );
+  seedSimulatedFixtures(kc, bed().pvRoot, names, into);
 
 /**
  * Writes fleet file `<name>.yaml` (the runs on the host runner, no database checks; `fields`

@@ -6,11 +6,10 @@
  * fleet worker replays the fleet, which takes in the returned turn and grants the next ones:
  * every run ends, no two windows overlap, no turn is left held, every policy is exact.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { stringify as toYaml } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { connectClient, sweeperScheduleId } from '../../src/app/worker.js';
@@ -18,16 +17,15 @@ import { queryStatus } from '../../src/app/runs.js';
 import { fleetWorkflowId } from '../../src/core/names.js';
 import type { FleetStatus } from '../../src/workflows/fleet-messages.js';
 import type { MigrationStatus } from '../../src/workflows/messages.js';
-import { hostRunnerRun, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import { hostRunnerRun } from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
 import { policyState, type PolicyState } from '../support/policy-state.js';
-import { removeFixtures } from '../support/snapshot.js';
-import { startTestWorker, type TestWorker } from '../support/worker.js';
+import { removeFixtures, seedSimulatedFixtures } from '../support/snapshot.js';
+import { spawnWorkerProcess, startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
-const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
 const cluster = 'bed';
 const taskQueue = uniqueName('fleet-kill');
 const namespaces = [uniqueName('turn-a'), uniqueName('turn-b'), uniqueName('turn-c')];
@@ -38,13 +36,9 @@ const before = new Map<string, PolicyState>();
 let clusterWorker: TestWorker | undefined;
 let client: Awaited<ReturnType<typeof connectClient>>;
 
-/** The fleet's worker in its own process, as in production: `runas-migrate worker`. */
+/** The fleet's worker in its own process, as in production. */
 function fleetWorkerProcess(): ChildProcess {
-  const child = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
-    env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
-    stdio: 'ignore',
-    detached: true,
-  });
+  const child = spawnWorkerProcess(taskQueue);
   children.push(child);
   return child;
 }
@@ -61,18 +55,7 @@ async function turns(): Promise<Map<string, MigrationStatus['windowSlot']>> {
 
 beforeAll(async () => {
   client = await connectClient({ address: bed().temporal.address });
-  await Promise.all(
-    namespaces.map(async (namespace) => {
-      await seedItrsFixture(kc, {
-        namespace,
-        pvRoot: bed().pvRoot,
-        filesPerVolume: 2000,
-        databases: 'simulated',
-      });
-      await waitForFixtureReady(kc, namespace, 120_000);
-      before.set(namespace, await policyState(kc, namespace));
-    }),
-  );
+  await seedSimulatedFixtures(kc, bed().pvRoot, namespaces, before, 2000);
   clusterWorker = await startTestWorker(`${taskQueue}-${cluster}`);
 }, 300_000);
 

@@ -28,11 +28,10 @@ import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import type { KillPoint } from '../support/fault-interceptors.js';
 import { policyState } from '../support/policy-state.js';
 import { namespaceSnapshot, removeFixtures } from '../support/snapshot.js';
-import { startTestWorker, type TestWorker } from '../support/worker.js';
+import { spawnWorkerProcess, startTestWorker, type TestWorker } from '../support/worker.js';
 
 const kc = kubeConfig();
 const batch = kc.makeApiClient(BatchV1Api);
-const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
 const faultWorker = fileURLToPath(new URL('../support/fault-worker.ts', import.meta.url));
 const namespaces: string[] = [];
 const children: ChildProcess[] = [];
@@ -42,11 +41,7 @@ let client: Awaited<ReturnType<typeof connectClient>>;
 /** A worker in its own process, as in production: `runas-migrate worker`. */
 function workerProcess(taskQueue: string): ChildProcess {
   queues.add(taskQueue);
-  const child = spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
-    env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
-    stdio: 'ignore',
-    detached: true,
-  });
+  const child = spawnWorkerProcess(taskQueue);
   children.push(child);
   return child;
 }

@@ -136,6 +136,26 @@ export async function readyFixture(
   await waitForFixtureReady(kc, namespace);
 }
 
+/**
+ * Seeds fixture namespaces with kwok's databases (for tests of what is above the data path), each
+ * Ready, and records each one's policies in `into`.
+ */
+export function seedSimulatedFixtures(
+  kc: KubeConfig,
+  pvRoot: string,
+  names: readonly string[],
+  into: Map<string, PolicyState>,
+  filesPerVolume = 20,
+): Promise<void[]> {
+  return Promise.all(
+    names.map(async (namespace) => {
+      await seedItrsFixture(kc, { namespace, pvRoot, filesPerVolume, databases: 'simulated' });
+      await waitForFixtureReady(kc, namespace, 120_000);
+      into.set(namespace, await policyState(kc, namespace));
+    }),
+  );
+}
+
 /** Deletes fixture namespaces and their PersistentVolumes. */
 export async function removeFixtures(kc: KubeConfig, namespaces: readonly string[]): Promise<void> {
   for (const name of namespaces) await removeFixture(kc, name);

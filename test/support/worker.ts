@@ -1,6 +1,8 @@
 /**
  * A runas-migrate worker against the test bed, on its own task queue, for e2e tests.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import {
   createWorker,
   sweeperScheduleId,
@@ -90,4 +92,18 @@ export async function cleanUpAfterProcessWorker(
     .getHandle(workflowIdOf(o.namespace))
     .terminate(`${o.test} test cleanup`)
     .catch(() => undefined);
+}
+
+const cli = fileURLToPath(new URL('../../bin/runas-migrate.js', import.meta.url));
+
+/**
+ * A worker in its own process against the bed, as in production: `runas-migrate worker` on
+ * `taskQueue`, in a process group of its own so that a test can SIGKILL it whole.
+ */
+export function spawnWorkerProcess(taskQueue: string): ChildProcess {
+  return spawn(process.execPath, [cli, 'worker', '--task-queue', taskQueue], {
+    env: { ...process.env, KUBECONFIG: bed().kubeconfig, TEMPORAL_ADDRESS: bed().temporal.address },
+    stdio: 'ignore',
+    detached: true,
+  });
 }
