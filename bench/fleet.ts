@@ -12,9 +12,11 @@
  *
  * Bars: NAMESPACES at once in ≤ 3× the time of one; worker peak RSS ≤ 300 MB.
  * `npm run bench -- fleet` (NAMESPACES=…; FILES=…; ROUNDS=… single-namespace runs, median;
- * WORKERS=`<waits>/<connections>[/<node flags>]`,… e.g. `watch/pooled,watch/pooled/--optimize-for-size`).
+ * WORKERS=`<waits>/<connections>[/<node flags>][@<checkout>]`,… e.g. `watch/pooled,watch/pooled/--optimize-for-size`;
+ * `@<checkout>` runs the worker of another built checkout, e.g. a `git worktree` of the commit before).
  */
 import { cpus, loadavg } from 'node:os';
+import { basename } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import type { MigrationInputRaw } from '../src/core/input.js';
 import { startRun } from '../src/app/runs.js';
@@ -35,7 +37,7 @@ import {
   type WorkerProcess,
 } from './support/worker-process.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
-import { windowTimes, type WindowTimes } from './support/steps.js';
+import { renderWindowTimes, windowTimes, type WindowTimes } from './support/steps.js';
 import type { WaitMode } from '../src/services/workloads.js';
 import type { KubeConnections } from '../src/cluster/connections.js';
 
@@ -144,9 +146,12 @@ interface Variant {
   waits: WaitMode;
   connections: KubeConnections;
   nodeFlags: string[];
+  /** Another checkout (built) whose worker runs instead of this one's: a baseline. */
+  checkout?: string;
 }
 const variants: Variant[] = (process.env.WORKERS ?? 'watch/per-request,watch/pooled').split(',').map((v) => {
-  const [waits, connections, flags] = v.split('/') as [
+  const [settings, checkout] = v.split('@') as [string, string | undefined];
+  const [waits, connections, flags] = settings.split('/') as [
     WaitMode,
     KubeConnections | undefined,
     string | undefined,
@@ -155,9 +160,15 @@ const variants: Variant[] = (process.env.WORKERS ?? 'watch/per-request,watch/poo
     waits,
     connections: connections ?? 'pooled',
     nodeFlags: flags?.split(/\s+/).filter(Boolean) ?? [],
+    ...(checkout ? { checkout } : {}),
   };
 });
-const nameOf = (v: Variant) => [`${v.waits}/${v.connections}`, ...v.nodeFlags].join(' ');
+const nameOf = (v: Variant) =>
+  [
+    `${v.waits}/${v.connections}`,
+    ...v.nodeFlags,
+    ...(v.checkout ? [`(build of ${basename(v.checkout)})`] : []),
+  ].join(' ');
 
 /** What one worker process (its `variant`) did: single runs, then the fleet at once. */
 interface Measured {
@@ -185,15 +196,6 @@ async function windowsOf(os: Outcome[]): Promise<WindowTimes[]> {
     if (w) out.push(w);
   }
   return out;
-}
-
-/** The medians of window breakdowns, as one line. */
-function renderWindows(ws: WindowTimes[]): string {
-  if (!ws.length) return 'no window';
-  const m = (f: (w: WindowTimes) => number) => median(ws.map(f)).toFixed(2);
-  const types = [...new Set(ws.flatMap((w) => w.running.map(([t]) => t)))];
-  const running = types.map((t) => `${t} ${m((w) => w.running.find(([x]) => x === t)?.[1] ?? 0)}`).join(', ');
-  return `window ${m((w) => w.total)} s: steps waiting for a worker ${m((w) => w.queued)} s; steps running: ${running}; workflow tasks ${m((w) => w.workflowTasks)} s (medians)`;
 }
 
 // The worker keeps an existing Schedule; a minute-by-minute sweep would only add load here.
@@ -226,6 +228,7 @@ async function measure(variant: Variant, index: number): Promise<Measured> {
       args,
       { KUBECONFIG: bed.kubeconfig, TEMPORAL_ADDRESS: bed.temporal.address, ...probe.env },
       variant.nodeFlags,
+      variant.checkout,
     );
     const pid = worker.pid;
     sampler = rssSampler(pid);
@@ -341,8 +344,8 @@ for (const m of measured) {
     `  ${fleetSize} namespaces at once: ${all.toFixed(2)} s in total; ratio ${ratio.toFixed(2)}× (bar ≤ ${timeRatioBar}×): ${verdict(ratio, timeRatioBar, '×')}`,
     `    per run, from the common start: ${stats(many.outcomes.map((o) => o.seconds))}; ${phaseLine(many.outcomes)}`,
     `    window per run: ${stats(reportsOf(many.outcomes).map((r) => r.windowSeconds))}`,
-    `    where a window went, single runs: ${renderWindows(m.windows.single)}`,
-    `    where a window went, the fleet's runs: ${renderWindows(m.windows.fleet)}`,
+    `    where a window went, single runs: ${renderWindowTimes(m.windows.single)}`,
+    `    where a window went, the fleet's runs: ${renderWindowTimes(m.windows.fleet)}`,
     `    ownership Job time (${jobSeconds.length} Jobs on the host runner): ${stats(jobSeconds)}`,
     `    worker CPU: ${(cpu.single / single.length).toFixed(2)} s per single run, ${(cpu.fleet / fleetSize).toFixed(2)} s per run of the fleet (${cpu.fleet.toFixed(1)} s over its ${all.toFixed(1)} s); ${cpu.startup.toFixed(1)} s to start in ${m.startupSeconds.toFixed(1)} s`,
     `    machine CPU (every process of the bed): ${(m.machine.single / single.length).toFixed(1)} s per single run, ${(m.machine.fleet / fleetSize).toFixed(1)} s per run of the fleet (${m.machine.fleet.toFixed(0)} s over its ${all.toFixed(1)} s: ${(m.machine.fleet / all).toFixed(2)} of ${cpus().length} cores busy); at that cost ${fleetSize} runs need at least ${(m.machine.fleet / cpus().length / one).toFixed(1)}× one run's time here`,

@@ -3,6 +3,7 @@
  * closed, summed by step type in the order they first ran, and what lies between them.
  */
 import type { temporal } from '@temporalio/proto';
+import { median } from './worker-process.js';
 
 type History = temporal.api.history.v1.IHistory;
 
@@ -118,4 +119,13 @@ export function windowTimes(history: History): WindowTimes | undefined {
   }
   if (opened === undefined || closed === undefined) return undefined;
   return { total: (closed - opened) / 1000, queued, running: [...running], workflowTasks };
+}
+
+/** The medians of window breakdowns, as one line. */
+export function renderWindowTimes(ws: WindowTimes[]): string {
+  if (!ws.length) return 'no window';
+  const m = (f: (w: WindowTimes) => number) => median(ws.map(f)).toFixed(2);
+  const types = [...new Set(ws.flatMap((w) => w.running.map(([t]) => t)))];
+  const running = types.map((t) => `${t} ${m((w) => w.running.find(([x]) => x === t)?.[1] ?? 0)}`).join(', ');
+  return `window ${m((w) => w.total)} s: steps waiting for a worker ${m((w) => w.queued)} s; steps running: ${running}; workflow tasks ${m((w) => w.workflowTasks)} s (medians)`;
 }

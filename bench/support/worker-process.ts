@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { waitFor } from '../../testbed/process.js';
 
@@ -66,18 +66,20 @@ export interface WorkerProcess {
 
 /**
  * Starts `runas-migrate worker …args` (Node given its launcher's flags, then `nodeFlags`) and waits
- * until it polls.
+ * until it polls. `checkout` runs another checkout's build instead of this one's (a baseline).
  */
 export async function startWorkerProcess(
   args: string[],
   env: NodeJS.ProcessEnv,
   nodeFlags: readonly string[] = [],
+  checkout?: string,
 ): Promise<WorkerProcess> {
+  const launcher = checkout ? resolve(checkout, 'bin/runas-migrate.js') : cli;
   const spawnedAt = performance.now();
   let stderrTail = '';
   const worker: ChildProcess = spawn(
     process.execPath,
-    [...nodeFlagsOf(cli), ...nodeFlags, cli, 'worker', ...args],
+    [...nodeFlagsOf(launcher), ...nodeFlags, launcher, 'worker', ...args],
     {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'ignore', 'pipe'],
