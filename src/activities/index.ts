@@ -45,6 +45,7 @@ export function createServices(deps: ActivityDeps) {
   const policyGuard = new PolicyGuard({
     kube,
     log,
+    waits,
     recordsNamespace: deps.recordsNamespace,
     temporalNamespace: deps.temporalNamespace,
   });

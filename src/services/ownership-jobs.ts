@@ -22,7 +22,14 @@ import {
 } from '../core/job.js';
 import type { RunRef } from '../core/policy.js';
 import { OwnershipScript } from './ownership-script.js';
-import { deadlineOf, progress, throwIfCancelled, unlessCancelled, type WaitLimit } from './step.js';
+import {
+  allSettledInOrder,
+  deadlineOf,
+  progress,
+  throwIfCancelled,
+  unlessCancelled,
+  type WaitLimit,
+} from './step.js';
 import { byName, Collections, type WatchedCollection } from '../cluster/changes.js';
 import { cadenceOf, waitUntil, withCadence, type WaitMode } from './workloads.js';
 
@@ -132,20 +139,19 @@ export class OwnershipJobs {
    */
   async createOwnershipJobs(input: CreateJobsInput): Promise<JobRef[]> {
     const { namespace } = input.run;
-    const refs: JobRef[] = [];
-    for (const target of input.targets) {
-      const job = buildOwnershipJob(input.run, target, input.owner, OwnershipScript);
-      const name = job.metadata!.name!;
-      const adopted = await this.adoptOrClear(input, name);
-      if (adopted) {
-        refs.push(adopted);
-        continue;
-      }
-      const created = await this.kube.createJob(namespace, job);
-      refs.push({ name, uid: created.metadata!.uid! });
-      this.log(`created Job ${name}`);
-    }
-    return refs;
+    // The Jobs are separate objects: created side by side, since in admission mode
+    // every round trip here is inside the security window.
+    return allSettledInOrder(
+      input.targets.map(async (target): Promise<JobRef> => {
+        const job = buildOwnershipJob(input.run, target, input.owner, OwnershipScript);
+        const name = job.metadata!.name!;
+        const adopted = await this.adoptOrClear(input, name);
+        if (adopted) return adopted;
+        const created = await this.kube.createJob(namespace, job);
+        this.log(`created Job ${name}`);
+        return { name, uid: created.metadata!.uid! };
+      }),
+    );
   }
 
   /**

@@ -54,7 +54,9 @@ import {
   targetOfConfigMap,
   type ProtectedRecord,
 } from '../core/records.js';
-import { currentStep, progress } from './step.js';
+import { allSettledInOrder, currentStep, progress } from './step.js';
+import { cadenceOf, withCadence, type WaitMode } from './workloads.js';
+import { byName } from '../cluster/changes.js';
 import { enforcementOf, type EnforcementView } from '../core/enforcement.js';
 import { refusalOf, type AdmissionRefusal } from '../core/admission.js';
 import type { MigrationInput } from '../core/input.js';
@@ -83,6 +85,11 @@ export interface PolicyGuardDeps {
    * its `status.byPod` at the patched generation). @default 60 000
    */
   enforcementTimeoutMs?: number;
+  /**
+   * Whether the wait for Gatekeeper watches the written constraints (it looks again as soon as
+   * their status changes) or polls them. @default "watch"
+   */
+  waits?: WaitMode;
 }
 
 /** Where Gatekeeper stood on one patched constraint when the guard stopped waiting. */
@@ -150,6 +157,11 @@ export interface PodsAdmissionPlan {
 /** What {@link PolicyGuard.relaxPolicies} did. */
 export interface RelaxResult {
   record: RelaxationRecord;
+  /**
+   * When the relaxation began: just before its first write to the namespace (PSA and the
+   * annotation), which precedes every constraint it excludes from; for a resumed relaxation, when
+   * its snapshot was taken. The security window is counted from here, not from the last write.
+   */
   relaxedAt: string;
   /** Constraints that vanished between the snapshot and the relaxation. */
   deletedConstraints: string[];
@@ -259,6 +271,8 @@ interface WrittenConstraint {
 
 /** How often the guard reads a constraint's status while Gatekeeper takes it in. */
 const EnforcementPollMs = 200;
+/** With a watch on the constraints, how often the wait for Gatekeeper looks anyway. */
+const EnforcementFallbackMs = 1_000;
 /** How long a PSA refusal may outlive the label change before it counts (PSA's namespace cache). */
 const PodSecurityCacheMs = 5_000;
 /** How many distinct refusals a relaxation reports. */
@@ -284,6 +298,8 @@ interface RestoreState {
   ns: V1Namespace | undefined;
   /** The relaxation annotation on the namespace, as it reads. */
   annotation: string | undefined;
+  /** The constraint kinds the cluster serves now. */
+  served: readonly CustomResourceKind[];
 }
 
 const emptyReport = (namespace: string): RestoreReport => ({
@@ -314,8 +330,10 @@ export class PolicyGuard {
   private readonly defaultTemporalNamespace: string | undefined;
   private readonly enforcementTimeoutMs: number;
 
+  private readonly waits: WaitMode;
   constructor(deps: PolicyGuardDeps) {
     this.enforcementTimeoutMs = deps.enforcementTimeoutMs ?? 60_000;
+    this.waits = deps.waits ?? 'watch';
     this.kube = deps.kube;
     this.log = deps.log ?? (() => undefined);
     this.group = deps.constraintGroup ?? GatekeeperConstraintGroup;
@@ -352,6 +370,7 @@ export class PolicyGuard {
     let askedFirst = { refusals: [] as string[], dryRuns: 0 };
     // The protected record this call wrote and has not yet applied: replaced, not resumed.
     let written: V1ConfigMap | undefined;
+    let relaxedAt = '';
     for (let attempt = 0; !record; attempt++) {
       const ns = await this.kube.readNamespace(input.namespace);
       if (!written) {
@@ -359,6 +378,7 @@ export class PolicyGuard {
         if (found) {
           record = found;
           resumed = true;
+          relaxedAt = found.snapshot.takenAt;
           break;
         }
       }
@@ -384,6 +404,7 @@ export class PolicyGuard {
         continue;
       }
       try {
+        relaxedAt = new Date().toISOString();
         await this.kube.patchNamespace(
           input.namespace,
           relaxNamespacePatch(candidate),
@@ -410,7 +431,6 @@ export class PolicyGuard {
       : null;
     if (asked) record = asked.record;
     const excluded = asked ?? (await this.excludeFromConstraints(input.namespace, record.plan.constraints));
-    const relaxedAt = new Date().toISOString();
     const enforcement =
       asked?.enforcement ?? this.confirmRelaxed(await this.awaitEnforcement(excluded.written));
     return {
@@ -1036,19 +1056,22 @@ export class PolicyGuard {
     namespace: string,
     constraints: readonly ({ ref: ConstraintRef } | ConstraintRef)[],
   ): Promise<{ deleted: string[]; written: WrittenConstraint[] }> {
+    const refs = constraints.map((c) => ('ref' in c ? c.ref : c));
+    const outcomes = await allSettledInOrder(
+      refs.map(async (ref) => {
+        const outcome = await this.patchConstraint(ref, (c) =>
+          excludeNamespaceOps(namespace, constraintView(c)),
+        );
+        if (outcome.result !== 'deleted') this.log(`excluded ${namespace} from ${refName(ref)}`);
+        progress({ relaxed: refName(ref) });
+        return outcome;
+      }),
+    );
     const deleted: string[] = [];
     const written: WrittenConstraint[] = [];
-    for (const c of constraints) {
-      const ref = 'ref' in c ? c.ref : c;
-      const outcome = await this.patchConstraint(ref, (c) =>
-        excludeNamespaceOps(namespace, constraintView(c)),
-      );
-      if (outcome.result === 'deleted') deleted.push(refName(ref));
-      else {
-        written.push({ ref, generation: outcome.generation });
-        this.log(`excluded ${namespace} from ${refName(ref)}`);
-      }
-      progress({ relaxed: refName(ref) });
+    for (const [i, outcome] of outcomes.entries()) {
+      if (outcome.result === 'deleted') deleted.push(refName(refs[i]!));
+      else written.push({ ref: refs[i]!, generation: outcome.generation });
     }
     return { deleted, written };
   }
@@ -1059,20 +1082,44 @@ export class PolicyGuard {
    * pod reports on has nothing to wait for; one still behind at the deadline is `unconfirmed`.
    */
   private async awaitEnforcement(written: readonly WrittenConstraint[]): Promise<ConstraintEnforcement[]> {
+    if (written.length === 0) return [];
+    // Gatekeeper writes each pod's verdict into the constraint's status: a watch on the written
+    // constraints wakes the wait at that write instead of at the next poll.
+    const collections = written.map(({ ref }) => ({
+      path: `/apis/${ref.group}/${ref.version}/${ref.plural}`,
+      fieldSelector: byName(ref.name),
+    }));
+    return withCadence(
+      cadenceOf(this.kube, this.waits, EnforcementPollMs, collections, EnforcementFallbackMs),
+      (sleep, everyMs) => this.enforcementOf(written, sleep, everyMs),
+    );
+  }
+
+  /** The wait of {@link awaitEnforcement}, looking again after `sleep(everyMs)`. */
+  private async enforcementOf(
+    written: readonly WrittenConstraint[],
+    sleep: (ms: number) => Promise<void>,
+    everyMs: number,
+  ): Promise<ConstraintEnforcement[]> {
     const started = Date.now();
     const deadline = started + this.enforcementTimeoutMs;
     const done = new Map<string, ConstraintEnforcement>();
     let waitingFor = new Map<string, string[]>();
     for (;;) {
       waitingFor = new Map();
-      for (const { ref, generation } of written) {
+      const pending = written.filter(({ ref }) => !done.has(refName(ref)));
+      const lives = await allSettledInOrder(
+        pending.map(({ ref }) =>
+          this.kube.readClusterObject<ConstraintLike>(ref, ref.name).catch((err: unknown) => {
+            if (!isKubeError(err, FailureType.KubeNotFound)) throw err;
+            return undefined;
+          }),
+        ),
+      );
+      for (const [i, { ref, generation }] of pending.entries()) {
         const name = refName(ref);
-        if (done.has(name)) continue;
-        let live: ConstraintLike;
-        try {
-          live = await this.kube.readClusterObject<ConstraintLike>(ref, ref.name);
-        } catch (err) {
-          if (!isKubeError(err, FailureType.KubeNotFound)) throw err;
+        const live = lives[i];
+        if (!live) {
           done.set(name, { constraint: name, generation, state: 'deleted', ms: Date.now() - started });
           continue;
         }
@@ -1097,7 +1144,7 @@ export class PolicyGuard {
         break;
       }
       progress({ awaitingEnforcement: [...waitingFor.keys()].join(', ') });
-      await sleep(EnforcementPollMs);
+      await sleep(Math.min(everyMs, Math.max(1, deadline - Date.now())));
     }
     const result = written.map(({ ref }) => done.get(refName(ref))!);
     for (const e of result)
@@ -1142,14 +1189,16 @@ export class PolicyGuard {
         FailureType.MalformedRecord,
       );
     }
-    const prot = await this.readProtected(input.namespace);
+    // Independent reads, side by side: each round trip here is time the namespace stays open.
+    const [prot, ns, served] = await Promise.all([
+      this.readProtected(input.namespace),
+      this.kube.readNamespace(input.namespace).catch((err: unknown) => {
+        if (!isKubeError(err, FailureType.KubeNotFound)) throw err;
+        return undefined;
+      }),
+      this.kube.kindsOfGroup(this.group),
+    ]);
     if (prot.problem) report.alarms.push(prot.problem);
-    let ns: V1Namespace | undefined;
-    try {
-      ns = await this.kube.readNamespace(input.namespace);
-    } catch (err) {
-      if (!isKubeError(err, FailureType.KubeNotFound)) throw err;
-    }
     return {
       namespace: input.namespace,
       copy,
@@ -1157,6 +1206,7 @@ export class PolicyGuard {
       prot,
       ns,
       annotation: ns?.metadata?.annotations?.[RelaxationAnnotation],
+      served,
     };
   }
 
@@ -1178,7 +1228,7 @@ export class PolicyGuard {
       return;
     }
     report.owner = authority.owner;
-    const served = await this.kube.kindsOfGroup(this.group);
+    const { served } = state;
     if (!state.ns) {
       // The namespace went away during the window: the record still says which exclusions
       // to take back, so a namesake is not born exempt.
@@ -1219,7 +1269,7 @@ export class PolicyGuard {
   }
 
   /**
-   * Restores an existing namespace: PSA, then the constraints, raises alarms for evidence
+   * Restores an existing namespace: PSA and the constraints, raises alarms for evidence
    * removed meanwhile, verifies, then drops the annotation and the protected record.
    */
   private async restoreNamespace(
@@ -1232,8 +1282,11 @@ export class PolicyGuard {
     const changed = annotation === undefined ? null : this.annotationDiffers(annotation, authority);
     if (changed) report.alarms.push(changed);
 
-    await this.restorePodSecurity(namespace, state.ns, authority, report);
-    const written = await this.restoreConstraints(authority, report, served);
+    // PSA and each constraint are separate objects: written side by side.
+    const [, written] = await allSettledInOrder([
+      this.restorePodSecurity(namespace, state.ns, authority, report),
+      this.restoreConstraints(authority, report, served),
+    ]);
 
     const undid =
       report.podSecurity === 'restored' ||
@@ -1300,44 +1353,48 @@ export class PolicyGuard {
     }
   }
 
-  /** Removes from each constraint what the relaxation added. */
+  /** Removes from each constraint what the relaxation added, all side by side; reported in the plan's order. */
   private async restoreConstraints(
     record: RelaxationRecord,
     report: RestoreReport,
     served: readonly CustomResourceKind[],
   ): Promise<WrittenConstraint[]> {
-    const written: WrittenConstraint[] = [];
     const { namespace } = record.snapshot;
-    for (const planned of record.plan.constraints) {
-      const ref = this.servedRef(planned.ref, served);
-      if (!ref) {
-        report.constraints.push({ constraint: refName(planned.ref), result: 'kind-not-served' });
-        this.log(`${refName(planned.ref)}: its kind is no longer served; nothing to restore there`);
-        continue;
-      }
-      let listRemoved = false;
-      const outcome = await this.patchConstraint(ref, (c) => {
-        const ops = includeNamespaceOps(namespace, constraintView(c));
-        listRemoved = ops?.some((o) => o.op === 'remove' && o.path === ExcludedNamespacesPath) ?? false;
-        return ops;
-      });
-      const { result } = outcome;
-      if (outcome.result !== 'deleted') written.push({ ref, generation: outcome.generation });
-      report.constraints.push({
-        constraint: refName(ref),
-        result:
-          result === 'deleted'
-            ? 'constraint-deleted'
-            : result === 'nothing-to-do'
-              ? 'already-restored'
-              : listRemoved
-                ? 'list-removed'
-                : 'entry-removed',
-      });
-      this.log(`restored ${refName(ref)} for ${namespace}: ${report.constraints.at(-1)!.result}`);
-      progress({ restored: refName(ref) });
-    }
-    return written;
+    const outcomes = await allSettledInOrder(
+      record.plan.constraints.map(async (planned) => {
+        const ref = this.servedRef(planned.ref, served);
+        if (!ref) {
+          this.log(`${refName(planned.ref)}: its kind is no longer served; nothing to restore there`);
+          return { entry: { constraint: refName(planned.ref), result: 'kind-not-served' as const } };
+        }
+        let listRemoved = false;
+        const outcome = await this.patchConstraint(ref, (c) => {
+          const ops = includeNamespaceOps(namespace, constraintView(c));
+          listRemoved = ops?.some((o) => o.op === 'remove' && o.path === ExcludedNamespacesPath) ?? false;
+          return ops;
+        });
+        const { result } = outcome;
+        const entry = {
+          constraint: refName(ref),
+          result:
+            result === 'deleted'
+              ? ('constraint-deleted' as const)
+              : result === 'nothing-to-do'
+                ? ('already-restored' as const)
+                : listRemoved
+                  ? ('list-removed' as const)
+                  : ('entry-removed' as const),
+        };
+        this.log(`restored ${refName(ref)} for ${namespace}: ${entry.result}`);
+        progress({ restored: refName(ref) });
+        return {
+          entry,
+          written: outcome.result === 'deleted' ? undefined : { ref, generation: outcome.generation },
+        };
+      }),
+    );
+    report.constraints.push(...outcomes.map((o) => o.entry));
+    return outcomes.flatMap((o) => ('written' in o && o.written ? [o.written] : []));
   }
 
   /**
@@ -1365,7 +1422,20 @@ export class PolicyGuard {
     served: readonly CustomResourceKind[],
   ): Promise<void> {
     const { namespace } = record.snapshot;
-    const ns = await this.kube.readNamespace(namespace);
+    const readList = async (ref: ConstraintRef): Promise<string[] | null | 'gone'> => {
+      try {
+        const obj = await this.kube.readClusterObject<ConstraintLike>(ref, ref.name);
+        return obj.spec?.match?.excludedNamespaces ?? null;
+      } catch (err) {
+        if (isKubeError(err, FailureType.KubeNotFound)) return 'gone';
+        throw err;
+      }
+    };
+    const readable = record.snapshot.constraints.map((c) => ({ c, ref: this.servedRef(c.ref, served) }));
+    const [ns, lists] = await allSettledInOrder([
+      this.kube.readNamespace(namespace),
+      allSettledInOrder(readable.map(({ ref }) => (ref ? readList(ref) : Promise.resolve('gone' as const)))),
+    ]);
     const live = ns.metadata?.labels?.[PodSecurityLabel.Enforce] ?? null;
     if (
       record.plan.podSecurityEnforce &&
@@ -1383,17 +1453,9 @@ export class PolicyGuard {
       if (now !== record.snapshot.podSecurity[key])
         report.keptForeignChanges.push(`${key} changed to ${now ?? '(removed)'} by someone else`);
     }
-    for (const c of record.snapshot.constraints) {
-      const ref = this.servedRef(c.ref, served);
-      if (!ref) continue;
-      let liveList: string[] | null;
-      try {
-        const obj = await this.kube.readClusterObject<ConstraintLike>(ref, ref.name);
-        liveList = obj.spec?.match?.excludedNamespaces ?? null;
-      } catch (err) {
-        if (isKubeError(err, FailureType.KubeNotFound)) continue;
-        throw err;
-      }
+    for (const [i, { c }] of readable.entries()) {
+      const liveList = lists[i]!;
+      if (liveList === 'gone') continue;
       const was = c.excludedNamespaces ?? [];
       const now = liveList ?? [];
       const wePlanned = record.plan.constraints.some((p) => refName(p.ref) === refName(c.ref));

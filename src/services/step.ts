@@ -74,6 +74,21 @@ export function unlessCancelled<T>(p: Promise<T>): Promise<T> {
 }
 
 /**
+ * Awaits independent cluster calls side by side, like `Promise.all`, but returns or throws only
+ * once every one has settled (the first failure, in the given order): a step that fails has none
+ * of its writes still in flight when it is retried or compensated.
+ */
+export async function allSettledInOrder<T extends readonly unknown[] | []>(
+  calls: T,
+): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(calls as readonly unknown[]);
+  for (const r of settled) if (r.status === 'rejected') throw r.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as {
+    -readonly [K in keyof T]: Awaited<T[K]>;
+  };
+}
+
+/**
  * How long a wait may last: an absolute `deadline` (ISO 8601; wins when both are given), which
  * a retried step keeps, or `timeoutSeconds` counted from the start of this attempt.
  */

@@ -150,7 +150,7 @@ export interface JobStatus {
 
 /** One relaxation window. */
 export interface WindowStatus {
-  /** When the relaxation was written (PSA and every constraint). */
+  /** When the relaxation began: its first write, before PSA and any constraint was relaxed. */
   openedAt: string;
   /** When Gatekeeper had taken in every relaxed constraint: from then on Jobs may be created. */
   relaxationEnforcedAt?: string;

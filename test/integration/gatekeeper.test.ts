@@ -348,7 +348,10 @@ describe('relaxing only what refuses the Job pods', () => {
 });
 
 describe('a relaxation stopped half-way resumes from its protected record', () => {
-  /** A guard whose step stops (as a killed worker's would) at the first call `stopAt` picks. */
+  /**
+   * A guard whose step stops (as a killed worker's would) at the first call `stopAt` picks: that
+   * call and every one after it, side by side or later, never reach the API server.
+   */
   function stoppingGuard(stopAt: (method: string, args: unknown[]) => boolean) {
     const kube = new Kube(kc);
     let stopped = false;
@@ -357,7 +360,7 @@ describe('a relaxation stopped half-way resumes from its protected record', () =
         const v = Reflect.get(target, prop, receiver) as unknown;
         if (typeof v !== 'function') return v;
         return (...args: unknown[]) => {
-          if (!stopped && stopAt(String(prop), args)) {
+          if (stopped || stopAt(String(prop), args)) {
             stopped = true;
             return Promise.reject(new Error(`the worker died before ${String(prop)}`));
           }

@@ -15,6 +15,7 @@ import {
   PatchStrategy,
   RbacAuthorizationV1Api,
   setHeaderOptions,
+  Watch,
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kube } from '../../src/cluster/kube.js';
@@ -161,9 +162,10 @@ describe('relax then restore leaves everything as it was', () => {
       expect(after.labels[PodSecurityLabel.Enforce] ?? null).toBe(expectEnforce);
       expect(await protectedRecord(kc, ns)).toBeUndefined();
 
-      // reads the protected record and the namespace, finds neither showing a relaxation
+      // reads the protected record, the namespace and the constraint kinds served (two discovery
+      // calls, side by side with the reads), finds neither showing a relaxation
       const again = await g.restorePolicies({ namespace: ns, owner });
-      expect(again).toMatchObject({ restored: false, alarms: [], refused: null, apiCalls: 2 });
+      expect(again).toMatchObject({ restored: false, alarms: [], refused: null, apiCalls: 4 });
       expect(await policyState(kc, ns)).toEqual(before);
     });
   }
@@ -235,6 +237,34 @@ describe('two runs interleaving', () => {
 });
 
 describe('the window', () => {
+  it('opens no later than its first relaxing write is seen, not after the last one', async () => {
+    const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
+    let listed = false;
+    let relaxedSeenAt: number | undefined;
+    const watching = await new Watch(kc).watch(
+      '/api/v1/namespaces',
+      { fieldSelector: `metadata.name=${ns}` },
+      (type, n: { metadata?: { labels?: Record<string, string> } }) => {
+        if (type === 'ADDED') listed = true;
+        if (relaxedSeenAt === undefined && n.metadata?.labels?.[PodSecurityLabel.Enforce] === 'baseline')
+          relaxedSeenAt = Date.now();
+      },
+      () => undefined,
+    );
+    try {
+      await waitFor('the namespace watched', () => listed, 10_000, 10);
+      const relaxed = await guard().relaxPolicies({ namespace: ns, owner });
+      // Both constraints were excluded after the namespace's PSA label was relaxed.
+      expect(relaxed.record.plan.constraints.length).toBeGreaterThan(0);
+      const seenAt = await waitFor('the relaxed label seen', () => relaxedSeenAt, 10_000, 10);
+      expect(Date.parse(relaxed.relaxedAt)).toBeLessThanOrEqual(seenAt);
+    } finally {
+      watching.abort();
+      // The constraints are shared: later tests count the entries in them.
+      await guard().restorePolicies({ namespace: ns, owner });
+    }
+  });
+
   it('admits the migration pod while relaxed; afterwards refuses a new one while the admitted one keeps running', async () => {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
     const g = guard();

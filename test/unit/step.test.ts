@@ -1,6 +1,6 @@
 import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
-import { runInStep, unlessCancelled } from '../../src/services/step.js';
+import { allSettledInOrder, runInStep, unlessCancelled } from '../../src/services/step.js';
 
 describe('unlessCancelled', () => {
   const step = () => {
@@ -24,5 +24,33 @@ describe('unlessCancelled', () => {
     controller.abort(new Error('cancelled by the run'));
     await expect(waiting).rejects.toThrow('cancelled by the run');
     expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+  });
+});
+
+describe('allSettledInOrder', () => {
+  const after = <T>(ms: number, value: T, fail = false) =>
+    new Promise<T>((resolve, reject) =>
+      setTimeout(() => (fail ? reject(new Error(String(value))) : resolve(value)), ms),
+    );
+
+  it('returns the values in the order of the calls, not of their answers', async () => {
+    await expect(allSettledInOrder([after(30, 'a'), after(1, 'b'), after(10, 'c')])).resolves.toEqual([
+      'a',
+      'b',
+      'c',
+    ]);
+  });
+
+  it('throws only once every call has settled, and the first failure in order', async () => {
+    const settled: string[] = [];
+    const call = <T>(p: Promise<T>, name: string) => p.finally(() => settled.push(name));
+    const result = allSettledInOrder([
+      call(after(20, 'slow write'), 'slow write'),
+      call(after(10, 'first refusal', true), 'first refusal'),
+      call(after(1, 'second refusal', true), 'second refusal'),
+    ]);
+    await expect(result).rejects.toThrow('first refusal');
+    // A write still in flight when the step fails could land after its retry or compensation.
+    expect(settled).toEqual(['second refusal', 'first refusal', 'slow write']);
   });
 });
