@@ -339,7 +339,7 @@ for (const m of measured) {
     peakMb,
   });
   lines.push(
-    `worker: --waits ${m.variant.waits} --kube-connections ${m.variant.connections}${m.variant.nodeFlags.length ? `; node ${m.variant.nodeFlags.join(' ')}` : ''}`,
+    `worker: --waits ${m.variant.waits} --kube-connections ${m.variant.connections}${m.variant.nodeFlags.length ? `; node ${m.variant.nodeFlags.join(' ')}` : ''}${m.variant.checkout ? `; the build of ${basename(m.variant.checkout)}` : ''}`,
     `  1 namespace (median of ${rounds}): ${one.toFixed(2)} s (${single.map((o) => o.seconds.toFixed(2)).join(', ')}); ${phaseLine(single)}`,
     `  ${fleetSize} namespaces at once: ${all.toFixed(2)} s in total; ratio ${ratio.toFixed(2)}× (bar ≤ ${timeRatioBar}×): ${verdict(ratio, timeRatioBar, '×')}`,
     `    per run, from the common start: ${stats(many.outcomes.map((o) => o.seconds))}; ${phaseLine(many.outcomes)}`,

@@ -275,6 +275,18 @@ export class InvalidInputError extends TypedFailure {
   }
 }
 
+/**
+ * What a workflow says when it refuses its input at start. The CLI checked the same input with
+ * its own version first, so a field the worker does not know, in an input the CLI accepted, means
+ * the worker is older than the CLI (a worker rolled back, or not yet upgraded): say so, rather
+ * than only "remove them", which would drop what the operator asked for, `maxOpenWindows` say.
+ */
+export function refusedByWorker(err: InvalidInputError): string {
+  return err.message.includes('unknown field(s)')
+    ? `${err.message}. If runas-migrate start accepted this input, this worker is older than that CLI: upgrade the workers first, then the CLI`
+    : err.message;
+}
+
 /** Validates a raw input; throws {@link InvalidInputError} listing every problem. */
 export function parseMigrationInput(raw: unknown): MigrationInput {
   const parsed = MigrationInputSchema.safeParse(raw);

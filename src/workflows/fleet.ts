@@ -23,7 +23,7 @@ import {
   type FleetInput,
   type FleetTarget,
 } from '../core/fleet.js';
-import { InvalidInputError, parseDuration } from '../core/input.js';
+import { InvalidInputError, parseDuration, refusedByWorker } from '../core/input.js';
 import { FleetWindowsMemo, WorkflowType } from '../core/names.js';
 import {
   FleetPhase,
@@ -390,7 +390,7 @@ export async function migrateFleet(raw: unknown, carried?: FleetCarry): Promise<
     input = parseFleetInput(raw, wf.workflowInfo().taskQueue);
   } catch (err) {
     if (err instanceof InvalidInputError)
-      throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidInput);
+      throw ApplicationFailure.nonRetryable(refusedByWorker(err), FailureType.InvalidInput);
     throw err;
   }
   const fleet = new Fleet(input, carried);

@@ -16,6 +16,7 @@ import {
   parseDuration,
   parseMigrationInput,
   Recovery,
+  refusedByWorker,
   type MigrationInput,
 } from '../core/input.js';
 import { planChanges } from '../core/plan-changes.js';
@@ -691,7 +692,7 @@ export async function migrateOwnership(raw: unknown): Promise<MigrationReport> {
     state.status.phase = Phase.Failed;
     state.status.error = (err as Error).message;
     if (err instanceof InvalidInputError)
-      throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidInput);
+      throw ApplicationFailure.nonRetryable(refusedByWorker(err), FailureType.InvalidInput);
     throw err;
   }
   state.begin(input.namespace, {

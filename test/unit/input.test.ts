@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { InvalidInputError, parseDuration, parseMigrationInput } from '../../src/core/input.js';
+import {
+  InvalidInputError,
+  parseDuration,
+  parseMigrationInput,
+  refusedByWorker,
+} from '../../src/core/input.js';
 
 const ok = { namespace: 'itrs', uid: 5000, gid: 5000 };
 const problem = (raw: unknown) => {
@@ -169,6 +174,16 @@ describe('parseMigrationInput', () => {
 
   it('lists every problem at once', () => {
     expect(problem({ namespace: 'X', uid: 0, gid: 0 })).toMatch(/namespace: .*; uid: .*; gid: /);
+  });
+});
+
+describe('refusedByWorker', () => {
+  it('says a field the worker does not know means a worker older than the CLI, and only then', () => {
+    const unknown = new InvalidInputError(problem({ ...ok, maxOpenWindows: 2 }));
+    expect(refusedByWorker(unknown)).toMatch(/unknown field\(s\) maxOpenWindows: remove them/);
+    expect(refusedByWorker(unknown)).toMatch(/this worker is older than that CLI: upgrade the workers first/);
+    const bad = new InvalidInputError(problem({ ...ok, uid: 0 }));
+    expect(refusedByWorker(bad)).toBe(bad.message);
   });
 });
 

@@ -661,6 +661,12 @@ describe('migrateOwnership', () => {
     expect(cause(error)).toMatchObject({ type: 'InvalidInput' });
     expect(cause(error)?.message).toMatch(/uid: must be at least 1/);
     expect(calls).toEqual([]);
+    // A field this worker does not know, in an input a newer CLI accepted.
+    const newer = await run({ input: { maxOpenWindows: 2 } as never });
+    expect(cause(newer.error)?.message).toMatch(
+      /unknown field\(s\) maxOpenWindows: remove them.*older than that CLI/,
+    );
+    expect(newer.calls).toEqual([]);
     const rollBack = await run({ input: { recovery: 'roll-back', securityContext: { apply: 'external' } } });
     expect(cause(rollBack.error)?.message).toContain('recovery: roll-back puts the old template back itself');
     expect(rollBack.calls).toEqual([]);
