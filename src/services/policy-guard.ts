@@ -329,8 +329,8 @@ export class PolicyGuard {
   private readonly recordsNamespace: string;
   private readonly defaultTemporalNamespace: string | undefined;
   private readonly enforcementTimeoutMs: number;
-
   private readonly waits: WaitMode;
+
   constructor(deps: PolicyGuardDeps) {
     this.enforcementTimeoutMs = deps.enforcementTimeoutMs ?? 60_000;
     this.waits = deps.waits ?? 'watch';
@@ -1190,7 +1190,7 @@ export class PolicyGuard {
       );
     }
     // Independent reads, side by side: each round trip here is time the namespace stays open.
-    const [prot, ns, served] = await Promise.all([
+    const [prot, ns, served] = await allSettledInOrder([
       this.readProtected(input.namespace),
       this.kube.readNamespace(input.namespace).catch((err: unknown) => {
         if (!isKubeError(err, FailureType.KubeNotFound)) throw err;

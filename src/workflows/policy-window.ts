@@ -21,6 +21,9 @@ import { parseDuration } from '../core/input.js';
 
 const ms = (d: string) => parseDuration(d) ?? 0;
 
+/** A new turn asked for only once the fleet has the last one back (`wf.patched`; runs before it asked at once). */
+const TurnAfterRelease = 'turn-after-release';
+
 /** One run's security windows. */
 export class PolicyWindow {
   /** The run's own copy of the latest relaxation record. */
@@ -30,6 +33,8 @@ export class PolicyWindow {
   private mayBeRelaxed = false;
   /** The fleet this run asks for its turn to relax (its `maxOpenWindows`); null for any other run. */
   private readonly fleet: string | null = fleetOf(wf.workflowInfo());
+  /** The signal giving the fleet back the last turn, settled once the fleet has it (or cannot). */
+  private releasing: Promise<void> | undefined;
 
   constructor(
     private readonly state: RunState,
@@ -95,6 +100,10 @@ export class PolicyWindow {
   private async takeTurn(): Promise<void> {
     const { fleet, state } = this;
     if (!fleet || state.status.windowSlot?.state === 'held') return;
+    // Signals a workflow sends to another are not delivered in the order they were sent: a request
+    // for the next round's turn could reach the fleet before the release of this round's, be taken
+    // for the turn it still holds, and be lost when the release comes: the run would wait forever.
+    if (this.releasing && wf.patched(TurnAfterRelease)) await this.releasing;
     state.windowSlotGranted = false;
     state.status.windowSlot = { fleet, state: 'waiting', since: nowIso() };
     state.setPhase(
@@ -132,7 +141,7 @@ export class PolicyWindow {
     if (!fleet || !state.status.windowSlot || state.status.windowSlot.state === 'released') return;
     state.status.windowSlot = { fleet, state: 'released', since: nowIso() };
     // Sent even while the run is being cancelled: its compensation may go on for minutes.
-    void wf.CancellationScope.nonCancellable(() =>
+    this.releasing = wf.CancellationScope.nonCancellable(() =>
       wf.getExternalWorkflowHandle(fleet).signal(windowSlotReleaseSignal, {
         workflowId: wf.workflowInfo().workflowId,
       }),

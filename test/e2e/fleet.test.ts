@@ -6,8 +6,10 @@
  * the migration happening at all. Then a fleet over two real clusters: the bed's and a second
  * simulated cluster (its own API server, etcd and host runner, no Gatekeeper), each with a worker
  * holding only its own kubeconfig. The databases are kwok's here (the data path has its own
- * tests); templates, replicas and every policy are checked on each real API server.
+ * tests); templates, replicas and every policy are checked on each real API server. Last, fleets
+ * under `maxOpenWindows: 1`: windows that follow each other, a retry round's window included.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +20,13 @@ import { fleetWorkflowId } from '../../src/core/names.js';
 import type { FleetStatus } from '../../src/workflows/fleet-messages.js';
 import type { MigrationStatus } from '../../src/workflows/messages.js';
 import { clusterConfig, ensureCluster } from '../../testbed/bed.js';
-import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../../testbed/fixture.js';
+import {
+  hostRunnerRun,
+  pvDirectory,
+  removeFixture,
+  seedItrsFixture,
+  waitForFixtureReady,
+} from '../../testbed/fixture.js';
 import { waitFor } from '../../testbed/process.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
 import { runasMigrate } from '../support/cli.js';
@@ -295,5 +303,89 @@ it(
         windows[i]!.openedAt,
         `${windows[i]!.namespace} opened before ${windows[i - 1]!.namespace} closed`,
       ).toBeGreaterThanOrEqual(windows[i - 1]!.closedAt);
+  },
+);
+
+it(
+  'with maxOpenWindows 1, a run whose Jobs fail asks for a turn again for its second round: no two windows overlap, every policy exact',
+  { timeout: 300_000 },
+  async () => {
+    const [failing, passing] = [uniqueName('fleet-round-a'), uniqueName('fleet-round-b')];
+    namespaces.push(failing, passing);
+    const policiesBefore = new Map<string, PolicyState>();
+    await seedOnBed([failing, passing], policiesBefore);
+    // root with CAP_CHOWN still gets EPERM on an immutable file: its Job fails for real, twice.
+    const stuck = join(
+      pvDirectory(bed().pvRoot, failing, 'timescale-ha-data-timescale-1'),
+      'data',
+      'PG_VERSION',
+    );
+    execFileSync('chattr', ['+i', stuck]);
+    try {
+      const name = uniqueName('f-rounds');
+      await startFleetFile(name, {
+        // Each window spans its Jobs, so a round that relaxed out of turn would overlap the other's.
+        targets: [failing, passing].map((namespace) => ({
+          namespace,
+          cluster,
+          input: { window: { mode: 'job-duration' } },
+        })),
+        canary: false,
+        approvals: 'none',
+        waveSize: 2,
+        failureBudget: 1,
+        maxOpenWindows: 1,
+      });
+      const done = await waitFor(
+        'both runs of the fleet ended',
+        async () => {
+          const s = await fleetStatus(name);
+          return s.targets.every((t) => t.state === 'succeeded' || t.state === 'failed') ? s : undefined;
+        },
+        240_000,
+        1000,
+      );
+      expect(done.targets.map((t) => t.state)).toEqual(['failed', 'succeeded']);
+      expect(done.targets[0]!.message).toContain('ownership Jobs failed after 2 attempts');
+      await waitFor(
+        'every turn given back',
+        async () => ((await fleetStatus(name)).windowSlots?.held.length === 0 ? true : undefined),
+        30_000,
+        500,
+      );
+      expect((await fleetStatus(name)).windowSlots).toEqual({ max: 1, held: [], waiting: [] });
+      // The failing run asked for a turn, and gave it back, once per round.
+      const history = await workers[0]!.w.client.workflow
+        .getHandle(done.targets[0]!.workflowId)
+        .fetchHistory();
+      const signalled = (signal: string) =>
+        (history.events ?? []).filter(
+          (e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes?.signalName === signal,
+        ).length;
+      expect([signalled('windowSlotRequest'), signalled('windowSlotRelease')]).toEqual([2, 2]);
+
+      const windows: { namespace: string; openedAt: number; closedAt: number }[] = [];
+      for (const [namespace, rounds] of [
+        [failing, 2],
+        [passing, 1],
+      ] as const) {
+        const out = await runasMigrate(['status', '-n', namespace, '--cluster', cluster, '-o', 'json']);
+        const run = JSON.parse(out.stdout) as MigrationStatus;
+        expect(run.windowSlot).toMatchObject({ fleet: fleetWorkflowId(name), state: 'released' });
+        expect(run.windows, `${namespace}'s windows`).toHaveLength(rounds);
+        for (const w of run.windows)
+          windows.push({ namespace, openedAt: Date.parse(w.openedAt), closedAt: Date.parse(w.closedAt!) });
+        expect(await policyState(kc, namespace)).toEqual(policiesBefore.get(namespace));
+      }
+      // Each round's window, the retry's included, waited for the turn: none overlaps another.
+      windows.sort((a, b) => a.openedAt - b.openedAt);
+      for (let i = 1; i < windows.length; i++)
+        expect(
+          windows[i]!.openedAt,
+          `a window of ${windows[i]!.namespace} opened before one of ${windows[i - 1]!.namespace} closed`,
+        ).toBeGreaterThanOrEqual(windows[i - 1]!.closedAt);
+    } finally {
+      execFileSync('chattr', ['-i', stuck]);
+    }
   },
 );
