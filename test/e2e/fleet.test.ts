@@ -263,6 +263,33 @@ it(
   },
 );
 
+/**
+ * Checks the runs of fleet `name` under `maxOpenWindows: 1`: each gave its turn back, had as many
+ * windows as rounds, and left its policies exact; no window of any of them overlaps another.
+ */
+async function expectTurnsTaken(
+  name: string,
+  runs: [namespace: string, rounds: number][],
+  policiesBefore: Map<string, PolicyState>,
+): Promise<void> {
+  const windows: { namespace: string; openedAt: number; closedAt: number }[] = [];
+  for (const [namespace, rounds] of runs) {
+    const out = await runasMigrate(['status', '-n', namespace, '--cluster', cluster, '-o', 'json']);
+    const run = JSON.parse(out.stdout) as MigrationStatus;
+    expect(run.windowSlot).toMatchObject({ fleet: fleetWorkflowId(name), state: 'released' });
+    expect(run.windows, `${namespace}'s windows`).toHaveLength(rounds);
+    for (const w of run.windows)
+      windows.push({ namespace, openedAt: Date.parse(w.openedAt), closedAt: Date.parse(w.closedAt!) });
+    expect(await policyState(kc, namespace)).toEqual(policiesBefore.get(namespace));
+  }
+  windows.sort((a, b) => a.openedAt - b.openedAt);
+  for (let i = 1; i < windows.length; i++)
+    expect(
+      windows[i]!.openedAt,
+      `a window of ${windows[i]!.namespace} opened before one of ${windows[i - 1]!.namespace} closed`,
+    ).toBeGreaterThanOrEqual(windows[i - 1]!.closedAt);
+}
+
 it(
   'with maxOpenWindows 1, relaxes one namespace at a time: the windows of a wave follow each other, every policy exact',
   { timeout: 300_000 },
@@ -286,23 +313,12 @@ it(
     expect(done.targets.map((t) => t.state)).toEqual(['succeeded', 'succeeded', 'succeeded']);
     expect(done.windowSlots).toEqual({ max: 1, held: [], waiting: [] });
 
-    const windows: { namespace: string; openedAt: number; closedAt: number }[] = [];
-    for (const namespace of wave) {
-      const out = await runasMigrate(['status', '-n', namespace, '--cluster', cluster, '-o', 'json']);
-      const run = JSON.parse(out.stdout) as MigrationStatus;
-      expect(run.windowSlot).toMatchObject({ fleet: fleetWorkflowId(name), state: 'released' });
-      expect(run.windows).toHaveLength(1);
-      const w = run.windows[0]!;
-      windows.push({ namespace, openedAt: Date.parse(w.openedAt), closedAt: Date.parse(w.closedAt!) });
-      expect(await policyState(kc, namespace)).toEqual(policiesBefore.get(namespace));
-    }
     // Started together, the three runs relaxed their namespaces one after the other.
-    windows.sort((a, b) => a.openedAt - b.openedAt);
-    for (let i = 1; i < windows.length; i++)
-      expect(
-        windows[i]!.openedAt,
-        `${windows[i]!.namespace} opened before ${windows[i - 1]!.namespace} closed`,
-      ).toBeGreaterThanOrEqual(windows[i - 1]!.closedAt);
+    await expectTurnsTaken(
+      name,
+      wave.map((namespace) => [namespace, 1]),
+      policiesBefore,
+    );
   },
 );
 
@@ -364,26 +380,15 @@ it(
         ).length;
       expect([signalled('windowSlotRequest'), signalled('windowSlotRelease')]).toEqual([2, 2]);
 
-      const windows: { namespace: string; openedAt: number; closedAt: number }[] = [];
-      for (const [namespace, rounds] of [
-        [failing, 2],
-        [passing, 1],
-      ] as const) {
-        const out = await runasMigrate(['status', '-n', namespace, '--cluster', cluster, '-o', 'json']);
-        const run = JSON.parse(out.stdout) as MigrationStatus;
-        expect(run.windowSlot).toMatchObject({ fleet: fleetWorkflowId(name), state: 'released' });
-        expect(run.windows, `${namespace}'s windows`).toHaveLength(rounds);
-        for (const w of run.windows)
-          windows.push({ namespace, openedAt: Date.parse(w.openedAt), closedAt: Date.parse(w.closedAt!) });
-        expect(await policyState(kc, namespace)).toEqual(policiesBefore.get(namespace));
-      }
-      // Each round's window, the retry's included, waited for the turn: none overlaps another.
-      windows.sort((a, b) => a.openedAt - b.openedAt);
-      for (let i = 1; i < windows.length; i++)
-        expect(
-          windows[i]!.openedAt,
-          `a window of ${windows[i]!.namespace} opened before one of ${windows[i - 1]!.namespace} closed`,
-        ).toBeGreaterThanOrEqual(windows[i - 1]!.closedAt);
+      // Each round's window, the retry's included, waited for the turn.
+      await expectTurnsTaken(
+        name,
+        [
+          [failing, 2],
+          [passing, 1],
+        ],
+        policiesBefore,
+      );
     } finally {
       execFileSync('chattr', ['-i', stuck]);
     }
