@@ -188,6 +188,8 @@ export const Collections = {
   statefulSets: (namespace: string) => `/apis/apps/v1/namespaces/${namespace}/statefulsets`,
   custom: (kind: { group: string; version: string; plural: string }, namespace: string) =>
     `/apis/${kind.group}/${kind.version}/namespaces/${namespace}/${kind.plural}`,
+  clusterCustom: (kind: { group: string; version: string; plural: string }) =>
+    `/apis/${kind.group}/${kind.version}/${kind.plural}`,
 } as const;
 
 /** A field selector for one object by name. */

@@ -56,7 +56,7 @@ import {
 } from '../core/records.js';
 import { allSettledInOrder, currentStep, progress } from './step.js';
 import { cadenceOf, withCadence, type WaitMode } from './workloads.js';
-import { byName } from '../cluster/changes.js';
+import { byName, Collections } from '../cluster/changes.js';
 import { enforcementOf, type EnforcementView } from '../core/enforcement.js';
 import { refusalOf, type AdmissionRefusal } from '../core/admission.js';
 import type { MigrationInput } from '../core/input.js';
@@ -1086,7 +1086,7 @@ export class PolicyGuard {
     // Gatekeeper writes each pod's verdict into the constraint's status: a watch on the written
     // constraints wakes the wait at that write instead of at the next poll.
     const collections = written.map(({ ref }) => ({
-      path: `/apis/${ref.group}/${ref.version}/${ref.plural}`,
+      path: Collections.clusterCustom(ref),
       fieldSelector: byName(ref.name),
     }));
     return withCadence(
