@@ -4,7 +4,7 @@
  * ITRS-like fixture. State lives outside the repository; every process is recorded by PID.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
@@ -26,6 +26,7 @@ import {
   GiveUp,
   freePort,
   isAlive,
+  processesWith,
   startDetached,
   stopProcess,
   waitFor,
@@ -308,9 +309,14 @@ function startTemporal(state: BedState): RecordedProcess {
 
 /** Restarts the Temporal dev server on the same port and database file (fault tests). */
 export async function restartTemporal(state: BedState): Promise<BedState> {
-  await stopProcess(state.temporal.process);
-  state.temporal.process = startTemporal(state);
-  writeState(state);
+  // The file, not the caller's copy: a copy read before a second cluster was started would drop
+  // it from the record (and `down` would leave it running), and a copy from before an earlier
+  // restart names a server that no longer runs.
+  const current = readState(state.name) ?? state;
+  await stopProcess(current.temporal.process);
+  current.temporal.process = startTemporal(current);
+  writeState(current);
+  Object.assign(state, current);
   await waitFor('Temporal dev server', () => temporalHealthy(state), 60_000, 250);
   return state;
 }
@@ -475,6 +481,18 @@ export async function down(opts: { name?: string; log?: Log } = {}): Promise<voi
     await stopProcess(extra.runner.process);
     await deleteCluster(state, extra.clusterName, extra.kubeconfig, log);
   }
+  // And those a record rewritten from an older copy lost: their host runners by their folder,
+  // their control planes by kwokctl's.
+  for (const p of processesWith(`--bed=${join(state.dir, 'clusters')}/`)) await stopProcess(p);
+  const kwokClusters = join(state.cluster.workdir, 'clusters');
+  const recorded = new Set([
+    state.cluster.name,
+    ...Object.values(state.clusters ?? {}).map((c) => c.clusterName),
+  ]);
+  for (const lost of existsSync(kwokClusters)
+    ? readdirSync(kwokClusters).filter((n) => !recorded.has(n))
+    : [])
+    await deleteCluster(state, lost, join(kwokClusters, lost, 'kubeconfig.yaml'), log);
   lap('further clusters');
   await stopProcess(state.gatekeeper?.process);
   lap('Gatekeeper');

@@ -3,7 +3,7 @@
  * stopping exactly those PIDs (never by process name).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
 /** Asks the kernel for a free TCP port on 127.0.0.1. */
@@ -62,6 +62,17 @@ export function isAlive(p: RecordedProcess | undefined): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The running processes whose command line contains `marker` (a path inside one bed's own
+ * folder): what a lost record no longer names.
+ */
+export function processesWith(marker: string): RecordedProcess[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d) && Number(d) !== process.pid)
+    .map((d) => ({ pid: Number(d), marker, logFile: '' }))
+    .filter((p) => isAlive(p));
 }
 
 /** Stops a recorded process and its process group: SIGTERM, then SIGKILL after `graceMs`. */
