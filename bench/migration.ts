@@ -10,7 +10,7 @@ import { createWorker } from '../src/app/worker.js';
 import { kubeConfigOf, up } from '../testbed/bed.js';
 import { hostRunnerRun, removeFixture, seedItrsFixture, waitForFixtureReady } from '../testbed/fixture.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
-import { renderStepTimes, stepTimes } from './support/steps.js';
+import { renderStepTimes, renderTimeline, stepTimeline, stepTimes, type StepSpan } from './support/steps.js';
 
 const files = Number(process.env.FILES ?? 1000);
 const rounds = Number(process.env.ROUNDS ?? 3);
@@ -35,6 +35,7 @@ const results: Record<string, { total: number[]; window: number[] }> = {
 };
 /** Where the last admission-mode run's time went. */
 let breakdown: ReturnType<typeof stepTimes> | undefined;
+let timeline: StepSpan[] = [];
 const namespaces: string[] = [];
 try {
   for (let r = 0; r < rounds; r++) {
@@ -49,7 +50,11 @@ try {
       const report = (await handle.result()) as MigrationReport;
       results[mode]!.total.push((performance.now() - t) / 1000);
       results[mode]!.window.push(report.windowSeconds);
-      if (mode === 'admission') breakdown = stepTimes(await handle.fetchHistory());
+      if (mode === 'admission') {
+        const history = await handle.fetchHistory();
+        breakdown = stepTimes(history);
+        timeline = stepTimeline(history);
+      }
     }
   }
 } finally {
@@ -70,5 +75,7 @@ process.stdout.write(
     `  window ratio admission / job-duration: ${(median(adm.window) / median(job.window)).toFixed(2)}`,
     `  where the last admission-mode run's time went (each step from scheduled to closed, summed by type):`,
     ...(breakdown ? renderStepTimes(breakdown) : []),
+    `  the same run step by step (seconds from its start, scheduled → closed):`,
+    ...renderTimeline(timeline),
   ].join('\n') + '\n',
 );

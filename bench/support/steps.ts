@@ -50,6 +50,50 @@ export function stepTimes(history: History): { steps: [string, number][]; total:
   return { steps: [...byType], total: (end - start) / 1000, outside: (end - start - covered) / 1000 };
 }
 
+/** One step of a run: its type and summary, from scheduled to closed, in seconds from the run's start. */
+export interface StepSpan {
+  type: string;
+  summary: string;
+  from: number;
+  to: number;
+}
+
+/**
+ * Every step of a run in the order it was scheduled, with when it was scheduled and closed: the
+ * steps that overlap nothing are the run's critical path.
+ */
+export function stepTimeline(history: History): StepSpan[] {
+  const events = history.events ?? [];
+  const start = ms(events[0]?.eventTime);
+  const spans = new Map<string, StepSpan>();
+  for (const e of events) {
+    const at = (ms(e.eventTime) - start) / 1000;
+    const a = e.activityTaskScheduledEventAttributes;
+    if (a) {
+      const data = e.userMetadata?.summary?.data;
+      const summary = data ? String(JSON.parse(Buffer.from(data).toString()) as unknown) : '';
+      spans.set(String(e.eventId), { type: a.activityType?.name ?? '?', summary, from: at, to: NaN });
+      continue;
+    }
+    const closed =
+      e.activityTaskCompletedEventAttributes ??
+      e.activityTaskFailedEventAttributes ??
+      e.activityTaskTimedOutEventAttributes ??
+      e.activityTaskCanceledEventAttributes;
+    const span = closed && spans.get(String(closed.scheduledEventId));
+    if (span) span.to = at;
+  }
+  return [...spans.values()];
+}
+
+/** The timeline as text lines: from → to, the step, its summary. */
+export function renderTimeline(spans: StepSpan[], indent = '    '): string[] {
+  return spans.map(
+    (s) =>
+      `${indent}${s.from.toFixed(2).padStart(6)} → ${s.to.toFixed(2).padStart(6)}  ${s.type.padEnd(24)} ${s.summary}`,
+  );
+}
+
 /** The breakdown as text lines. */
 export function renderStepTimes(t: ReturnType<typeof stepTimes>, indent = '    '): string[] {
   return [

@@ -61,7 +61,7 @@ export function createServices(deps: ActivityDeps) {
     helm: new HelmReleases({ helm: deps.helm, kubeconfig: deps.kubeconfig, log }),
     ownershipJobs: new OwnershipJobs({ kube, log, waits }),
     databaseChecks: new DatabaseChecks({ kube, log }),
-    gatekeeperAudit: new GatekeeperAudit({ kube, log }),
+    gatekeeperAudit: new GatekeeperAudit({ kube, log, waits }),
   };
 }
 

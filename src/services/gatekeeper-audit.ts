@@ -3,9 +3,11 @@
  * audit shows no violation in the namespace. Gatekeeper audits on an interval and writes what
  * it found into each constraint's status; only a pass that started after `since` counts.
  */
+import { Collections } from '../cluster/changes.js';
 import type { Kube } from '../cluster/kube.js';
 import { GatekeeperConstraintGroup } from '../core/policy.js';
-import { progress } from './step.js';
+import { progress, throwIfCancelled, unlessCancelled } from './step.js';
+import { cadenceOf, withCadence, type WaitMode } from './workloads.js';
 
 /** Dependencies of {@link GatekeeperAudit}. */
 export interface GatekeeperAuditDeps {
@@ -13,8 +15,13 @@ export interface GatekeeperAuditDeps {
   log?: (message: string) => void;
   /** API group of the constraints. @default "constraints.gatekeeper.sh" */
   constraintGroup?: string;
-  /** How often the constraints' audit status is read while waiting. @default 1000 */
+  /**
+   * How often the constraints' audit status is read while waiting: every poll, or at least this
+   * often besides the watch. @default 1000
+   */
   pollMs?: number;
+  /** Whether the wait watches the constraints or only polls them. @default "watch" */
+  waits?: WaitMode;
 }
 
 /** Input of {@link GatekeeperAudit.auditNamespace}. */
@@ -75,12 +82,14 @@ export class GatekeeperAudit {
   private readonly log: (message: string) => void;
   private readonly group: string;
   private readonly pollMs: number;
+  private readonly waits: WaitMode;
 
   constructor(deps: GatekeeperAuditDeps) {
     this.kube = deps.kube;
     this.log = deps.log ?? (() => undefined);
     this.group = deps.constraintGroup ?? GatekeeperConstraintGroup;
     this.pollMs = deps.pollMs ?? 1000;
+    this.waits = deps.waits ?? 'watch';
   }
 
   /**
@@ -89,12 +98,31 @@ export class GatekeeperAudit {
    */
   async auditNamespace(input: AuditInput): Promise<NamespaceAudit> {
     const started = Date.now();
+    // Gatekeeper writes each pass into every constraint's status: a watch on the constraint
+    // kinds wakes the wait at that write instead of at the next poll.
+    const collections = (await unlessCancelled(this.kube.kindsOfGroup(this.group))).map((kind) => ({
+      path: Collections.clusterCustom(kind),
+    }));
+    return withCadence(
+      cadenceOf(this.kube, this.waits, this.pollMs, collections, this.pollMs),
+      (sleep, everyMs) => this.awaitPass(input, started, sleep, everyMs),
+    );
+  }
+
+  /** The wait of {@link auditNamespace}, looking again after `sleep(everyMs)`. */
+  private async awaitPass(
+    input: AuditInput,
+    started: number,
+    sleep: (ms: number) => Promise<void>,
+    everyMs: number,
+  ): Promise<NamespaceAudit> {
     const since = Date.parse(input.since);
     const deadline = started + input.timeoutSeconds * 1000;
     for (;;) {
+      throwIfCancelled();
       const constraints: ConstraintAudit[] = [];
-      for (const kind of await this.kube.kindsOfGroup(this.group)) {
-        for (const c of await this.kube.listClusterObjects<AuditedConstraint>(kind)) {
+      for (const kind of await unlessCancelled(this.kube.kindsOfGroup(this.group))) {
+        for (const c of await unlessCancelled(this.kube.listClusterObjects<AuditedConstraint>(kind))) {
           const at = c.status?.auditTimestamp;
           const fresh = at !== undefined && Date.parse(at) >= since;
           const listed = c.status?.violations ?? [];
@@ -136,7 +164,7 @@ export class GatekeeperAudit {
         return result;
       }
       progress({ awaitingAudit: pending.map((c) => c.constraint).join(', ') });
-      await new Promise((r) => setTimeout(r, this.pollMs));
+      await sleep(Math.max(1, Math.min(everyMs, deadline - Date.now())));
     }
   }
 }

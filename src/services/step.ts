@@ -5,6 +5,7 @@
  * Services therefore never import the Temporal activity API.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { setMaxListeners } from 'node:events';
 import { FailureType, TypedFailure } from '../core/failures.js';
 
 /** The step a service call runs in. */
@@ -21,6 +22,9 @@ const current = new AsyncLocalStorage<StepContext>();
 
 /** Runs `fn` as a step: the helpers below see `ctx` in everything it awaits. */
 export function runInStep<T>(ctx: StepContext, fn: () => Promise<T>): Promise<T> {
+  // One listener per call in flight (unlessCancelled removes each when its call settles): a
+  // step with its calls side by side has dozens at once, which is not a leak.
+  setMaxListeners(0, ctx.cancelled);
   return current.run(ctx, fn);
 }
 

@@ -7,6 +7,7 @@ import { AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Collections, type ChangeFeed } from '../../src/cluster/changes.js';
 import { Kube } from '../../src/cluster/kube.js';
+import { GatekeeperAudit } from '../../src/services/gatekeeper-audit.js';
 import { StatefulSets } from '../../src/services/statefulsets.js';
 import { waitUntil } from '../../src/services/workloads.js';
 import { waitFor } from '../../testbed/process.js';
@@ -26,6 +27,22 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await cleanup();
+});
+
+describe("the wait for Gatekeeper's audit", () => {
+  it('is woken by the pass Gatekeeper writes into the constraints, not by its fallback look', async () => {
+    // The bed audits every 5 s; without the watch this wait would look once, then at its deadline.
+    const audit = new GatekeeperAudit({ kube, pollMs: 120_000 });
+    const found = await audit.auditNamespace({
+      namespace,
+      since: new Date().toISOString(),
+      timeoutSeconds: 90,
+    });
+    expect(found.state).toBe('clean');
+    expect(found.constraints.length).toBeGreaterThan(0);
+    expect(found.constraints.filter((c) => c.auditTimestamp === null)).toEqual([]);
+    expect(found.waitedMs).toBeLessThan(45_000);
+  });
 });
 
 describe('a watched wait', () => {

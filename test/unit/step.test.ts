@@ -17,6 +17,26 @@ describe('unlessCancelled', () => {
     expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
   });
 
+  it('takes dozens of calls in flight at once without a listener-leak warning', async () => {
+    const { controller, ctx } = step();
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      await runInStep(ctx, () =>
+        allSettledInOrder(
+          Array.from({ length: 30 }, (_, i) => unlessCancelled(new Promise((r) => setTimeout(r, 5, i)))),
+        ),
+      );
+      // Warnings are emitted on the next tick.
+      await new Promise((r) => setImmediate(r));
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings.map((w) => w.name)).not.toContain('MaxListenersExceededWarning');
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+  });
+
   it('rejects with the cancellation as soon as it arrives, while the call still runs', async () => {
     const { controller, ctx } = step();
     const never = new Promise<never>(() => undefined);
