@@ -37,6 +37,7 @@ import {
   type WorkerProcess,
 } from './support/worker-process.js';
 import type { MigrationReport } from '../src/workflows/messages.js';
+import { cpuByProgram, processCpu } from './support/cpu.js';
 import { renderWindowTimes, windowTimes, type WindowTimes } from './support/steps.js';
 import type { WaitMode } from '../src/services/workloads.js';
 import type { KubeConnections } from '../src/cluster/connections.js';
@@ -181,6 +182,8 @@ interface Measured {
   cpu: { startup: number; single: number; fleet: number };
   /** The whole machine's busy CPU seconds (the bed's every process) over the single runs and the fleet. */
   machine: { single: number; fleet: number };
+  /** The fleet's machine CPU by program, largest first. */
+  programs: [string, number][];
   /** The main isolate's memory at its peaks, from the probe inside the worker. */
   memory: { startup: MemoryPeaks; single: MemoryPeaks; fleet: MemoryPeaks };
   startupSeconds: number;
@@ -244,15 +247,30 @@ async function measure(variant: Variant, index: number): Promise<Measured> {
     memory.single = probe.lap();
     cpu.single = cpuSeconds(pid) - cpu.startup;
     const busy = machineBusySeconds();
+    const processesBefore = processCpu();
     const many = await migrate(fleet);
     machine.fleet = machineBusySeconds() - busy;
+    const programs = cpuByProgram(processesBefore, processCpu(), machine.fleet);
     rss.fleet = sampler.lap();
     memory.fleet = probe.lap();
     cpu.fleet = cpuSeconds(pid) - cpu.startup - cpu.single;
     rss.hwm = procStatusKb(pid, 'VmHWM') ?? 0;
     rss.end = procStatusKb(pid, 'VmRSS') ?? 0;
     const windows = { single: await windowsOf(single), fleet: await windowsOf(many.outcomes) };
-    return { variant, singles, fleet, single, many, rss, cpu, machine, memory, startupSeconds, windows };
+    return {
+      variant,
+      singles,
+      fleet,
+      single,
+      many,
+      rss,
+      cpu,
+      machine,
+      programs,
+      memory,
+      startupSeconds,
+      windows,
+    };
   } finally {
     sampler?.stop();
     await worker?.stop();
@@ -349,6 +367,10 @@ for (const m of measured) {
     `    ownership Job time (${jobSeconds.length} Jobs on the host runner): ${stats(jobSeconds)}`,
     `    worker CPU: ${(cpu.single / single.length).toFixed(2)} s per single run, ${(cpu.fleet / fleetSize).toFixed(2)} s per run of the fleet (${cpu.fleet.toFixed(1)} s over its ${all.toFixed(1)} s); ${cpu.startup.toFixed(1)} s to start in ${m.startupSeconds.toFixed(1)} s`,
     `    machine CPU (every process of the bed): ${(m.machine.single / single.length).toFixed(1)} s per single run, ${(m.machine.fleet / fleetSize).toFixed(1)} s per run of the fleet (${m.machine.fleet.toFixed(0)} s over its ${all.toFixed(1)} s: ${(m.machine.fleet / all).toFixed(2)} of ${cpus().length} cores busy); at that cost ${fleetSize} runs need at least ${(m.machine.fleet / cpus().length / one).toFixed(1)}× one run's time here`,
+    `      by program: ${m.programs
+      .filter(([, sec]) => sec >= 0.5)
+      .map(([program, sec]) => `${program} ${sec.toFixed(1)} s`)
+      .join(', ')}`,
     `  worker peak RSS ${peakMb.toFixed(0)} MB (bar ≤ ${rssBarMb} MB): ${verdict(peakMb, rssBarMb, 'MB')}`,
     `    VmHWM ${mb(rss.hwm).toFixed(0)} MB; sampled VmRSS peaks: started and idle ${mb(rss.startup).toFixed(0)} MB, single runs ${mb(rss.single).toFixed(0)} MB, fleet ${mb(rss.fleet).toFixed(0)} MB; at the end ${mb(rss.end).toFixed(0)} MB`,
     `    memory at its peaks: idle ${renderPeaks(m.memory.startup)}; single runs ${renderPeaks(m.memory.single)}; fleet ${renderPeaks(m.memory.fleet)}`,

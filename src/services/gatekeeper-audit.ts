@@ -7,7 +7,7 @@ import { Collections } from '../cluster/changes.js';
 import type { Kube } from '../cluster/kube.js';
 import { GatekeeperConstraintGroup } from '../core/policy.js';
 import { progress, throwIfCancelled, unlessCancelled } from './step.js';
-import { cadenceOf, withCadence, type WaitMode } from './workloads.js';
+import { cadenceOf, WatchFallbackMs, withCadence, type WaitMode } from './workloads.js';
 
 /** Dependencies of {@link GatekeeperAudit}. */
 export interface GatekeeperAuditDeps {
@@ -15,11 +15,14 @@ export interface GatekeeperAuditDeps {
   log?: (message: string) => void;
   /** API group of the constraints. @default "constraints.gatekeeper.sh" */
   constraintGroup?: string;
-  /**
-   * How often the constraints' audit status is read while waiting: every poll, or at least this
-   * often besides the watch. @default 1000
-   */
+  /** How often the constraints' audit status is read while polling. @default 1000 */
   pollMs?: number;
+  /**
+   * How often it is read anyway while watching: a missed event costs at most this. A pass takes
+   * up to an audit interval (60 s by default), so most looks are the watch's.
+   * @default WatchFallbackMs (5 s)
+   */
+  fallbackMs?: number;
   /** Whether the wait watches the constraints or only polls them. @default "watch" */
   waits?: WaitMode;
 }
@@ -83,6 +86,7 @@ export class GatekeeperAudit {
   private readonly group: string;
   private readonly pollMs: number;
   private readonly waits: WaitMode;
+  private readonly fallbackMs: number;
 
   constructor(deps: GatekeeperAuditDeps) {
     this.kube = deps.kube;
@@ -90,6 +94,7 @@ export class GatekeeperAudit {
     this.group = deps.constraintGroup ?? GatekeeperConstraintGroup;
     this.pollMs = deps.pollMs ?? 1000;
     this.waits = deps.waits ?? 'watch';
+    this.fallbackMs = deps.fallbackMs ?? WatchFallbackMs;
   }
 
   /**
@@ -104,7 +109,7 @@ export class GatekeeperAudit {
       path: Collections.clusterCustom(kind),
     }));
     return withCadence(
-      cadenceOf(this.kube, this.waits, this.pollMs, collections, this.pollMs),
+      cadenceOf(this.kube, this.waits, this.pollMs, collections, this.fallbackMs),
       (sleep, everyMs) => this.awaitPass(input, started, sleep, everyMs),
     );
   }

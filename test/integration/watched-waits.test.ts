@@ -32,7 +32,7 @@ afterAll(async () => {
 describe("the wait for Gatekeeper's audit", () => {
   it('is woken by the pass Gatekeeper writes into the constraints, not by its fallback look', async () => {
     // The bed audits every 5 s; without the watch this wait would look once, then at its deadline.
-    const audit = new GatekeeperAudit({ kube, pollMs: 120_000 });
+    const audit = new GatekeeperAudit({ kube, fallbackMs: 120_000 });
     const found = await audit.auditNamespace({
       namespace,
       since: new Date().toISOString(),
