@@ -1,6 +1,7 @@
 /**
  * Process helpers for the test bed: free ports, detached services recorded by PID, and
- * stopping exactly those PIDs (never by process name).
+ * stopping exactly those PIDs (never by process name; what a lost record no longer names, by the
+ * bed's own folder in its command line).
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';

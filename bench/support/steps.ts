@@ -13,28 +13,12 @@ const ms = (t: { seconds?: unknown; nanos?: number | null } | null | undefined) 
 /** Seconds per step type (in first-run order), the run's total, and the time outside any step. */
 export function stepTimes(history: History): { steps: [string, number][]; total: number; outside: number } {
   const events = history.events ?? [];
-  const scheduled = new Map<string, { type: string; at: number }>();
   const byType = new Map<string, number>();
   const intervals: [number, number][] = [];
-  for (const e of events) {
-    const at = ms(e.eventTime);
-    if (e.activityTaskScheduledEventAttributes) {
-      scheduled.set(String(e.eventId), {
-        type: e.activityTaskScheduledEventAttributes.activityType?.name ?? '?',
-        at,
-      });
-      continue;
-    }
-    const closed =
-      e.activityTaskCompletedEventAttributes ??
-      e.activityTaskFailedEventAttributes ??
-      e.activityTaskTimedOutEventAttributes ??
-      e.activityTaskCanceledEventAttributes;
-    if (!closed) continue;
-    const s = scheduled.get(String(closed.scheduledEventId));
-    if (!s) continue;
-    byType.set(s.type, (byType.get(s.type) ?? 0) + (at - s.at) / 1000);
-    intervals.push([s.at, at]);
+  for (const span of stepTimeline(history)) {
+    if (Number.isNaN(span.to)) continue;
+    byType.set(span.type, (byType.get(span.type) ?? 0) + (span.to - span.from));
+    intervals.push([span.from * 1000, span.to * 1000]);
   }
   const start = ms(events[0]?.eventTime);
   const end = ms(events.at(-1)?.eventTime);
