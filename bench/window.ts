@@ -232,9 +232,10 @@ function differences(before: unknown, after: unknown, path = ''): string[] {
   if (JSON.stringify(before) === JSON.stringify(after)) return [];
   const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null;
   if (isObject(before) && isObject(after) && Array.isArray(before) === Array.isArray(after)) {
+    // Key by key: the same fields in another order (constraint kinds listed in another order)
+    // are the same policy.
     const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort();
-    const diffs = keys.flatMap((k) => differences(before[k], after[k], `${path}/${k}`));
-    if (diffs.length) return diffs;
+    return keys.flatMap((k) => differences(before[k], after[k], `${path}/${k}`));
   }
   return [`${path || '/'}: ${JSON.stringify(before)} → ${JSON.stringify(after)}`];
 }
