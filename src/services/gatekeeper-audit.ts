@@ -4,7 +4,7 @@
  * it found into each constraint's status; only a pass that started after `since` counts.
  */
 import { Collections } from '../cluster/changes.js';
-import type { Kube } from '../cluster/kube.js';
+import type { CustomResourceKind, Kube } from '../cluster/kube.js';
 import { GatekeeperConstraintGroup } from '../core/policy.js';
 import { progress, throwIfCancelled, unlessCancelled } from './step.js';
 import { cadenceOf, WatchFallbackMs, withCadence, type WaitMode } from './workloads.js';
@@ -105,28 +105,32 @@ export class GatekeeperAudit {
     const started = Date.now();
     // Gatekeeper writes each pass into every constraint's status: a watch on the constraint
     // kinds wakes the wait at that write instead of at the next poll.
-    const collections = (await unlessCancelled(this.kube.kindsOfGroup(this.group))).map((kind) => ({
-      path: Collections.clusterCustom(kind),
-    }));
+    const kinds = await unlessCancelled(this.kube.kindsOfGroup(this.group));
+    const collections = kinds.map((kind) => ({ path: Collections.clusterCustom(kind) }));
     return withCadence(
       cadenceOf(this.kube, this.waits, this.pollMs, collections, this.fallbackMs),
-      (sleep, everyMs) => this.awaitPass(input, started, sleep, everyMs),
+      (sleep, everyMs) => this.awaitPass(input, started, kinds, sleep, everyMs),
     );
   }
 
-  /** The wait of {@link auditNamespace}, looking again after `sleep(everyMs)`. */
+  /**
+   * The wait of {@link auditNamespace}, looking again after `sleep(everyMs)`; its first look
+   * reads the constraints of the kinds just discovered.
+   */
   private async awaitPass(
     input: AuditInput,
     started: number,
+    discovered: CustomResourceKind[],
     sleep: (ms: number) => Promise<void>,
     everyMs: number,
   ): Promise<NamespaceAudit> {
     const since = Date.parse(input.since);
     const deadline = started + input.timeoutSeconds * 1000;
+    let kinds = discovered;
     for (;;) {
       throwIfCancelled();
       const constraints: ConstraintAudit[] = [];
-      for (const kind of await unlessCancelled(this.kube.kindsOfGroup(this.group))) {
+      for (const kind of kinds) {
         for (const c of await unlessCancelled(this.kube.listClusterObjects<AuditedConstraint>(kind))) {
           const at = c.status?.auditTimestamp;
           const fresh = at !== undefined && Date.parse(at) >= since;
@@ -170,6 +174,8 @@ export class GatekeeperAudit {
       }
       progress({ awaitingAudit: pending.map((c) => c.constraint).join(', ') });
       await sleep(Math.max(1, Math.min(everyMs, deadline - Date.now())));
+      // A constraint template added meanwhile brings a kind of its own.
+      kinds = await unlessCancelled(this.kube.kindsOfGroup(this.group));
     }
   }
 }
