@@ -111,8 +111,10 @@ export function watchChanges(kubeConfig: KubeConfig, collections: WatchedCollect
         return later(() => follow(c, undefined, 0), 0);
       }
       if (status === 401 || status === 403) {
-        // Not allowed to watch: the wait still looks at its fallback interval.
+        // Not allowed to watch: wake the wait, which already sleeps towards its fallback look
+        // (the refusal comes after its first look), so that it polls from now on.
         counts.refused++;
+        noteChange();
         return;
       }
       if (err) {

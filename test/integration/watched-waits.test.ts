@@ -3,7 +3,7 @@
  * its fallback look, and the services' waits end as they did when polling. (A watch resumed past
  * an API server restart: test/fault/watch-resume.test.ts.)
  */
-import { AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Collections, type ChangeFeed } from '../../src/cluster/changes.js';
 import { Kube } from '../../src/cluster/kube.js';
@@ -18,6 +18,16 @@ const kc = kubeConfig();
 const core = kc.makeApiClient(CoreV1Api);
 const apps = kc.makeApiClient(AppsV1Api);
 const kube = new Kube(kc);
+/** The bed's API server as a user no role binds: every watch it asks for is refused (403). */
+const nobody = (() => {
+  const as = new KubeConfig();
+  as.loadFromString(kc.exportConfig());
+  const user = as.getCurrentUser()!;
+  as.users = as.users.map((u) =>
+    u.name === user.name ? { ...u, impersonateUser: 'runas-migrate-test-nobody' } : u,
+  );
+  return new Kube(as);
+})();
 const namespace = uniqueName('watched');
 let cleanup: () => Promise<void>;
 
@@ -105,5 +115,24 @@ describe('a watched wait', () => {
     // One watch on the pods, and a handful of looks where a 500 ms poll would have made one per poll.
     expect(kube.counts.watches - before.watches).toBe(1);
     expect(kube.counts.reads - before.reads).toBeLessThanOrEqual(8);
+  });
+});
+
+describe('a wait the API server will not let watch', () => {
+  it('is woken by the refusal and polls from then on, instead of sleeping until its fallback look', async () => {
+    // The wait asks for its first sleep before the 403 comes back: only a wake at the refusal
+    // keeps a worker whose role lacks `watch` from sleeping its whole fallback on every wait.
+    const feed = nobody.watchChanges([{ path: Collections.pods(namespace) }]);
+    try {
+      const slept = await Promise.race([
+        feed.changeOrTimeout(120_000).then(() => 'woken' as const),
+        new Promise<'slept'>((r) => setTimeout(() => r('slept'), 30_000)),
+      ]);
+      expect(slept).toBe('woken');
+      expect(feed.counts.refused).toBe(1);
+      expect(feed.counts.watches).toBe(1);
+    } finally {
+      feed.close();
+    }
   });
 });

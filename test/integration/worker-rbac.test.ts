@@ -14,6 +14,7 @@ import {
   AppsV1Api,
   BatchV1Api,
   CoreV1Api,
+  CustomObjectsApi,
   KubeConfig,
   KubernetesObjectApi,
   PatchStrategy,
@@ -25,7 +26,7 @@ import {
 } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { PodSecurityLabel, RelaxationAnnotation } from '../../src/core/policy.js';
+import { GatekeeperConstraintGroup, PodSecurityLabel, RelaxationAnnotation } from '../../src/core/policy.js';
 import { queryStatus, startRun } from '../../src/app/runs.js';
 import { sweeperScheduleId } from '../../src/app/worker.js';
 import { hostRunnerRun } from '../../testbed/fixture.js';
@@ -59,9 +60,14 @@ const manifest = parseAllDocuments(
  * target's Role and RoleBinding once per target, its name in `resourceNames` replaced by all of
  * them, and every RBAC name suffixed (the ClusterRole, its binding and the Role in `default` are
  * shared with other test files). The Deployment is left out: the test's worker runs here, with
- * the ServiceAccount's token.
+ * the ServiceAccount's token. `rule` edits each rule, as an operator's review might.
  */
-function manifestFor(workerNamespace: string, targets: readonly string[], suffix: string): ManifestObject[] {
+function manifestFor(
+  workerNamespace: string,
+  targets: readonly string[],
+  suffix: string,
+  rule: (r: V1PolicyRule) => V1PolicyRule = (r) => r,
+): ManifestObject[] {
   const ns = (n: string | undefined) => (n === Shipped.workerNamespace ? workerNamespace : n);
   return manifest.flatMap((doc): ManifestObject[] => {
     if (doc.kind === 'Deployment') return [];
@@ -71,6 +77,7 @@ function manifestFor(workerNamespace: string, targets: readonly string[], suffix
     if (RbacKinds.has(o.kind!)) o.metadata.name += suffix;
     if (o.roleRef) o.roleRef.name += suffix;
     for (const s of o.subjects ?? []) s.namespace = ns(s.namespace);
+    if (o.rules) o.rules = o.rules.map(rule);
     for (const r of o.rules ?? []) {
       if (r.resourceNames)
         r.resourceNames = r.resourceNames.flatMap((n) => (n === Shipped.target ? [...targets] : [n]));
@@ -95,11 +102,11 @@ let tokenKubeconfig: string;
 let worker: TestWorker;
 
 /** A kubeconfig file holding only a bearer token of the shipped ServiceAccount. */
-async function serviceAccountKubeconfig(): Promise<string> {
+async function serviceAccountKubeconfig(namespace = workerNamespace): Promise<string> {
   const sa = manifest.find((o) => o.kind === 'ServiceAccount')!;
   const token = await core.createNamespacedServiceAccountToken({
     name: sa.metadata.name,
-    namespace: workerNamespace,
+    namespace,
     body: { spec: { audiences: [], expirationSeconds: 3600 } },
   });
   const cluster = kc.getCurrentCluster()!;
@@ -110,7 +117,7 @@ async function serviceAccountKubeconfig(): Promise<string> {
     contexts: [{ name: sa.metadata.name, cluster: cluster.name, user: sa.metadata.name }],
     currentContext: sa.metadata.name,
   });
-  const file = join(scratch, 'kubeconfig');
+  const file = join(scratch, `kubeconfig-${namespace}`);
   writeFileSync(file, limited.exportConfig(), { mode: 0o600 });
   return file;
 }
@@ -272,6 +279,78 @@ describe('the shipped worker, with only its ServiceAccount token', () => {
       expect(r.stdout).not.toContain('ALARM');
       expect(await policies(restored)).toEqual(before);
       expect(await protectedRecord(kc, restored, workerNamespace)).toBeUndefined();
+    },
+  );
+});
+
+describe('the shipped worker after an RBAC review took out every `watch`', () => {
+  const noWatchNamespace = uniqueName('runas-migrate-nowatch');
+  const target = uniqueName('rbac-nowatch');
+  const noWatchQueue = uniqueName('worker-nowatch');
+  const noWatchSuffix = `-${uniqueName('nowatch').slice('nowatch-'.length)}`;
+  const granted: ManifestObject[] = [];
+  let noWatchKubeconfig: string;
+  let noWatchWorker: TestWorker | undefined;
+  const withoutWatch = (r: V1PolicyRule): V1PolicyRule => ({
+    ...r,
+    verbs: r.verbs.filter((v) => v !== 'watch'),
+  });
+
+  beforeAll(async () => {
+    await readyFixture(kc, target, bed().pvRoot, 5);
+    for (const o of manifestFor(noWatchNamespace, [target], noWatchSuffix, withoutWatch)) {
+      await objects.create(o);
+      granted.push(o);
+    }
+    noWatchKubeconfig = await serviceAccountKubeconfig(noWatchNamespace);
+    noWatchWorker = await startTestWorker(noWatchQueue, {
+      kubeconfig: noWatchKubeconfig,
+      recordsNamespace: noWatchNamespace,
+      waits: 'watch',
+    });
+  });
+
+  afterAll(async () => {
+    await noWatchWorker?.stop();
+    for (const o of granted.reverse()) await objects.delete(o).catch(() => undefined);
+    await removeFixtures(kc, [target]);
+  });
+
+  it(
+    'is refused the watches its waits ask for, and completes a migration polling: audit clean, the policies as before',
+    { timeout: 180_000 },
+    async () => {
+      const before = await policies(target);
+      const { handle } = await startRun(noWatchWorker!.w.client, hostRunnerRun(target), {
+        taskQueue: noWatchQueue,
+      });
+      const report = (await handle.result()) as MigrationReport;
+
+      expect(report.endState).toBe('completed');
+      expect(report.windows).toHaveLength(1);
+      expect(report.gatekeeperAudit?.state).toBe('clean');
+      expect(await policies(target)).toEqual(before);
+      expect(await protectedRecord(kc, target, noWatchNamespace)).toBeUndefined();
+      expect(new Set(Object.values(ownersOnDisk(bed().pvRoot, target)))).toEqual(new Set(['5000:5000']));
+
+      // What the run waited on, its worker could not watch: the waits polled.
+      const as = new KubeConfig();
+      as.loadFromFile(noWatchKubeconfig);
+      const [kind] = report.gatekeeperAudit!.constraints[0]!.constraint.split('/');
+      const watchOnce = { watch: true, timeoutSeconds: 1 };
+      expect(
+        await statusOf(as.makeApiClient(CoreV1Api).listNamespacedPod({ namespace: target, ...watchOnce })),
+      ).toBe(403);
+      expect(
+        await statusOf(
+          as.makeApiClient(CustomObjectsApi).listClusterCustomObject({
+            group: GatekeeperConstraintGroup,
+            version: 'v1beta1',
+            plural: kind!.toLowerCase(),
+            ...watchOnce,
+          }),
+        ),
+      ).toBe(403);
     },
   );
 });

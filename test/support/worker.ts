@@ -28,7 +28,7 @@ export async function startTestWorker(
   taskQueue: string,
   extra: Pick<
     WorkerOptions,
-    'interceptors' | 'kubeconfig' | 'recordsNamespace' | 'guardrailsFile' | 'helm'
+    'interceptors' | 'kubeconfig' | 'recordsNamespace' | 'guardrailsFile' | 'helm' | 'waits'
   > = {},
 ): Promise<TestWorker> {
   const w = await createWorker({
