@@ -231,6 +231,16 @@ export const MigrationInputSchema = z
           .strict()
           .default({}),
         timeout: duration('verify.timeout').default('30m'),
+        /**
+         * How many checks run at once over all replicas (each an exec stream through the API
+         * server), so a StatefulSet of many replicas does not open replicas × checks of them.
+         */
+        checksAtOnce: z
+          .number({ message: 'must be a whole number of checks, e.g. 8' })
+          .int('must be a whole number of checks, e.g. 8')
+          .min(1, 'must be at least 1 (1: one check after another)')
+          .max(64, 'must be at most 64: more exec streams at once only load the API server')
+          .default(8),
         /** Read Gatekeeper's audit of the namespace once the policies are back (the seed's last check). */
         audit: z.boolean().default(true),
         /** How long to wait for an audit pass that started after the Jobs were gone. */
@@ -241,6 +251,7 @@ export const MigrationInputSchema = z
         checks: [...AllDatabaseChecks],
         commands: {},
         timeout: '30m',
+        checksAtOnce: 8,
         audit: true,
         auditTimeout: '3m',
       }),

@@ -31,6 +31,8 @@ export interface DatabaseCheckSettings {
   database: string;
   /** Commands that replace the default of a check, for images without psql or pg_amcheck. */
   commands: { sql?: string[]; deep?: string[] };
+  /** How many checks run at once over all replicas; 8 when absent (a run from before it). */
+  checksAtOnce?: number;
 }
 
 /** One check's result on one replica: the evidence the report keeps. */

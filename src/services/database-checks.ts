@@ -5,6 +5,7 @@
  * Log API, so it works on any cluster the worker can reach.
  */
 import type { V1Pod } from '@kubernetes/client-node';
+import pLimit from 'p-limit';
 import type { ExecResult, Kube } from '../cluster/kube.js';
 import { parseDuration } from '../core/input.js';
 import {
@@ -20,6 +21,9 @@ import {
 } from '../core/verification.js';
 import { allSettledInOrder, currentStep, progress, throwIfCancelled, unlessCancelled } from './step.js';
 import { selectorOf } from './statefulsets.js';
+
+/** How many checks run at once over all replicas when the settings do not say (`verify.checksAtOnce`). */
+export const ChecksAtOnce = 8;
 
 /** What {@link DatabaseChecks} needs. */
 export interface DatabaseChecksDeps {
@@ -52,9 +56,9 @@ export class DatabaseChecks {
   }
 
   /**
-   * Runs every check the settings name on every replica, all side by side; one result per
-   * check and replica, by replica in the settings' order (a failed check does not stop the
-   * others: the report shows them all).
+   * Runs every check the settings name on every replica, side by side (`checksAtOnce` at a
+   * time); one result per check and replica, by replica in the settings' order (a failed check
+   * does not stop the others: the report shows them all).
    */
   async checkDatabases(input: DatabaseChecksInput): Promise<CheckResult[]> {
     const replicas: { pod: V1Pod; container: string; mountPaths: string[] }[] = [];
@@ -68,20 +72,24 @@ export class DatabaseChecks {
     let done = 0;
     // Every replica and every check side by side: they only read, each replica is its own
     // server, and the slowest (deep) alone is the step's time instead of the sum of one
-    // replica's. Each group settles whole before it throws, so no check is left running.
+    // replica's; at most `checksAtOnce` of them (exec streams) at a time. Each group settles
+    // whole before it throws, so no check is left running.
+    const limit = pLimit(input.settings.checksAtOnce ?? ChecksAtOnce);
     const perReplica = await allSettledInOrder(
       replicas.map(({ pod, container, mountPaths }) =>
         allSettledInOrder(
-          input.settings.checks.map(async (check): Promise<CheckResult> => {
-            throwIfCancelled();
-            const started = Date.now();
-            const result = await this.run(check, pod, container, mountPaths, input);
-            progress({ checked: ++done, of: replicas.length * input.settings.checks.length });
-            this.log(
-              `${pod.metadata!.name} ${check}: ${result.skipped ? 'skipped' : result.ok ? 'ok' : 'FAILED'}`,
-            );
-            return { pod: pod.metadata!.name!, check, ...result, ms: Date.now() - started };
-          }),
+          input.settings.checks.map((check) =>
+            limit(async (): Promise<CheckResult> => {
+              throwIfCancelled();
+              const started = Date.now();
+              const result = await this.run(check, pod, container, mountPaths, input);
+              progress({ checked: ++done, of: replicas.length * input.settings.checks.length });
+              this.log(
+                `${pod.metadata!.name} ${check}: ${result.skipped ? 'skipped' : result.ok ? 'ok' : 'FAILED'}`,
+              );
+              return { pod: pod.metadata!.name!, check, ...result, ms: Date.now() - started };
+            }),
+          ),
         ),
       ),
     );

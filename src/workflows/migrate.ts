@@ -549,6 +549,7 @@ export class Migration {
           user: input.verify.user ?? connection.user,
           database: input.verify.database ?? connection.database,
           commands: input.verify.commands,
+          checksAtOnce: input.verify.checksAtOnce,
         },
         timeout: input.verify.timeout,
       },

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queryStatus, startRun } from '../../src/app/runs.js';
 import { Kube } from '../../src/cluster/kube.js';
 import { FailureType } from '../../src/core/failures.js';
-import { abortSignal } from '../../src/workflows/messages.js';
+import { abortSignal, type MigrationReport } from '../../src/workflows/messages.js';
 import { waitFor } from '../../testbed/process.js';
 import { hostRunnerRun, pvDirectory } from '../../testbed/fixture.js';
 import { bed, kubeConfig, uniqueName } from '../support/bed.js';
@@ -96,6 +96,46 @@ describe('verification on real PostgreSQL', () => {
       const status = await queryStatus(worker.w.client, namespace);
       expect(status.endState).toBe('rolled-forward');
       expect(status.policies.state).toBe('restored');
+    },
+  );
+
+  it(
+    'runs at most verify.checksAtOnce checks at a time over all replicas, and every check of every replica',
+    { timeout: 180_000 },
+    async () => {
+      // Each check a real process in a database container on this host, long enough to be seen.
+      const check = ['sleep', '1.517'];
+      const seen = new Set<number>();
+      let peak = 0;
+      const sample = setInterval(() => {
+        const running = processesRunning(check);
+        peak = Math.max(peak, running.length);
+        for (const pid of running) seen.add(pid);
+      }, 50);
+      try {
+        const { handle } = await startRun(
+          worker.w.client,
+          {
+            ...hostRunnerRun(namespace),
+            uid: 7000,
+            gid: 7000,
+            verify: { checks: ['sql', 'deep'], commands: { sql: check, deep: check }, checksAtOnce: 2 },
+          },
+          { taskQueue },
+        );
+        const report = (await handle.result()) as MigrationReport;
+        expect(report.endState).toBe('completed');
+        expect(report.databaseChecks.map((c) => [c.pod, c.check, c.ok])).toEqual(
+          ['pgplatform-0', 'timescale-0', 'timescale-1'].flatMap((pod) => [
+            [pod, 'sql', true],
+            [pod, 'deep', true],
+          ]),
+        );
+      } finally {
+        clearInterval(sample);
+      }
+      expect(seen.size).toBe(6);
+      expect(peak).toBe(2);
     },
   );
 });

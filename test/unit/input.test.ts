@@ -43,6 +43,7 @@ describe('parseMigrationInput', () => {
         checks: ['ownership', 'identity', 'sql', 'logs', 'deep'],
         commands: {},
         timeout: '30m',
+        checksAtOnce: 8,
         audit: true,
         auditTimeout: '3m',
       },
@@ -162,6 +163,21 @@ describe('parseMigrationInput', () => {
       /verify\.commands\.sql: must be a command/,
     ],
     ['an unknown command', { ...ok, verify: { commands: { vacuum: ['x'] } } }, /unknown field\(s\) vacuum/],
+    [
+      'checks at once 0',
+      { ...ok, verify: { checksAtOnce: 0 } },
+      /verify\.checksAtOnce: must be at least 1/,
+    ],
+    [
+      'checks at once not whole',
+      { ...ok, verify: { checksAtOnce: 2.5 } },
+      /verify\.checksAtOnce: must be a whole number of checks/,
+    ],
+    [
+      'checks at once too many',
+      { ...ok, verify: { checksAtOnce: 500 } },
+      /verify\.checksAtOnce: must be at most 64/,
+    ],
     [
       'bad verify timeout',
       { ...ok, verify: { timeout: 'soon' } },
