@@ -1,12 +1,14 @@
 /**
  * The seed's last check (`kubectl get constraints -A`): once the policies are back, Gatekeeper's
  * audit shows no violation in the namespace. Gatekeeper audits on an interval and writes what
- * it found into each constraint's status; only a pass that started after `since` counts.
+ * it found into each constraint's status; only a pass that started after the new database pods
+ * existed (by the cluster's clock) counts.
  */
 import { Collections } from '../cluster/changes.js';
 import type { CustomResourceKind, Kube } from '../cluster/kube.js';
 import { GatekeeperConstraintGroup } from '../core/policy.js';
 import { progress, throwIfCancelled, unlessCancelled } from './step.js';
+import { selectorOf } from './statefulsets.js';
 import { cadenceOf, WatchFallbackMs, withCadence, type WaitMode } from './workloads.js';
 
 /** Dependencies of {@link GatekeeperAudit}. */
@@ -30,8 +32,16 @@ export interface GatekeeperAuditDeps {
 /** Input of {@link GatekeeperAudit.auditNamespace}. */
 export interface AuditInput {
   namespace: string;
-  /** Only an audit pass that started at or after this instant counts (ISO 8601). */
+  /**
+   * Only an audit pass that started at or after this instant counts (ISO 8601), by the run's
+   * clock; used when `databases` have no pods to go by.
+   */
   since: string;
+  /**
+   * The StatefulSets just scaled up: only a pass that started after their newest pod was
+   * created counts, by the cluster's clock (`creationTimestamp`), whatever the run's clock says.
+   */
+  databases?: string[];
   /** How long to wait for such a pass, in seconds. */
   timeoutSeconds: number;
 }
@@ -67,6 +77,11 @@ export interface NamespaceAudit {
    */
   state: 'clean' | 'violations' | 'not-audited' | 'no-constraints';
   constraints: ConstraintAudit[];
+  /**
+   * The instant a pass had to start at or after to count (ISO 8601): a second past the newest
+   * database pod's creation, or `since` when there was none.
+   */
+  countedFrom?: string;
   waitedMs: number;
 }
 
@@ -105,12 +120,37 @@ export class GatekeeperAudit {
     const started = Date.now();
     // Gatekeeper writes each pass into every constraint's status: a watch on the constraint
     // kinds wakes the wait at that write instead of at the next poll.
-    const kinds = await unlessCancelled(this.kube.kindsOfGroup(this.group));
+    const [kinds, countedFrom] = await unlessCancelled(
+      Promise.all([this.kube.kindsOfGroup(this.group), this.countedFrom(input)]),
+    );
     const collections = kinds.map((kind) => ({ path: Collections.clusterCustom(kind) }));
     return withCadence(
       cadenceOf(this.kube, this.waits, this.pollMs, collections, this.fallbackMs),
-      (sleep, everyMs) => this.awaitPass(input, started, kinds, sleep, everyMs),
+      (sleep, everyMs) => this.awaitPass({ ...input, since: countedFrom }, started, kinds, sleep, everyMs),
     );
+  }
+
+  /**
+   * Where counting starts: a second past the newest pod of `databases` by the cluster's clock
+   * (Gatekeeper stamps its passes by a clock in the cluster, in whole seconds, so a pass stamped
+   * in the pod's own second may have started before it), else the run's `since`. The run's clock
+   * is Temporal's: behind the cluster it would count a pass that never saw the new pods, ahead
+   * it would wait for a pass the cluster has not reached.
+   */
+  private async countedFrom(input: AuditInput): Promise<string> {
+    const created = (
+      await Promise.all(
+        (input.databases ?? []).map(async (name) => {
+          const sts = await this.kube.readStatefulSet(input.namespace, name);
+          return this.kube.listPods(input.namespace, selectorOf(sts));
+        }),
+      )
+    )
+      .flat()
+      .flatMap((p) =>
+        p.metadata?.creationTimestamp ? [new Date(p.metadata.creationTimestamp).getTime()] : [],
+      );
+    return created.length > 0 ? new Date(Math.max(...created) + 1000).toISOString() : input.since;
   }
 
   /**
@@ -167,6 +207,7 @@ export class GatekeeperAudit {
                   ? 'not-audited'
                   : 'clean',
           constraints,
+          countedFrom: input.since,
           waitedMs: Date.now() - started,
         };
         this.log(`Gatekeeper audit of ${input.namespace}: ${result.state} after ${result.waitedMs} ms`);

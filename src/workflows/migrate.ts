@@ -571,7 +571,12 @@ export class Migration {
     const audit = await act(
       this.stubs.steps.auditNamespace,
       `read Gatekeeper's audit of ${namespace}`,
-      { namespace, since: nowIso(), timeoutSeconds: this.ms(input.verify.auditTimeout) / 1000 },
+      {
+        namespace,
+        since: nowIso(),
+        databases: plan.databases.map((d) => d.statefulSet),
+        timeoutSeconds: this.ms(input.verify.auditTimeout) / 1000,
+      },
       { startToCloseTimeout: this.ms(input.verify.auditTimeout) + Wait.margin },
     );
     state.status.gatekeeperAudit = audit;
