@@ -236,6 +236,80 @@ describe('two runs interleaving', () => {
   });
 });
 
+/**
+ * One Kube per run, whose first patch of each constraint waits until every run has reached its
+ * own: all read the same version and patch at once, so the API server refuses all but one
+ * guarded patch (a failed JSON-Patch `test`) and the others read again. Counts the patches sent.
+ */
+function runsPatchingTogether(runs: number): { kubes: Kube[]; patches: () => number } {
+  const arrived = new Map<string, { count: number; all: Promise<void>; open: () => void }>();
+  let patches = 0;
+  const kubes = Array.from({ length: runs }, () => {
+    const gated = new Set<string>();
+    return new (class extends Kube {
+      override async jsonPatchClusterObject<T>(
+        ...args: Parameters<Kube['jsonPatchClusterObject']>
+      ): Promise<T> {
+        const name = args[1];
+        if (!gated.has(name)) {
+          gated.add(name);
+          let gate = arrived.get(name);
+          if (!gate) {
+            let open!: () => void;
+            const all = new Promise<void>((r) => (open = r));
+            arrived.set(name, (gate = { count: 0, all, open }));
+          }
+          if (++gate.count === runs) gate.open();
+          await gate.all;
+        }
+        patches++;
+        return super.jsonPatchClusterObject<T>(...args);
+      }
+    })(kc);
+  });
+  return { kubes, patches: () => patches };
+}
+
+describe('many runs at once', () => {
+  it('six runs relaxing and restoring the same constraints in the same instant leave them exactly as they were', async () => {
+    const runs = 6;
+    const names = await Promise.all(
+      Array.from({ length: runs }, () => namespace({ [PodSecurityLabel.Enforce]: 'restricted' })),
+    );
+    const before = await Promise.all(names.map((ns) => policyState(kc, ns)));
+    const ownerOf = (i: number) => (i % 2 ? owner : otherOwner);
+    const sorted = (a: string[] | undefined) => [...(a ?? [])].sort();
+
+    const relaxing = runsPatchingTogether(runs);
+    await Promise.all(
+      names.map((ns, i) => guard(relaxing.kubes[i]).relaxPolicies({ namespace: ns, owner: ownerOf(i) })),
+    );
+    expect(sorted(await excludedNamespaces('k8spspallowedusers', 'allowed-user-ranges'))).toEqual(
+      sorted(names),
+    );
+    expect(sorted(await excludedNamespaces('k8spspcapabilities', 'drop-all'))).toEqual(
+      expect.arrayContaining(sorted(names)),
+    );
+    // Two constraints, each patched once by every run and again by every run but the first.
+    expect(relaxing.patches()).toBeGreaterThanOrEqual(2 * (2 * runs - 1));
+
+    const restoring = runsPatchingTogether(runs);
+    const reports = await Promise.all(
+      names.map((ns, i) => guard(restoring.kubes[i]).restorePolicies({ namespace: ns, owner: ownerOf(i) })),
+    );
+    expect(reports.map((r) => [r.restored, r.alarms])).toEqual(names.map(() => [true, []]));
+    // What a run reports as changed by someone else is only the other runs' namespaces.
+    for (const [i, r] of reports.entries())
+      for (const change of r.keptForeignChanges)
+        expect(
+          names.filter((ns, k) => k !== i && change.includes(`: ${ns} was `)),
+          change,
+        ).toHaveLength(1);
+    expect(restoring.patches()).toBeGreaterThanOrEqual(2 * (2 * runs - 1));
+    expect(await Promise.all(names.map((ns) => policyState(kc, ns)))).toEqual(before);
+  });
+});
+
 describe('the window', () => {
   it('opens no later than its first relaxing write is seen, not after the last one', async () => {
     const ns = await namespace({ [PodSecurityLabel.Enforce]: 'restricted' });
