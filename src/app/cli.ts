@@ -118,6 +118,7 @@ function printRestore(r: RestoreReport): void {
     `  pod security enforce: ${r.podSecurity}`,
     ...r.constraints.map((c) => `  ${c.constraint}: ${c.result}`),
     ...r.keptForeignChanges.map((c) => `  kept (not ours): ${c}`),
+    ...(r.otherRuns ?? []).map((c) => `  kept (another run's window): ${c}`),
     ...alarms,
     `  ${r.apiCalls} API calls`,
   ];

@@ -210,6 +210,12 @@ export interface RestoreReport {
   /** Changes made by others during the window, kept as they are. */
   keptForeignChanges: string[];
   /**
+   * Namespaces other runas-migrate runs excluded from a constraint during the window, each
+   * backed by that run's protected record: kept as they are, and not counted as foreign, so a
+   * change no run made stands out in a fleet. Absent in reports from before it.
+   */
+  otherRuns?: string[];
+  /**
    * Tampering found: the annotation missing, changed or not backed by a protected record, the
    * protected record missing, corrupt or different from the run's copy. Each restore that
    * finds any also raises a Warning Event `RelaxationRecordTampered` on the Namespace.
@@ -310,6 +316,7 @@ const emptyReport = (namespace: string): RestoreReport => ({
   podSecurity: 'unchanged',
   constraints: [],
   keptForeignChanges: [],
+  otherRuns: [],
   alarms: [],
   refused: null,
   restoredAt: new Date().toISOString(),
@@ -1453,6 +1460,7 @@ export class PolicyGuard {
       if (now !== record.snapshot.podSecurity[key])
         report.keptForeignChanges.push(`${key} changed to ${now ?? '(removed)'} by someone else`);
     }
+    const added: { constraint: string; namespaces: string[] }[] = [];
     for (const [i, { c }] of readable.entries()) {
       const liveList = lists[i]!;
       if (liveList === 'gone') continue;
@@ -1468,15 +1476,42 @@ export class PolicyGuard {
           FailureType.RestoreNotVerified,
         );
       }
-      for (const x of othersAdded)
-        report.keptForeignChanges.push(
-          `${refName(c.ref)}: ${x} was added to excludedNamespaces by someone else`,
-        );
+      if (othersAdded.length > 0) added.push({ constraint: refName(c.ref), namespaces: othersAdded });
       for (const x of was.filter((y) => !now.includes(y))) {
         report.keptForeignChanges.push(
           `${refName(c.ref)}: ${x} was removed from excludedNamespaces by someone else`,
         );
       }
     }
+    if (added.length === 0) return;
+    const windows = await this.otherRunsWindows();
+    for (const { constraint, namespaces } of added) {
+      for (const x of namespaces) {
+        if (windows.get(x)?.has(constraint)) report.otherRuns?.push(`${constraint}: ${x}`);
+        else
+          report.keptForeignChanges.push(
+            `${constraint}: ${x} was added to excludedNamespaces by someone else`,
+          );
+      }
+    }
+  }
+
+  /**
+   * The constraints each relaxed namespace's protected record plans to exclude it from: what
+   * other runs' windows account for. A record that cannot be used accounts for nothing. An
+   * exclusion a run makes is always backed so: its record is written before it and deleted after
+   * it is taken back.
+   */
+  private async otherRunsWindows(): Promise<Map<string, Set<string>>> {
+    const windows = new Map<string, Set<string>>();
+    for (const cm of await this.kube.listConfigMaps(this.recordsNamespace, RecordSelector)) {
+      try {
+        const { record } = parseRecordConfigMap(cm, { constraintGroup: this.group });
+        windows.set(record.snapshot.namespace, new Set(record.plan.constraints.map((p) => refName(p.ref))));
+      } catch (err) {
+        if (!(err instanceof RelaxationRecordError)) throw err;
+      }
+    }
+    return windows;
   }
 }
