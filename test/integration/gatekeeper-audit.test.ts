@@ -72,36 +72,35 @@ afterAll(async () => {
   await cleanup();
 });
 
+/**
+ * Starts the database anew and audits it with the run's clock off by `offMs`: the audit must
+ * find the new pod's violations, from passes that all started after it existed.
+ */
+async function auditWithClockOff(offMs: number): Promise<{ found: NamespaceAudit; created: number }> {
+  await scaleTo(0);
+  const pods = await scaleTo(1);
+  const found = await audit.auditNamespace({
+    namespace,
+    since: new Date(Date.now() + offMs).toISOString(),
+    databases: [database],
+    timeoutSeconds: 60,
+  });
+  expect(found.state).toBe('violations');
+  expect(violatorsOf(found)).toEqual(pods.map((p) => p.metadata!.name));
+  // auditTimestamp has whole seconds: a pass in the pods' own second may have started before them.
+  for (const c of found.constraints)
+    expect(Date.parse(c.auditTimestamp!), c.constraint).toBeGreaterThan(newestCreation(pods));
+  return { found, created: newestCreation(pods) };
+}
+
 describe("Gatekeeper's audit, by the cluster's clock", () => {
   it("with the run's clock an hour behind, counts only passes that started after the new pods existed", async () => {
-    const pods = await scaleTo(1);
-    const found = await audit.auditNamespace({
-      namespace,
-      since: new Date(Date.now() - HourMs).toISOString(),
-      databases: [database],
-      timeoutSeconds: 60,
-    });
-    expect(found.state).toBe('violations');
-    expect(violatorsOf(found)).toEqual(pods.map((p) => p.metadata!.name));
-    // auditTimestamp has whole seconds: a pass in the pods' own second may have started before them.
-    for (const c of found.constraints)
-      expect(Date.parse(c.auditTimestamp!), c.constraint).toBeGreaterThan(newestCreation(pods));
-    expect(found.countedFrom).toBe(new Date(newestCreation(pods) + 1000).toISOString());
+    const { found, created } = await auditWithClockOff(-HourMs);
+    expect(found.countedFrom).toBe(new Date(created + 1000).toISOString());
   });
 
   it("with the run's clock an hour ahead, still ends with the next pass instead of not-audited", async () => {
-    await scaleTo(0);
-    const pods = await scaleTo(1);
-    const found = await audit.auditNamespace({
-      namespace,
-      since: new Date(Date.now() + HourMs).toISOString(),
-      databases: [database],
-      timeoutSeconds: 60,
-    });
-    expect(found.state).toBe('violations');
-    expect(violatorsOf(found)).toEqual(pods.map((p) => p.metadata!.name));
-    for (const c of found.constraints)
-      expect(Date.parse(c.auditTimestamp!), c.constraint).toBeGreaterThan(newestCreation(pods));
+    await auditWithClockOff(HourMs);
   });
 
   it("without database pods to go by, counts from the run's clock as before (and the pod gone, clean)", async () => {
