@@ -28,7 +28,14 @@ export async function startTestWorker(
   taskQueue: string,
   extra: Pick<
     WorkerOptions,
-    'interceptors' | 'kubeconfig' | 'recordsNamespace' | 'guardrailsFile' | 'helm' | 'waits'
+    | 'interceptors'
+    | 'kubeconfig'
+    | 'recordsNamespace'
+    | 'guardrailsFile'
+    | 'helm'
+    | 'waits'
+    | 'workflowBundlePath'
+    | 'stickyQueueScheduleToStartTimeout'
   > = {},
 ): Promise<TestWorker> {
   const w = await createWorker({
