@@ -123,6 +123,11 @@ export function planDatabase(
       `StatefulSet ${name}: container "${container}" mounts claim template "${expanded.name}" at ${expanded.mountPath} with subPathExpr "${expanded.subPathExpr}", which runas-migrate cannot resolve: leave it out with databases[].volumes and migrate it by hand`,
     );
   }
+  if (sts.spec?.persistentVolumeClaimRetentionPolicy?.whenScaled === 'Delete') {
+    throw new PlanningError(
+      `StatefulSet ${name} has persistentVolumeClaimRetentionPolicy.whenScaled: Delete: scaling it to 0 for the migration would delete the claims of every replica, and with a Delete reclaim policy their data; set whenScaled to Retain for the migration (kubectl patch statefulset ${name} -p '{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenScaled":"Retain"}}}')`,
+    );
+  }
   const annotated = Number(sts.metadata?.annotations?.[OriginalReplicasAnnotation]);
   const replicas = Number.isInteger(annotated) && annotated > 0 ? annotated : (sts.spec?.replicas ?? 1);
   // Every replica whose claims exist, including ordinals above the current replica count.
@@ -176,6 +181,33 @@ export function planDatabase(
     },
     jobs,
   };
+}
+
+/**
+ * Containers (init containers included) of a StatefulSet that set their own `runAsUser` or
+ * `runAsGroup`, other than the target's. A container's own value overrides the pod's, and
+ * `securityContext.apply: "patch"` changes only the pod's: such a container would go on running
+ * as the old IDs on files it no longer owns.
+ *
+ * @returns one line per container and field, naming the fix.
+ */
+export function containerIdProblems(sts: V1StatefulSet, uid: number, gid: number): string[] {
+  const spec = sts.spec?.template.spec;
+  const containers = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])];
+  return containers.flatMap((c) =>
+    (
+      [
+        ['runAsUser', c.securityContext?.runAsUser, uid],
+        ['runAsGroup', c.securityContext?.runAsGroup, gid],
+      ] as const
+    ).flatMap(([field, own, target]) =>
+      own !== undefined && own !== target
+        ? [
+            `StatefulSet ${sts.metadata?.name}: container "${c.name}" sets securityContext.${field} ${own} itself, which overrides the pod's, and securityContext.apply "patch" changes only the pod's: it would go on running as ${own}; change it in the chart and use apply "helm" or "external"`,
+          ]
+        : [],
+    ),
+  );
 }
 
 /** `parameters` of a K8sPSPAllowedUsers constraint (the Gatekeeper library's shape). */

@@ -8,6 +8,7 @@ import { FailureType } from '../core/failures.js';
 import type { MigrationInput } from '../core/input.js';
 import { buildOwnershipJob } from '../core/job.js';
 import {
+  containerIdProblems,
   PlanningError,
   planDatabase,
   preflight,
@@ -146,6 +147,9 @@ export class Planner {
         ...refused,
         ...admission.refusals,
         ...(asked?.unrelaxable ? [`${asked.unrelaxable}: nothing is changed`] : []),
+        ...(inp.securityContext.apply === 'patch'
+          ? statefulSets.flatMap((sts) => containerIdProblems(sts, inp.uid, inp.gid))
+          : []),
       ],
       databasePodsAdmission: admission.state,
       ...(asked

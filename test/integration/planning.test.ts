@@ -202,6 +202,31 @@ describe('planMigration on the test bed', () => {
     });
   }
 
+  it('refuses a StatefulSet whose claims a scale-down would delete (whenScaled: Delete): PlanningFailed, nothing changed', async () => {
+    const retention = (whenScaled: 'Delete' | 'Retain') =>
+      apps.patchNamespacedStatefulSet(
+        {
+          name: 'pgplatform',
+          namespace,
+          body: { spec: { persistentVolumeClaimRetentionPolicy: { whenScaled, whenDeleted: 'Retain' } } },
+        },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    await retention('Delete');
+    try {
+      const before = await local();
+      const f = await typedFailureOf(plan({ securityContext: { apply: 'patch' } }));
+      expect(f.type).toBe('PlanningFailed');
+      expect(f.retryable).toBe(false);
+      expect(f.message).toMatch(
+        /StatefulSet pgplatform has persistentVolumeClaimRetentionPolicy\.whenScaled: Delete: .*set whenScaled to Retain/,
+      );
+      expect(await local()).toEqual(before);
+    } finally {
+      await retention('Retain');
+    }
+  });
+
   it('names a replica whose claim is gone', async () => {
     // the claim can go only once no pod uses it
     await apps.patchNamespacedStatefulSet(

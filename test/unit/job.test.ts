@@ -15,7 +15,7 @@ import {
   type JobSummary,
   type JobTarget,
 } from '../../src/core/job.js';
-import { planDatabase, PlanningError, preflight } from '../../src/core/plan.js';
+import { containerIdProblems, planDatabase, PlanningError, preflight } from '../../src/core/plan.js';
 import type { RelaxationRecord } from '../../src/core/policy.js';
 import { identityOf, launchScript } from '../../testbed/host-runner/launch.js';
 import { makeTree } from '../support/tree.js';
@@ -277,6 +277,69 @@ describe('planDatabase', () => {
         claims(['data-timescale-0', 'wal-timescale-0', 'data-timescale-1']),
       ),
     ).toThrow(/replica 1 of StatefulSet timescale has no PersistentVolumeClaim wal-timescale-1/);
+  });
+
+  it('refuses a StatefulSet whose claims go with a scale-down (whenScaled: Delete), naming the fix', () => {
+    const deleting = {
+      ...sts,
+      spec: {
+        ...sts.spec!,
+        persistentVolumeClaimRetentionPolicy: { whenScaled: 'Delete', whenDeleted: 'Retain' },
+      },
+    };
+    expect(() => planDatabase(deleting, 'timescale', undefined, all)).toThrow(
+      /persistentVolumeClaimRetentionPolicy\.whenScaled: Delete: scaling it to 0 .* would delete the claims .*set whenScaled to Retain/,
+    );
+    const retaining = {
+      ...sts,
+      spec: {
+        ...sts.spec!,
+        persistentVolumeClaimRetentionPolicy: { whenScaled: 'Retain', whenDeleted: 'Delete' },
+      },
+    };
+    expect(planDatabase(retaining, 'timescale', undefined, all).jobs).toHaveLength(3);
+  });
+});
+
+describe('containerIdProblems', () => {
+  const withContainers = (init: object[], containers: object[]): V1StatefulSet => ({
+    metadata: { name: 'pg' },
+    spec: {
+      serviceName: 'pg',
+      selector: {},
+      template: {
+        spec: {
+          securityContext: { runAsUser: 1000, runAsGroup: 1000 },
+          initContainers: init as never,
+          containers: containers as never,
+        },
+      },
+    },
+  });
+
+  it("names each container, init containers too, whose own IDs would override the pod's new ones", () => {
+    const sts = withContainers(
+      [{ name: 'chown-data', securityContext: { runAsUser: 0 } }],
+      [
+        { name: 'postgres', securityContext: { runAsUser: 1001, runAsGroup: 5000 } },
+        { name: 'exporter', securityContext: { runAsGroup: 1001 } },
+      ],
+    );
+    expect(containerIdProblems(sts, 5000, 5000)).toEqual([
+      expect.stringMatching(
+        /^StatefulSet pg: container "chown-data" sets securityContext\.runAsUser 0 itself, .*use apply "helm" or "external"$/,
+      ),
+      expect.stringMatching(/container "postgres" sets securityContext\.runAsUser 1001 itself/),
+      expect.stringMatching(/container "exporter" sets securityContext\.runAsGroup 1001 itself/),
+    ]);
+  });
+
+  it('has nothing to say of containers that leave the IDs to the pod or already set the target', () => {
+    const sts = withContainers(
+      [],
+      [{ name: 'postgres' }, { name: 'x', securityContext: { runAsUser: 5000 } }],
+    );
+    expect(containerIdProblems(sts, 5000, 5000)).toEqual([]);
   });
 });
 
