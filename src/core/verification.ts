@@ -83,8 +83,26 @@ export function wrongOwners(statOutput: string, uid: number, gid: number): strin
 }
 
 const LogProblem = /\b(FATAL|PANIC)\b|Permission denied/;
-/** Messages PostgreSQL logs at FATAL in normal operation (a probe connecting while it starts or stops). */
-const LogRoutine = /the database system is (starting up|shutting down|not yet accepting connections)/;
+/**
+ * Messages PostgreSQL logs at FATAL in normal operation, about one connection and not the
+ * server: a client or probe connecting while it starts or stops, a client with wrong
+ * credentials or too many clients reconnecting at once after the restart, a standby that
+ * started before its primary. None says anything of the files the run changed.
+ */
+const LogRoutine = new RegExp(
+  [
+    'the database system is (starting up|shutting down|not yet accepting connections)',
+    'password authentication failed for user',
+    'no pg_hba\\.conf entry for',
+    'role ".*" does not exist',
+    'database ".*" does not exist',
+    'sorry, too many clients already',
+    'remaining connection slots are reserved',
+    'canceling authentication due to timeout',
+    'terminating connection due to administrator command',
+    'could not connect to the primary server',
+  ].join('|'),
+);
 
 /** The log lines that say the server is in trouble. */
 export function logProblems(log: string): string[] {

@@ -27,7 +27,7 @@ describe('the checks of a replica', () => {
     expect(wrongOwners('5000:5000 /a\n5000:5000 /b', 5000, 5000)).toEqual([]);
   });
 
-  it('finds FATAL, PANIC and "Permission denied" in the log, but not a probe that came too early', () => {
+  it('finds FATAL, PANIC and "Permission denied" in the log, but not one connection\'s routine trouble', () => {
     const log = [
       'LOG:  database system is ready to accept connections',
       'FATAL:  the database system is starting up',
@@ -35,11 +35,23 @@ describe('the checks of a replica', () => {
       'ERROR:  could not open file "base/16384/16385": Permission denied',
       'PANIC:  could not write to file "pg_wal/xlogtemp.42"',
       'LOG:  FATALISM is not a word here',
+      // One connection's trouble, not the server's: clients reconnecting after the restart.
+      '2026-12-03 13:00:01 UTC [42] app@itrs FATAL:  password authentication failed for user "app"',
+      'FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "app", database "itrs", no encryption',
+      'FATAL:  role "nagios" does not exist',
+      'FATAL:  database "itrs_old" does not exist',
+      'FATAL:  sorry, too many clients already',
+      'FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute',
+      'FATAL:  canceling authentication due to timeout',
+      'FATAL:  terminating connection due to administrator command',
+      'FATAL:  could not connect to the primary server: connection to server at "pg-0" failed: Connection refused',
+      'FATAL:  could not open file "global/pg_filenode.map": Permission denied',
     ].join('\n');
     expect(logProblems(log)).toEqual([
       'FATAL:  data directory "/var/lib/postgresql/data" has wrong ownership',
       'ERROR:  could not open file "base/16384/16385": Permission denied',
       'PANIC:  could not write to file "pg_wal/xlogtemp.42"',
+      'FATAL:  could not open file "global/pg_filenode.map": Permission denied',
     ]);
   });
 
