@@ -90,3 +90,18 @@ export function refusalOf(message: string): AdmissionRefusal {
   }
   return { by: 'other', message };
 }
+
+/**
+ * Whether a Job controller's `FailedCreate` says only that creating the pod failed this time,
+ * not that admission refused it: a conflict on a ResourceQuota (the Jobs' pods are created side
+ * by side), an API server too busy or timing out. The controller tries again by itself, so such
+ * an Event is no refusal. A webhook that cannot be called stays a refusal: with `failurePolicy:
+ * Fail` it refuses every pod until it is back, and waiting for it would keep the window open
+ * until `window.max`.
+ */
+export function isPassingCreateFailure(message: string): boolean {
+  if (/failed calling webhook/.test(message)) return false;
+  return /Operation cannot be fulfilled on resourcequotas|the object has been modified|Timeout: request did not complete|Too Many Requests|the server is currently unable|etcdserver: (request timed out|leader changed)/.test(
+    message,
+  );
+}

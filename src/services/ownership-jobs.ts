@@ -8,6 +8,7 @@ import type { V1Job } from '@kubernetes/client-node';
 import { isKubeError, type Kube } from '../cluster/kube.js';
 import { FailureType, TypedFailure } from '../core/failures.js';
 import type { MigrationInput } from '../core/input.js';
+import { isPassingCreateFailure } from '../core/admission.js';
 import {
   buildOwnershipJob,
   jobOwnership,
@@ -255,7 +256,10 @@ export class OwnershipJobs {
     const events = await this.kube.listEvents(input.namespace, 'involvedObject.kind=Job,reason=FailedCreate');
     const refused = input.jobs.flatMap((j) => {
       if (admitted.some((a) => a.job === j.name)) return [];
-      const e = events.find((ev) => ev.involvedObject.uid === j.uid);
+      // The controller retries a pod whose creation failed in passing: only a refusal counts.
+      const e = events.find(
+        (ev) => ev.involvedObject.uid === j.uid && !isPassingCreateFailure(ev.message ?? ''),
+      );
       return e ? [{ job: j.name, message: e.message ?? 'pod creation refused' }] : [];
     });
     return { admitted, refused };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { podOfJob, refusalOf } from '../../src/core/admission.js';
+import { isPassingCreateFailure, podOfJob, refusalOf } from '../../src/core/admission.js';
 import { parseMigrationInput } from '../../src/core/input.js';
 import { buildOwnershipJob, JobLabel } from '../../src/core/job.js';
 
@@ -36,6 +36,30 @@ describe('refusalOf: who refused a pod, from the API server message', () => {
         'Internal error occurred: failed calling webhook "validation.gatekeeper.sh": Post "https://127.0.0.1:1/v1/admit": connection refused',
       ).by,
     ).toBe('unavailable');
+  });
+});
+
+describe("isPassingCreateFailure: a Job controller's FailedCreate that is no refusal", () => {
+  const create = (why: string) => `Error creating: ${why}`;
+  it('passes over what the controller retries by itself', () => {
+    for (const why of [
+      'Operation cannot be fulfilled on resourcequotas "compute": the object has been modified; please apply your changes to the latest version and try again',
+      'Timeout: request did not complete within requested timeout - context deadline exceeded',
+      'the server is currently unable to handle the request',
+      'etcdserver: request timed out',
+    ])
+      expect(isPassingCreateFailure(create(why)), why).toBe(true);
+  });
+
+  it('counts an admission refusal, a quota the pod does not fit and a webhook that cannot be called as refused', () => {
+    for (const why of [
+      'Internal error occurred: failed calling webhook "validation.gatekeeper.sh": failed to call webhook: Post "https://gatekeeper-webhook-service.gatekeeper-system.svc:443/v1/admit?timeout=3s": context deadline exceeded',
+      'pods "fix-ownership-pgplatform-0-x" is forbidden: violates PodSecurity "baseline:latest": privileged',
+      'admission webhook "validation.gatekeeper.sh" denied the request: [drop-all] container <fix-ownership> is not dropping all required capabilities',
+      'pods "fix-ownership-pgplatform-0-x" is forbidden: exceeded quota: compute, requested: limits.cpu=1, used: limits.cpu=4, limited: limits.cpu=4',
+      "ValidatingAdmissionPolicy 'no-root' with binding 'no-root' denied request: root",
+    ])
+      expect(isPassingCreateFailure(create(why)), why).toBe(false);
   });
 });
 
