@@ -49,6 +49,12 @@ export interface JobTarget {
   statefulSet: string;
   ordinal: number;
   image: string;
+  /**
+   * How the database's pods pull that image: their pull secrets and ServiceAccount (whose own
+   * pull secrets the API server adds), so the Job pulls it where they do. Absent in plans from
+   * before them.
+   */
+  pull?: { imagePullSecrets: string[]; serviceAccountName?: string };
   volumes: VolumeMountPlan[];
 }
 
@@ -176,6 +182,11 @@ export function buildOwnershipJob(
         metadata: { labels, annotations: { ...input.job.podAnnotations, ...annotations } },
         spec: {
           restartPolicy: 'Never',
+          // The database's ServiceAccount only for its image pull secrets: no token is mounted.
+          ...(target.pull?.serviceAccountName ? { serviceAccountName: target.pull.serviceAccountName } : {}),
+          ...(target.pull?.imagePullSecrets.length
+            ? { imagePullSecrets: target.pull.imagePullSecrets.map((name) => ({ name })) }
+            : {}),
           automountServiceAccountToken: false,
           nodeSelector: { ...input.job.nodeSelector },
           tolerations: input.job.tolerations.map((t) => ({ ...t })),

@@ -163,6 +163,10 @@ export function planDatabase(
         statefulSet: name,
         ordinal,
         image: c.image ?? '',
+        pull: {
+          imagePullSecrets: (podSpec?.imagePullSecrets ?? []).flatMap((r) => (r.name ? [r.name] : [])),
+          ...(podSpec?.serviceAccountName ? { serviceAccountName: podSpec.serviceAccountName } : {}),
+        },
         volumes: vols,
       };
     });

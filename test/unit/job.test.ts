@@ -40,6 +40,20 @@ const target = (paths: string[]): JobTarget => ({
 });
 
 describe('buildOwnershipJob', () => {
+  it("pulls the image as the database's pods do (their pull secrets and ServiceAccount), with no token", () => {
+    const pulled = {
+      ...target(['/var/lib/postgresql']),
+      pull: { imagePullSecrets: ['itrs-registry'], serviceAccountName: 'timescale' },
+    };
+    const pod = buildOwnershipJob(input, pulled, owner, OwnershipScript).spec!.template.spec!;
+    expect(pod.imagePullSecrets).toEqual([{ name: 'itrs-registry' }]);
+    expect(pod.serviceAccountName).toBe('timescale');
+    expect(pod.automountServiceAccountToken).toBe(false);
+    const plain = buildOwnershipJob(input, target(['/var/lib/postgresql']), owner, OwnershipScript);
+    expect(plain.spec!.template.spec!.imagePullSecrets).toBeUndefined();
+    expect(plain.spec!.template.spec!.serviceAccountName).toBeUndefined();
+  });
+
   it("runs as root with only CHOWN, FOWNER and DAC_OVERRIDE, once, with the replica's volumes", () => {
     const job = buildOwnershipJob(
       input,
@@ -243,6 +257,17 @@ describe('planDatabase', () => {
       { volume: 'wal', claimName: 'wal-timescale-1', mountPath: '/var/lib/postgresql/wal' },
     ]);
     expect(plan.image).toBe('img:1');
+    expect(plan.jobs[0]?.pull).toEqual({ imagePullSecrets: [] });
+  });
+
+  it("takes the pods' image pull secrets and ServiceAccount for the Jobs", () => {
+    const pulling = structuredClone(sts);
+    pulling.spec!.template.spec!.imagePullSecrets = [{ name: 'itrs-registry' }];
+    pulling.spec!.template.spec!.serviceAccountName = 'timescale';
+    expect(planDatabase(pulling, 'timescale', undefined, all).jobs[2]?.pull).toEqual({
+      imagePullSecrets: ['itrs-registry'],
+      serviceAccountName: 'timescale',
+    });
   });
 
   it('takes the replicas recorded by an interrupted run over the current 0', () => {
