@@ -6,7 +6,9 @@
 #   /bin/bash -c "<this file>" fix-ownership MOUNT_PATH...
 #
 # as root with only CHOWN, FOWNER and DAC_OVERRIDE. bash, coreutils and findutils only: what the
-# database image has. Environment: TARGET_UID, TARGET_GID; TERMINATION_LOG [/dev/termination-log].
+# database image has; BusyBox's find, chown and date do too (Alpine images), in walks that cost
+# more since its find cannot print a character per entry. Environment: TARGET_UID, TARGET_GID;
+# TERMINATION_LOG [/dev/termination-log].
 #
 # Idempotent: only what is not yet uid:gid is changed, so a re-run after an interruption finishes
 # the work. Each volume is counted, changed and then proven by a walk after the change. With
@@ -17,7 +19,18 @@ shopt -s lastpipe
 uid="$TARGET_UID"
 gid="$TARGET_GID"
 termination_log=${TERMINATION_LOG:-/dev/termination-log}
-start=$(date +%s%N)
+# Nanoseconds since the epoch: bash's own clock, else date's (BusyBox's has no %N).
+now_ns() {
+  local t
+  if [ -n "${EPOCHREALTIME:-}" ]; then
+    t=${EPOCHREALTIME/[.,]/}
+    echo "${t}000"
+  else
+    t=$(date +%s%N)
+    if [[ $t =~ ^[0-9]+$ ]]; then echo "$t"; else echo "$(date +%s)000000000"; fi
+  fi
+}
+start=$(now_ns)
 status=0
 total_scanned=0
 total_changed=0
@@ -42,8 +55,25 @@ literal() {
 }
 workers=$(nproc 2>/dev/null) || workers=1
 if ! [[ $workers =~ ^[0-9]+$ ]] || [ "$workers" -lt 1 ]; then workers=1; elif [ "$workers" -gt 8 ]; then workers=8; fi
-wrong=(\( ! -uid "$uid" -o ! -gid "$gid" \))
+# -user and -group take numeric IDs in GNU and BusyBox find alike (BusyBox has no -uid, -gid).
+wrong=(\( ! -user "$uid" -o ! -group "$gid" \))
 prune=()
+# GNU find prints one character per entry (-printf); BusyBox's prints whole names, NUL-ended.
+# Probed on the first volume, walking nothing (-maxdepth 0).
+printf_find=""
+probe_find() {
+  if [ -z "$printf_find" ]; then
+    if find "$1" -maxdepth 0 -printf '' >/dev/null 2>&1; then printf_find=yes; else printf_find=no; fi
+  fi
+}
+# How many entries find lists under the start points and conditions it is given.
+count_entries() {
+  if [ "$printf_find" = yes ]; then
+    find "$@" -printf c | wc -c
+  else
+    find "$@" -print0 | tr -cd '\0' | wc -c
+  fi
+}
 
 # find and chown are only ever given explicit start points: without one, find walks the current
 # directory (/ in a container) and chown fails.
@@ -62,7 +92,7 @@ count() {
   have_paths "$@" || { echo "0 1"; return; }
   if [ "$how" = self ]; then depth=(-maxdepth 0); fi
   # Counted with wc, not in bash: bash string work is quadratic on big strings.
-  changed=$(find -P "$@" "${depth[@]}" "${prune[@]}" "${wrong[@]}" -printf c | wc -c) || failed=1
+  changed=$(count_entries "$@" "${depth[@]}" "${prune[@]}" "${wrong[@]}") || failed=1
   echo "$changed $failed"
 }
 
@@ -70,7 +100,7 @@ count() {
 # wrong (or failed), then proves in one walk that also counts: one line per entry, an x on the
 # wrong ones. Prints "scanned left failed" in a single write, so parallel workers do not interleave.
 change() {
-  local how=$1 changed=$2 count_failed=$3 depth=() recurse=(-R -P) scanned=0 chars=0 failed=0
+  local how=$1 changed=$2 count_failed=$3 depth=() recurse=(-R -P) scanned=0 chars=0 left=0 failed=0
   shift 3
   have_paths "$@" || { echo "0 0 1"; return; }
   if [ "$how" = self ]; then depth=(-maxdepth 0); recurse=(); fi
@@ -78,8 +108,15 @@ change() {
     # -P -h: never follow a symlink, change the link itself.
     chown "${recurse[@]}" -h "$uid:$gid" -- "$@" || failed=1
   fi
-  find -P "$@" "${depth[@]}" "${prune[@]}" \( "${wrong[@]}" -printf 'x\n' -o -printf '\n' \) | wc -lc | read -r scanned chars || failed=1
-  echo "$scanned $((chars - scanned)) $failed"
+  if [ "$printf_find" = yes ]; then
+    find "$@" "${depth[@]}" "${prune[@]}" \( "${wrong[@]}" -printf 'x\n' -o -printf '\n' \) | wc -lc | read -r scanned chars || failed=1
+    left=$((chars - scanned))
+  else
+    # Two walks: BusyBox's find cannot mark the wrong entries in one.
+    scanned=$(count_entries "$@" "${depth[@]}" "${prune[@]}") || failed=1
+    left=$(count_entries "$@" "${depth[@]}" "${prune[@]}" "${wrong[@]}") || failed=1
+  fi
+  echo "$scanned $left $failed"
 }
 
 # The start points of work unit k of the current volume: its root alone, the whole volume, or
@@ -120,7 +157,8 @@ for path in "${ordered[@]}"; do
   done
   entries=()
   listed=true
-  mapfile -d '' -t entries < <(find -P "$path" -mindepth 1 -maxdepth 1 "${prune[@]}" -print0)
+  probe_find "$path"
+  mapfile -d '' -t entries < <(find "$path" -mindepth 1 -maxdepth 1 "${prune[@]}" -print0)
   wait $! || listed=false
   skipped=false
   if [ "$listed" = true ] && [ "${#entries[@]}" -eq 0 ]; then
@@ -179,7 +217,7 @@ paths_json=""
 for path in "$@"; do
   if [ -n "${result[$path]:-}" ]; then paths_json+="${result[$path]},"; fi
 done
-ms=$((($(date +%s%N) - start) / 1000000))
+ms=$((($(now_ns) - start) / 1000000))
 ok=true; [ "$status" -eq 0 ] || ok=false
 summary="{\"ok\":$ok,\"uid\":$uid,\"gid\":$gid,\"scanned\":$total_scanned,\"changed\":$total_changed,\"seconds\":$((ms / 1000)).$(printf '%03d' $((ms % 1000))),\"paths\":[${paths_json%,}]}"
 echo "$summary"

@@ -1,9 +1,9 @@
 /**
- * The ownership script run for real (bash, coreutils and findutils, as root, from `/`) on small
- * trees, for each number of CPUs `nproc` may answer and each shape a database volume may have:
- * every entry of every volume, its root included, ends up owned by uid:gid, the summary counts
- * exactly what was scanned and what was changed, and nothing outside the volumes is changed or
- * even walked.
+ * The ownership script run for real (bash, coreutils and findutils, as root, from `/`; and with
+ * BusyBox's find, chown and the rest, as on an Alpine image) on small trees, for each number of
+ * CPUs `nproc` may answer and each shape a database volume may have: every entry of every
+ * volume, its root included, ends up owned by uid:gid, the summary counts exactly what was
+ * scanned and what was changed, and nothing outside the volumes is changed or even walked.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import {
@@ -213,7 +213,24 @@ const owner = (p: string) => {
   return `${s.uid}:${s.gid}`;
 };
 
-function setUp(cpuCount: number): Bed {
+/**
+ * BusyBox, as Alpine-based database images have it (timescale/timescaledb, postgres:*-alpine):
+ * its find knows no -printf, -uid or -gid, its date no %N.
+ */
+function busybox(): string {
+  try {
+    return real('busybox');
+  } catch {
+    throw new Error("no busybox on this machine: install Debian's busybox-static (.ci/run does)");
+  }
+}
+/** The commands besides bash the script may use, given as BusyBox applets on a BusyBox image. */
+const BusyBoxApplets = ['wc', 'tr', 'sort', 'date', 'cat', 'head', 'mkdir', 'rm', 'sleep', 'printf'];
+
+/** The tools the script runs with: the host's GNU ones, or BusyBox's as on an Alpine image. */
+type Tools = 'gnu' | 'busybox';
+
+function setUp(cpuCount: number, tools: Tools = 'gnu'): Bed {
   const root = mkdtempSync(join(tmpdir(), 'ownership-script-'));
   roots.push(root);
   const bed = {
@@ -235,6 +252,9 @@ function setUp(cpuCount: number): Bed {
   mkdirSync(bed.bin);
   // What the script sizes its workers by.
   command('nproc', `echo ${cpuCount}`);
+  const [findCommand, chownCommand] =
+    tools === 'busybox' ? [`${busybox()} find`, `${busybox()} chown`] : [realFind, realChown];
+  if (tools === 'busybox') for (const applet of BusyBoxApplets) symlinkSync(busybox(), join(bed.bin, applet));
   // find and chown as they are, each call recorded (NUL-separated arguments). A find without a
   // start point would walk the current directory, / here: refused, so a wrong script fails fast.
   command(
@@ -245,9 +265,9 @@ while [ "$i" -le $# ] && [[ \${!i} == -[PHL] ]]; do i=$((i + 1)); done
 if [ "$i" -gt $# ] || [[ \${!i} == -* || \${!i} == '(' || \${!i} == '!' ]]; then
   echo "find: refused: no start point (it would walk $PWD)" >&2; exit 1
 fi
-exec ${realFind} "$@"`,
+exec ${findCommand} "$@"`,
   );
-  command('chown', `printf '%s\\0' "$@" >"${bed.calls}/chown.$$.$EPOCHREALTIME"\nexec ${realChown} "$@"`);
+  command('chown', `printf '%s\\0' "$@" >"${bed.calls}/chown.$$.$EPOCHREALTIME"\nexec ${chownCommand} "$@"`);
   return bed;
 }
 
@@ -324,10 +344,14 @@ async function run(bed: Bed, v: Volumes): Promise<Run> {
   };
 }
 
-// Concurrent: each case is a few dozen short processes, and the cases share nothing.
-describe.concurrent.each(cpus)('the ownership script with %i CPUs', (cpuCount) => {
+// Concurrent: each case is a few dozen short processes, and the cases share nothing. With
+// BusyBox's tools (an Alpine image) on one CPU and on three (shares).
+describe.concurrent.each([
+  ...cpus.map((n) => ({ cpuCount: n, tools: 'gnu' })),
+  ...(busybox ? [1, 3].map((n) => ({ cpuCount: n, tools: 'busybox' })) : []),
+])('the ownership script with $cpuCount CPUs and $tools tools', ({ cpuCount, tools }) => {
   it.each(shapes)('$name', async ({ build }) => {
-    const bed = setUp(cpuCount);
+    const bed = setUp(cpuCount, tools);
     const v = build(bed);
     const real = v.real ?? v.paths;
     // Each volume's own entries: a volume inside another is its parent's mount point, not its entry.
