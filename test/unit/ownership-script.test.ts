@@ -346,72 +346,76 @@ async function run(bed: Bed, v: Volumes): Promise<Run> {
 
 // Concurrent: each case is a few dozen short processes, and the cases share nothing. With
 // BusyBox's tools (an Alpine image) on one CPU and on three (shares).
-describe.concurrent.each([
-  ...cpus.map((n) => ({ cpuCount: n, tools: 'gnu' })),
-  ...(busybox ? [1, 3].map((n) => ({ cpuCount: n, tools: 'busybox' })) : []),
-])('the ownership script with $cpuCount CPUs and $tools tools', ({ cpuCount, tools }) => {
-  it.each(shapes)('$name', async ({ build }) => {
-    const bed = setUp(cpuCount, tools);
-    const v = build(bed);
-    const real = v.real ?? v.paths;
-    // Each volume's own entries: a volume inside another is its parent's mount point, not its entry.
-    const entries = real.map((r, i) =>
-      walk(
-        r,
-        v.paths.filter((p) => p !== v.paths[i] && p.startsWith(`${v.paths[i]}/`)),
-      ),
-    );
-    const wrong = entries.map((es) => es.filter((e) => owner(e) !== `${uid}:${gid}`).length);
-    const around = [bed.root, ...walk(bed.outside), ...walk(bed.bin)];
-    const before = new Map(around.map((p) => [p, owner(p)]));
+const toolings: { cpuCount: number; tools: Tools }[] = [
+  ...cpus.map((n) => ({ cpuCount: n, tools: 'gnu' as const })),
+  ...[1, 3].map((n) => ({ cpuCount: n, tools: 'busybox' as const })),
+];
+describe.concurrent.each(toolings)(
+  'the ownership script with $cpuCount CPUs and $tools tools',
+  ({ cpuCount, tools }) => {
+    it.each(shapes)('$name', async ({ build }) => {
+      const bed = setUp(cpuCount, tools);
+      const v = build(bed);
+      const real = v.real ?? v.paths;
+      // Each volume's own entries: a volume inside another is its parent's mount point, not its entry.
+      const entries = real.map((r, i) =>
+        walk(
+          r,
+          v.paths.filter((p) => p !== v.paths[i] && p.startsWith(`${v.paths[i]}/`)),
+        ),
+      );
+      const wrong = entries.map((es) => es.filter((e) => owner(e) !== `${uid}:${gid}`).length);
+      const around = [bed.root, ...walk(bed.outside), ...walk(bed.bin)];
+      const before = new Map(around.map((p) => [p, owner(p)]));
 
-    const r = await run(bed, v);
-    const explain = `stdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
-    expect(r.code, explain).toBe(0);
-    expect(r.summary, explain).toMatchObject({
-      ok: true,
-      uid,
-      gid,
-      scanned: entries.flat().length,
-      changed: wrong.reduce((a, b) => a + b, 0),
-      paths: v.paths.map((path, i) => ({
-        path,
-        skipped: entries[i]!.length === 1,
-        scanned: entries[i]!.length,
-        changed: wrong[i],
-      })),
-    });
-    expect(r.terminationLog.trim()).toBe(r.stdout.trimEnd().split('\n').at(-1));
-    // The progress lines: each volume counted, changed and finished in turn; the last one
-    // carries the summary's totals.
-    const stages = r.stdout
-      .split('\n')
-      .filter((l) => l.startsWith(JobProgressPrefix))
-      .map((l) => parseJobProgress(l)!);
-    expect(stages.map((p) => `${p.volume}/${p.volumes} ${p.stage}`)).toEqual(
-      v.paths.flatMap((_, i) =>
-        ['counting', 'changing', 'finished'].map((st) => `${i + 1}/${v.paths.length} ${st}`),
-      ),
-    );
-    expect(parseJobProgress(r.stdout)).toMatchObject({
-      stage: 'finished',
-      scanned: r.summary!.scanned,
-      changed: r.summary!.changed,
-    });
-    expect(entries.flat().filter((e) => owner(e) !== `${uid}:${gid}`)).toEqual([]);
-    expect(new Map(around.map((p) => [p, owner(p)]))).toEqual(before);
-    const volumes = v.paths.map((p) => [p, `${p}/`] as const);
-    expect(
-      calledOn(bed).filter((p) => !volumes.some(([v, under]) => p === v || p.startsWith(under))),
-    ).toEqual([]);
+      const r = await run(bed, v);
+      const explain = `stdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
+      expect(r.code, explain).toBe(0);
+      expect(r.summary, explain).toMatchObject({
+        ok: true,
+        uid,
+        gid,
+        scanned: entries.flat().length,
+        changed: wrong.reduce((a, b) => a + b, 0),
+        paths: v.paths.map((path, i) => ({
+          path,
+          skipped: entries[i]!.length === 1,
+          scanned: entries[i]!.length,
+          changed: wrong[i],
+        })),
+      });
+      expect(r.terminationLog.trim()).toBe(r.stdout.trimEnd().split('\n').at(-1));
+      // The progress lines: each volume counted, changed and finished in turn; the last one
+      // carries the summary's totals.
+      const stages = r.stdout
+        .split('\n')
+        .filter((l) => l.startsWith(JobProgressPrefix))
+        .map((l) => parseJobProgress(l)!);
+      expect(stages.map((p) => `${p.volume}/${p.volumes} ${p.stage}`)).toEqual(
+        v.paths.flatMap((_, i) =>
+          ['counting', 'changing', 'finished'].map((st) => `${i + 1}/${v.paths.length} ${st}`),
+        ),
+      );
+      expect(parseJobProgress(r.stdout)).toMatchObject({
+        stage: 'finished',
+        scanned: r.summary!.scanned,
+        changed: r.summary!.changed,
+      });
+      expect(entries.flat().filter((e) => owner(e) !== `${uid}:${gid}`)).toEqual([]);
+      expect(new Map(around.map((p) => [p, owner(p)]))).toEqual(before);
+      const volumes = v.paths.map((p) => [p, `${p}/`] as const);
+      expect(
+        calledOn(bed).filter((p) => !volumes.some(([v, under]) => p === v || p.startsWith(under))),
+      ).toEqual([]);
 
-    // Done already: a re-run changes nothing and proves the same entries (with shares: 3 CPUs).
-    if (cpuCount !== 3) return;
-    const again = await run(bed, v);
-    expect(again.code, `stdout:\n${again.stdout}\nstderr:\n${again.stderr}`).toBe(0);
-    expect(again.summary).toMatchObject({ ok: true, scanned: entries.flat().length, changed: 0 });
-  });
-});
+      // Done already: a re-run changes nothing and proves the same entries (with shares: 3 CPUs).
+      if (cpuCount !== 3) return;
+      const again = await run(bed, v);
+      expect(again.code, `stdout:\n${again.stdout}\nstderr:\n${again.stderr}`).toBe(0);
+      expect(again.summary).toMatchObject({ ok: true, scanned: entries.flat().length, changed: 0 });
+    });
+  },
+);
 
 describe('the ownership script refuses', () => {
   it('a path that is not a directory, still migrating the others', async () => {
