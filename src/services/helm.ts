@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { FailureType, TypedFailure } from '../core/failures.js';
+import { HelmCommandMs } from '../core/helm.js';
 
 const run = promisify(execFile);
 
@@ -43,6 +44,8 @@ export interface ReleaseState {
   status: string;
   /** `<chart name>-<chart version>` */
   chart: string;
+  /** The chart's version alone (null when helm did not say). */
+  chartVersion?: string | null;
 }
 
 /** Input of {@link HelmReleases.helmUpgrade}. */
@@ -103,7 +106,9 @@ export class HelmReleases {
   }
 
   /**
-   * `helm upgrade --reuse-values` with a values file holding the new IDs.
+   * `helm upgrade --reuse-values` with a values file holding the new IDs, at the chart version
+   * deployed unless `extraArgs` choose one: without `--version` helm takes the repository's
+   * newest chart, which would upgrade the whole platform along with the IDs.
    *
    * @throws `HelmFailed`: retryable only when the failure is transient ({@link helmFailureIsTransient}).
    */
@@ -113,6 +118,9 @@ export class HelmReleases {
     try {
       const file = join(dir, 'values.yaml');
       await writeFile(file, values, { mode: 0o600 });
+      const deployed = choosesVersion(input.extraArgs)
+        ? null
+        : (await this.status(input, 'upgrade')).chartVersion;
       const out = await this.helmCommand('upgrade', input, [
         'upgrade',
         input.release,
@@ -121,11 +129,14 @@ export class HelmReleases {
         ...(input.valuesFile ? ['--values', input.valuesFile] : []),
         '--values',
         file,
+        ...(deployed ? ['--version', deployed] : []),
         ...input.extraArgs,
         '--output',
         'json',
       ]);
-      const state = releaseStateOf(input.release, out);
+      // The upgrade's own output does not name the chart: read the release as it is now.
+      const upgraded = JSON.parse(out) as { version: number };
+      const state = { ...(await this.status(input, 'upgrade')), revision: upgraded.version };
       this.log(`helm release ${input.release}: upgraded to revision ${state.revision} (${state.status})`);
       return { ...state, values };
     } finally {
@@ -143,11 +154,18 @@ export class HelmReleases {
     return state;
   }
 
+  /** The release as `helm get metadata` shows it (`helm status` does not name the chart). */
   private async status(input: ReleaseRef, step: string): Promise<ReleaseState> {
-    return releaseStateOf(
-      input.release,
-      await this.helmCommand(step, input, ['status', input.release, '--output', 'json']),
-    );
+    const m = JSON.parse(
+      await this.helmCommand(step, input, ['get', 'metadata', input.release, '--output', 'json']),
+    ) as { revision: number; status?: string; chart?: string; version?: string };
+    return {
+      release: input.release,
+      revision: m.revision,
+      status: m.status ?? 'unknown',
+      chart: `${m.chart ?? '?'}-${m.version ?? '?'}`,
+      chartVersion: m.version ?? null,
+    };
   }
 
   private async helmCommand(step: string, ref: ReleaseRef, args: string[]): Promise<string> {
@@ -158,7 +176,7 @@ export class HelmReleases {
       ...(this.deps.kubeconfig ? ['--kubeconfig', this.deps.kubeconfig] : []),
     ];
     try {
-      const { stdout } = await run(this.helm, full, { timeout: 10 * 60_000, maxBuffer: 64 << 20 });
+      const { stdout } = await run(this.helm, full, { timeout: HelmCommandMs, maxBuffer: 64 << 20 });
       return stdout;
     } catch (err) {
       const e = err as { code?: string | number; stderr?: string; message: string };
@@ -180,16 +198,7 @@ export class HelmReleases {
   }
 }
 
-function releaseStateOf(release: string, json: string): ReleaseState {
-  const r = JSON.parse(json) as {
-    version: number;
-    info?: { status?: string };
-    chart?: { metadata?: { name?: string; version?: string } };
-  };
-  return {
-    release,
-    revision: r.version,
-    status: r.info?.status ?? 'unknown',
-    chart: `${r.chart?.metadata?.name ?? '?'}-${r.chart?.metadata?.version ?? '?'}`,
-  };
+/** Whether helm arguments choose a chart version themselves (`--version X` or `--version=X`). */
+export function choosesVersion(args: readonly string[]): boolean {
+  return args.some((a) => a === '--version' || a.startsWith('--version='));
 }

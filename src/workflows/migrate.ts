@@ -31,7 +31,7 @@ import { runOwnershipJobs } from './ownership-rounds.js';
 import { PolicyWindow } from './policy-window.js';
 import { nowIso, RunState } from './run-state.js';
 import { settleAfter } from './settle.js';
-import { act, stepsFor, wait, Wait, type Steps } from './steps.js';
+import { act, HelmStepTimeout, stepsFor, wait, Wait, type Steps } from './steps.js';
 
 /** What the run has changed so far: what settling works from. */
 export interface RunProgress {
@@ -369,15 +369,20 @@ export class Migration {
         rolledBackTo: null,
       };
     }
-    const after = await act(this.stubs.steps.helmUpgrade, `helm upgrade ${h.release}`, {
-      ...ref,
-      chart: h.chart,
-      ...(h.valuesFile ? { valuesFile: h.valuesFile } : {}),
-      extraArgs: h.extraArgs,
-      uid: input.uid,
-      gid: input.gid,
-      supplementalGroups: input.supplementalGroups,
-    });
+    const after = await act(
+      this.stubs.steps.helmUpgrade,
+      `helm upgrade ${h.release}`,
+      {
+        ...ref,
+        chart: h.chart,
+        ...(h.valuesFile ? { valuesFile: h.valuesFile } : {}),
+        extraArgs: h.extraArgs,
+        uid: input.uid,
+        gid: input.gid,
+        supplementalGroups: input.supplementalGroups,
+      },
+      HelmStepTimeout,
+    );
     if (state.status.helm)
       Object.assign(state.status.helm, { upgradedTo: after.revision, values: after.values });
   }

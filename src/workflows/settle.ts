@@ -13,7 +13,7 @@ import { EndState } from './messages.js';
 import { idsOf, jobStatuses, type Migration } from './migrate.js';
 import { runOwnershipJobs } from './ownership-rounds.js';
 import { updateJob } from './run-state.js';
-import { act, wait, Wait } from './steps.js';
+import { act, HelmStepTimeout, wait, Wait } from './steps.js';
 
 /** Whose IDs the files carry, as far as the run knows. */
 type Files = 'old' | 'new' | 'mixed';
@@ -220,11 +220,12 @@ async function rollBackRelease(m: Migration): Promise<boolean> {
   const release = m.input.securityContext.helm!.release;
   const revision = progress.helmRevisionBefore!;
   const done = await m.settleStep(`roll back helm release ${release} to revision ${revision}`, () =>
-    act(m.stubs.settle.helmRollback, `helm rollback ${release} ${revision}`, {
-      namespace,
-      release,
-      revision,
-    }),
+    act(
+      m.stubs.settle.helmRollback,
+      `helm rollback ${release} ${revision}`,
+      { namespace, release, revision },
+      HelmStepTimeout,
+    ),
   );
   if (!done) return false;
   progress.helmRolledBack = true;

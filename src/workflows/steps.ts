@@ -5,6 +5,7 @@
 import * as wf from '@temporalio/workflow';
 import type { ActivityOptions } from '@temporalio/common';
 import type { Activities } from '../activities/index.js';
+import { HelmCommandMs } from '../core/helm.js';
 
 /** How long each wait may take; its activity gets that deadline plus {@link Wait.margin}. */
 export const Wait = {
@@ -19,6 +20,9 @@ export const Wait = {
 
 /** Start-to-close timeout of a step that does not wait for the cluster. */
 export const StepTimeout = '2 minutes';
+
+/** A helm step outlasts its command, so a retry never runs beside a helm that is still going. */
+export const HelmStepTimeout = { startToCloseTimeout: HelmCommandMs + Wait.margin };
 
 const retry = {
   initialInterval: '1 second',

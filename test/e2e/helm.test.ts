@@ -116,17 +116,19 @@ async function expectPutBack(
 }
 
 describe('securityContext.apply helm', () => {
-  it('upgrades the release with a values file of the new IDs, keeping the rest of its values', async () => {
+  it('upgrades the release with a values file of the new IDs, keeping the rest of its values and its chart version', async () => {
     const namespace = await releasedFixture('helm-ok');
     const before = await namespaceSnapshot(kc, namespace, bed().pvRoot);
+    // The vendor has released a newer chart meanwhile: the run must not take it.
+    await repo.publish('9.9.9');
     const report = (await (await start(inputFor(namespace))).result()) as MigrationReport;
 
     expect(report.endState).toBe('completed');
     expect(report.helm).toMatchObject({ release, revisionBefore: 1, upgradedTo: 2, rolledBackTo: null });
     expect(report.helm?.values).toMatch(/runAsUser: 5000/);
-    expect((await history(namespace)).map((r) => [r.revision, r.status])).toEqual([
-      [1, 'superseded'],
-      [2, 'deployed'],
+    expect((await history(namespace)).map((r) => [r.revision, r.status, r.chart])).toEqual([
+      [1, 'superseded', 'iax-databases-0.1.0'],
+      [2, 'deployed', 'iax-databases-0.1.0'],
     ]);
     const values = await releaseValues(helm, bed().kubeconfig, namespace, release);
     expect(values.securityContext.pod).toEqual({

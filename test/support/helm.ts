@@ -20,6 +20,8 @@ export interface ChartRepository {
   url: string;
   /** helm's folders (HELM_CONFIG_HOME, HELM_CACHE_HOME, …): give them to every helm the test runs. */
   env: Record<string, string>;
+  /** Adds the bed's chart again as `version` (a newer release of the vendor's chart) and updates helm's index. */
+  publish(version: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -52,6 +54,13 @@ export async function serveChartRepository(helm: string, name = 'bed'): Promise<
     name,
     url,
     env,
+    async publish(version: string) {
+      await run(helm, ['package', DatabasesChart, '--version', version, '--destination', charts], {
+        env: helmEnv,
+      });
+      await run(helm, ['repo', 'index', charts, '--url', url], { env: helmEnv });
+      await run(helm, ['repo', 'update', name], { env: helmEnv });
+    },
     async close() {
       await new Promise((resolve) => server.close(resolve));
       rmSync(home, { recursive: true, force: true });
@@ -73,12 +82,14 @@ async function helmJson<T>(helm: string, kubeconfig: string, namespace: string, 
   return JSON.parse(stdout) as T;
 }
 
-/** `helm history` of a release: each revision's number and status. */
+/** `helm history` of a release: each revision's number, status and chart (`<name>-<version>`). */
 export const releaseHistory = (helm: string, kubeconfig: string, namespace: string, release: string) =>
-  helmJson<{ revision: number; status: string; description: string }[]>(helm, kubeconfig, namespace, [
-    'history',
-    release,
-  ]);
+  helmJson<{ revision: number; status: string; description: string; chart: string }[]>(
+    helm,
+    kubeconfig,
+    namespace,
+    ['history', release],
+  );
 
 /** `helm get values` of a release (the user-supplied values). */
 export const releaseValues = (helm: string, kubeconfig: string, namespace: string, release: string) =>

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { helmFailureIsTransient, idValues } from '../../src/services/helm.js';
+import { choosesVersion, helmFailureIsTransient, idValues } from '../../src/services/helm.js';
 import { renderHelm } from '../../src/app/status-view.js';
 
 describe('helm', () => {
@@ -34,5 +34,14 @@ describe('helm', () => {
     expect(renderHelm({ ...h, rolledBackTo: 6 })).toBe(
       'helm release iax: revision 4 before the run, upgraded to 5, rolled back to 4 as revision 6',
     );
+  });
+});
+
+describe('choosesVersion', () => {
+  it("sees the operator's own --version, in either form; otherwise the run pins the deployed one", () => {
+    expect(choosesVersion(['--wait', '--version', '2.18.0'])).toBe(true);
+    expect(choosesVersion(['--version=2.18.0'])).toBe(true);
+    expect(choosesVersion(['--wait', '--timeout=10m'])).toBe(false);
+    expect(choosesVersion([])).toBe(false);
   });
 });
