@@ -5,7 +5,8 @@
  * existed (by the cluster's clock) counts.
  */
 import { Collections } from '../cluster/changes.js';
-import type { CustomResourceKind, Kube } from '../cluster/kube.js';
+import { isKubeError, type CustomResourceKind, type Kube } from '../cluster/kube.js';
+import { FailureType } from '../core/failures.js';
 import { GatekeeperConstraintGroup } from '../core/policy.js';
 import { progress, throwIfCancelled, unlessCancelled } from './step.js';
 import { selectorOf } from './statefulsets.js';
@@ -141,8 +142,14 @@ export class GatekeeperAudit {
     const created = (
       await Promise.all(
         (input.databases ?? []).map(async (name) => {
-          const sts = await this.kube.readStatefulSet(input.namespace, name);
-          return this.kube.listPods(input.namespace, selectorOf(sts));
+          try {
+            const sts = await this.kube.readStatefulSet(input.namespace, name);
+            return await this.kube.listPods(input.namespace, selectorOf(sts));
+          } catch (err) {
+            // A StatefulSet gone meanwhile has no pods to go by; anything else is retried.
+            if (isKubeError(err, FailureType.KubeNotFound)) return [];
+            throw err;
+          }
         }),
       )
     )

@@ -154,11 +154,29 @@ export class HelmReleases {
     return state;
   }
 
-  /** The release as `helm get metadata` shows it (`helm status` does not name the chart). */
+  /**
+   * The release as `helm get metadata` shows it (`helm status` does not name the chart); a helm
+   * older than 3.13, which has no `get metadata`, gives its status without the chart (so the
+   * upgrade is not pinned).
+   */
   private async status(input: ReleaseRef, step: string): Promise<ReleaseState> {
-    const m = JSON.parse(
-      await this.helmCommand(step, input, ['get', 'metadata', input.release, '--output', 'json']),
-    ) as { revision: number; status?: string; chart?: string; version?: string };
+    let out: string;
+    try {
+      out = await this.helmCommand(step, input, ['get', 'metadata', input.release, '--output', 'json']);
+    } catch (err) {
+      if (!(err instanceof TypedFailure) || !/unknown command "metadata"/.test(err.message)) throw err;
+      const r = JSON.parse(
+        await this.helmCommand(step, input, ['status', input.release, '--output', 'json']),
+      ) as { version: number; info?: { status?: string } };
+      return {
+        release: input.release,
+        revision: r.version,
+        status: r.info?.status ?? 'unknown',
+        chart: '?',
+        chartVersion: null,
+      };
+    }
+    const m = JSON.parse(out) as { revision: number; status?: string; chart?: string; version?: string };
     return {
       release: input.release,
       revision: m.revision,

@@ -1487,7 +1487,7 @@ export class PolicyGuard {
     const windows = await this.otherRunsWindows();
     for (const { constraint, namespaces } of added) {
       for (const x of namespaces) {
-        if (windows.get(x)?.has(constraint)) report.otherRuns?.push(`${constraint}: ${x}`);
+        if (windows.get(x)?.has(constraint)) (report.otherRuns ??= []).push(`${constraint}: ${x}`);
         else
           report.keptForeignChanges.push(
             `${constraint}: ${x} was added to excludedNamespaces by someone else`,

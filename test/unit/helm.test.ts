@@ -1,5 +1,8 @@
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { choosesVersion, helmFailureIsTransient, idValues } from '../../src/services/helm.js';
+import { choosesVersion, HelmReleases, helmFailureIsTransient, idValues } from '../../src/services/helm.js';
 import { renderHelm } from '../../src/app/status-view.js';
 
 describe('helm', () => {
@@ -43,5 +46,34 @@ describe('choosesVersion', () => {
     expect(choosesVersion(['--version=2.18.0'])).toBe(true);
     expect(choosesVersion(['--wait', '--timeout=10m'])).toBe(false);
     expect(choosesVersion([])).toBe(false);
+  });
+});
+
+describe('a helm older than 3.13 (no `helm get metadata`)', () => {
+  it('reads the release from `helm status` instead, without the chart', async () => {
+    // What helm 3.12 answers; only the two commands the read makes.
+    const dir = mkdtempSync(join(tmpdir(), 'old-helm-'));
+    const helm = join(dir, 'helm');
+    writeFileSync(
+      helm,
+      `#!/bin/sh
+if [ "$1 $2" = "get metadata" ]; then echo 'Error: unknown command "metadata" for "helm get"' >&2; exit 1; fi
+if [ "$1" = status ]; then echo '{"name":"iax","version":4,"info":{"status":"deployed"}}'; exit 0; fi
+exit 2
+`,
+    );
+    chmodSync(helm, 0o755);
+    try {
+      const release = await new HelmReleases({ helm }).readHelmRelease({ namespace: 'itrs', release: 'iax' });
+      expect(release).toEqual({
+        release: 'iax',
+        revision: 4,
+        status: 'deployed',
+        chart: '?',
+        chartVersion: null,
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
