@@ -100,7 +100,6 @@ export function refusalOf(message: string): AdmissionRefusal {
  * until `window.max`.
  */
 export function isPassingCreateFailure(message: string): boolean {
-  if (/failed calling webhook/.test(message)) return false;
   return /Operation cannot be fulfilled on resourcequotas|the object has been modified|Timeout: request did not complete|Too Many Requests|the server is currently unable|etcdserver: (request timed out|leader changed)/.test(
     message,
   );

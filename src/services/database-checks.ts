@@ -20,7 +20,7 @@ import {
   type DatabaseCheckSettings,
 } from '../core/verification.js';
 import { allSettledInOrder, currentStep, progress, throwIfCancelled, unlessCancelled } from './step.js';
-import { selectorOf } from './statefulsets.js';
+import { statefulSetPods } from './statefulsets.js';
 
 /** How many checks run at once over all replicas when the settings do not say (`verify.checksAtOnce`). */
 export const ChecksAtOnce = 8;
@@ -63,8 +63,7 @@ export class DatabaseChecks {
   async checkDatabases(input: DatabaseChecksInput): Promise<CheckResult[]> {
     const replicas: { pod: V1Pod; container: string; mountPaths: string[] }[] = [];
     for (const db of input.databases) {
-      const sts = await this.kube.readStatefulSet(input.namespace, db.statefulSet);
-      const pods = (await this.kube.listPods(input.namespace, selectorOf(sts))).sort((a, b) =>
+      const pods = (await statefulSetPods(this.kube, input.namespace, db.statefulSet)).pods.sort((a, b) =>
         a.metadata!.name!.localeCompare(b.metadata!.name!),
       );
       replicas.push(...pods.map((pod) => ({ pod, container: db.container, mountPaths: db.mountPaths })));

@@ -9,7 +9,7 @@ import { isKubeError, type CustomResourceKind, type Kube } from '../cluster/kube
 import { FailureType } from '../core/failures.js';
 import { GatekeeperConstraintGroup } from '../core/policy.js';
 import { progress, throwIfCancelled, unlessCancelled } from './step.js';
-import { selectorOf } from './statefulsets.js';
+import { statefulSetPods } from './statefulsets.js';
 import { cadenceOf, WatchFallbackMs, withCadence, type WaitMode } from './workloads.js';
 
 /** Dependencies of {@link GatekeeperAudit}. */
@@ -143,8 +143,7 @@ export class GatekeeperAudit {
       await Promise.all(
         (input.databases ?? []).map(async (name) => {
           try {
-            const sts = await this.kube.readStatefulSet(input.namespace, name);
-            return await this.kube.listPods(input.namespace, selectorOf(sts));
+            return (await statefulSetPods(this.kube, input.namespace, name)).pods;
           } catch (err) {
             // A StatefulSet gone meanwhile has no pods to go by; anything else is retried.
             if (isKubeError(err, FailureType.KubeNotFound)) return [];

@@ -3,7 +3,7 @@
  * scaling down and back up, the platform wait and the final verification. Every side effect
  * goes through the injected {@link Kube}; waits report progress and honour cancellation.
  */
-import { PatchStrategy, type V1PodSecurityContext, type V1StatefulSet } from '@kubernetes/client-node';
+import { PatchStrategy, type V1Pod, type V1PodSecurityContext, type V1StatefulSet } from '@kubernetes/client-node';
 import type { Kube } from '../cluster/kube.js';
 import { OriginalReplicasAnnotation, type PlatformPlan, type PodIds } from '../core/plan.js';
 import { byName, Collections } from '../cluster/changes.js';
@@ -44,6 +44,16 @@ export function selectorOf(sts: V1StatefulSet): string {
   return Object.entries(sts.spec?.selector.matchLabels ?? {})
     .map(([k, v]) => `${k}=${v}`)
     .join(',');
+}
+
+/** A StatefulSet as it is now, and the pods its selector finds. */
+export async function statefulSetPods(
+  kube: Kube,
+  namespace: string,
+  name: string,
+): Promise<{ sts: V1StatefulSet; pods: V1Pod[] }> {
+  const sts = await kube.readStatefulSet(namespace, name);
+  return { sts, pods: await kube.listPods(namespace, selectorOf(sts)) };
 }
 
 /** The StatefulSets of the databases, and the platform that runs on them. */
@@ -187,8 +197,7 @@ export class StatefulSets {
   async verifyDatabases(input: IdsCheck): Promise<string[]> {
     const problems: string[] = [];
     for (const name of input.statefulSets) {
-      const sts = await this.kube.readStatefulSet(input.namespace, name);
-      const pods = await this.kube.listPods(input.namespace, selectorOf(sts));
+      const { sts, pods } = await statefulSetPods(this.kube, input.namespace, name);
       if (pods.length !== (sts.spec?.replicas ?? 0))
         problems.push(`${name}: ${pods.length} pods for ${sts.spec?.replicas} replicas`);
       for (const p of pods) {

@@ -40,26 +40,35 @@ describe('refusalOf: who refused a pod, from the API server message', () => {
 });
 
 describe("isPassingCreateFailure: a Job controller's FailedCreate that is no refusal", () => {
-  const create = (why: string) => `Error creating: ${why}`;
-  it('passes over what the controller retries by itself', () => {
-    for (const why of [
+  // What the controller retries by itself passes; an admission refusal, a quota the pod does
+  // not fit and a webhook that cannot be called are refusals.
+  it.each([
+    [
       'Operation cannot be fulfilled on resourcequotas "compute": the object has been modified; please apply your changes to the latest version and try again',
-      'Timeout: request did not complete within requested timeout - context deadline exceeded',
-      'the server is currently unable to handle the request',
-      'etcdserver: request timed out',
-    ])
-      expect(isPassingCreateFailure(create(why)), why).toBe(true);
-  });
-
-  it('counts an admission refusal, a quota the pod does not fit and a webhook that cannot be called as refused', () => {
-    for (const why of [
+      true,
+    ],
+    ['Timeout: request did not complete within requested timeout - context deadline exceeded', true],
+    ['the server is currently unable to handle the request', true],
+    ['etcdserver: request timed out', true],
+    [
       'Internal error occurred: failed calling webhook "validation.gatekeeper.sh": failed to call webhook: Post "https://gatekeeper-webhook-service.gatekeeper-system.svc:443/v1/admit?timeout=3s": context deadline exceeded',
+      false,
+    ],
+    [
       'pods "fix-ownership-pgplatform-0-x" is forbidden: violates PodSecurity "baseline:latest": privileged',
+      false,
+    ],
+    [
       'admission webhook "validation.gatekeeper.sh" denied the request: [drop-all] container <fix-ownership> is not dropping all required capabilities',
+      false,
+    ],
+    [
       'pods "fix-ownership-pgplatform-0-x" is forbidden: exceeded quota: compute, requested: limits.cpu=1, used: limits.cpu=4, limited: limits.cpu=4',
-      "ValidatingAdmissionPolicy 'no-root' with binding 'no-root' denied request: root",
-    ])
-      expect(isPassingCreateFailure(create(why)), why).toBe(false);
+      false,
+    ],
+    ["ValidatingAdmissionPolicy 'no-root' with binding 'no-root' denied request: root", false],
+  ])('Error creating: %s → passing %s', (why, passing) => {
+    expect(isPassingCreateFailure(`Error creating: ${why}`)).toBe(passing);
   });
 });
 
